@@ -1,0 +1,157 @@
+"""The Direction artifact: per-layer vectors plus metadata that says how they were made.
+
+Stored as safetensors (tensor ``vectors`` (L, D) float32 and ``layers`` (L,) int64) with a
+JSON document under the metadata key ``steerlab``. Loading never unpickles anything and checks
+shapes, finiteness and, when a model is given, its identity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..errors import ArtifactError, LayerError, VectorError
+
+__all__ = ["LAYER_CONVENTION", "Direction"]
+
+LAYER_CONVENTION = "resid_pre[l] = input of block l = hidden_states[l]; resid_post[l] = output of block l"
+_KIND = "steerlab.direction"
+
+
+@dataclass(frozen=True)
+class Direction:
+    """Steering / reading vectors for one or more layers of one model.
+
+    Attributes:
+        vectors: (L, D) float32, one row per entry of ``layers``.
+        layers: block indices the rows belong to.
+        meta: how they were made: ``model`` (id, config hash, ...), ``site``, ``method``,
+            ``position``, ``data_hash``, ``counts``, ``steerlab_version``, ``layer_convention``.
+
+    Example:
+        >>> d = Direction(torch.ones(2, 4), (3, 5), {"site": "resid_pre"})
+        >>> d.vector(5).shape
+        torch.Size([4])
+    """
+
+    vectors: torch.Tensor
+    layers: tuple[int, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        v = self.vectors
+        if v.ndim != 2 or v.shape[0] != len(self.layers):
+            raise VectorError(f"vectors must be (len(layers), D); got {tuple(v.shape)}")
+        if not torch.isfinite(v).all():
+            raise VectorError("direction holds NaN or inf values")
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def site(self) -> str:
+        return str(self.meta.get("site", "resid_pre"))
+
+    def vector(self, layer: int | None = None) -> torch.Tensor:
+        """The (D,) vector for ``layer`` (or the only one when the artifact has one layer)."""
+        if layer is None:
+            if len(self.layers) != 1:
+                raise LayerError(
+                    f"this direction has {len(self.layers)} layers ({_span(self.layers)}); "
+                    "say which one"
+                )
+            return self.vectors[0]
+        if layer not in self.layers:
+            raise LayerError(f"layer {layer} is not in this direction (has {_span(self.layers)})")
+        return self.vectors[self.layers.index(layer)]
+
+    def unit(self, layer: int | None = None) -> torch.Tensor:
+        v = self.vector(layer)
+        n = v.norm()
+        if n == 0:
+            raise VectorError("cannot normalize a zero vector")
+        return v / n
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically (temp file, then rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {"kind": _KIND, "layer_convention": LAYER_CONVENTION,
+                "steerlab_version": __version__, **self.meta}
+        tensors = {
+            "vectors": self.vectors.detach().float().cpu().contiguous(),
+            "layers": torch.tensor(self.layers, dtype=torch.int64),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, model_info: Any = None, strict: bool = True) -> Direction:
+        """Read and validate an artifact.
+
+        Args:
+            path: a ``.safetensors`` file written by :meth:`save`.
+            model_info: a :class:`~steerlab.models.ModelInfo`; when given, the width must match
+                and (with ``strict``) the architecture hash too.
+            strict: refuse a config-hash mismatch (else accept any model of the same width).
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"no such artifact: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("steerlab")
+                keys = set(f.keys())
+                if raw is None or not {"vectors", "layers"} <= keys:
+                    raise ArtifactError(f"{path} is not a steerlab direction artifact")
+                vectors = f.get_tensor("vectors").float()
+                layers = tuple(int(x) for x in f.get_tensor("layers").tolist())
+            meta = json.loads(raw)
+        except ArtifactError:
+            raise
+        except Exception as e:  # safetensors raises several types for corrupt headers
+            raise ArtifactError(f"{path} is corrupt or not a safetensors file ({e})") from None
+        if meta.get("kind") != _KIND:
+            raise ArtifactError(f"{path} is not a steerlab direction artifact")
+        d = cls(vectors, layers, meta)
+        if model_info is not None:
+            d.check_model(model_info, strict=strict)
+        return d
+
+    def check_model(self, info: Any, *, strict: bool = True) -> None:
+        """Refuse a model of another width, or (strict) another architecture."""
+        if self.d_model != info.d_model:
+            raise VectorError(
+                f"direction width {self.d_model} does not match the model's {info.d_model}"
+            )
+        bad = [lay for lay in self.layers if lay >= info.n_layers]
+        if bad:
+            raise LayerError(f"direction has layers {bad} but the model has {info.n_layers}")
+        made_for = self.meta.get("model", {})
+        h = made_for.get("config_hash")
+        if strict and h and h != info.config_hash:
+            raise ArtifactError(
+                f"direction was made for {made_for.get('model_id')!r} (config {h}), not "
+                f"{info.model_id!r} (config {info.config_hash}); pass strict=False / --force "
+                "to use it anyway"
+            )
+
+
+def _span(layers: tuple[int, ...]) -> str:
+    return f"{layers[0]}..{layers[-1]}" if len(layers) > 1 else str(layers[0]) if layers else "none"

@@ -1,0 +1,36 @@
+"""Errors a user can act on. The CLI prints their message and exits with code 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArtifactError",
+    "DataError",
+    "LayerError",
+    "ModelNotAvailableError",
+    "SteerlabError",
+    "VectorError",
+]
+
+
+class SteerlabError(Exception):
+    """Base class: the message is a complete sentence meant for the user."""
+
+
+class ModelNotAvailableError(SteerlabError):
+    """The model cannot be found, fetched or converted."""
+
+
+class DataError(SteerlabError):
+    """A prompt set is missing, empty, unbalanced or unreadable."""
+
+
+class LayerError(SteerlabError):
+    """A layer index or range does not fit the model."""
+
+
+class VectorError(SteerlabError):
+    """A vector has the wrong width, or holds NaN/inf."""
+
+
+class ArtifactError(SteerlabError):
+    """An artifact file is corrupt, foreign, or made for another model."""

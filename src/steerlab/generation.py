@@ -1,0 +1,74 @@
+"""Batched generation: left-padded, greedy by default, seedable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models.chat import encode, pad_id
+
+__all__ = ["generate"]
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    chat: bool | None = None,
+    system: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Generate a completion for each prompt (chat template applied when present).
+
+    Interventions apply by wrapping the call: ``with steer(model, v, layers=8): generate(...)``.
+
+    Args:
+        temperature: 0 means greedy decoding.
+        seed: seeds torch before each batch so sampled runs repeat.
+        progress: called with the number of prompts finished after each batch.
+
+    Returns:
+        The decoded new text for each prompt, special tokens removed.
+    """
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    sample = temperature > 0
+    cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature if sample else None,
+        top_p=top_p if sample else None,
+        top_k=None,
+        pad_token_id=pad_id(tokenizer),
+        eos_token_id=eos,
+    )
+    outs: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = list(prompts[i : i + batch_size])
+        batch = encode(tokenizer, chunk, chat=chat, system=system).to(device)
+        if seed is not None:
+            torch.manual_seed(seed + i)
+        ids = model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            generation_config=cfg,
+        )
+        new = ids[:, batch.input_ids.shape[1]:]
+        outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        if progress:
+            progress(len(chunk))
+    return outs

@@ -1,0 +1,139 @@
+"""Chat templates, left-padded batches and token positions.
+
+Nothing here mutates the caller's tokenizer (padding side, pad token): batches are padded by
+hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ..errors import DataError
+
+__all__ = ["Batch", "Position", "encode", "format_prompt", "has_chat_template", "pad_id"]
+
+Position = Literal["last", "instruction-end", "mean"]
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(
+    tokenizer: Any, instruction: str, *, chat: bool | None = None, system: str | None = None
+) -> str:
+    """Render one user instruction as the model sees it before its reply.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        instruction: the user's message.
+        chat: apply the chat template (default: when the tokenizer has one).
+        system: optional system message.
+    """
+    use_chat = has_chat_template(tokenizer) if chat is None else chat
+    if not use_chat:
+        return instruction
+    if not has_chat_template(tokenizer):
+        raise DataError("this model has no chat template; pass --no-chat (or a template)")
+    messages = [{"role": "user", "content": instruction}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # jinja errors are user-facing: the template rejected the prompt
+        raise DataError(f"the chat template cannot render this prompt: {e}") from None
+
+
+def pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if isinstance(v, list):
+            v = v[0] if v else None
+        if v is not None:
+            return int(v)
+    return 0
+
+
+@dataclass
+class Batch:
+    """A left-padded batch.
+
+    Attributes:
+        input_ids: (B, T) token ids.
+        attention_mask: (B, T) 1 for real tokens.
+        instruction_end: (B,) index (in padded coordinates) of the last token of the user's
+            instruction; equals the last index when no template wraps it.
+        texts: the rendered prompts.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    instruction_end: torch.Tensor
+    texts: list[str]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.instruction_end.to(device),
+            self.texts,
+        )
+
+    def position_index(self, offset: int = -1) -> torch.Tensor:
+        """(B,) indices of the ``offset``-th token from the end (``-1`` = last)."""
+        T = self.input_ids.shape[1]
+        return torch.full((self.input_ids.shape[0],), T + offset, dtype=torch.long)
+
+
+def _token_ids(tokenizer: Any, text: str, add_special: bool) -> tuple[list[int], list[tuple[int, int]] | None]:
+    try:
+        enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    except (NotImplementedError, ValueError, TypeError):
+        enc = tokenizer(text, add_special_tokens=add_special)
+        return list(enc["input_ids"]), None
+
+
+def encode(
+    tokenizer: Any,
+    instructions: Sequence[str],
+    *,
+    chat: bool | None = None,
+    system: str | None = None,
+) -> Batch:
+    """Render (chat template when present), tokenize and left-pad a list of instructions."""
+    if len(instructions) == 0:
+        raise DataError("no prompts to encode")
+    use_chat = has_chat_template(tokenizer) if chat is None else chat
+    rows: list[list[int]] = []
+    ends: list[int] = []
+    texts: list[str] = []
+    for ins in instructions:
+        text = format_prompt(tokenizer, ins, chat=use_chat, system=system)
+        # A template carries its own BOS; raw text gets the tokenizer's special tokens.
+        ids, offsets = _token_ids(tokenizer, text, add_special=not use_chat)
+        if not ids:
+            raise DataError(f"prompt tokenizes to nothing: {ins!r}")
+        end_char = text.rfind(ins) + len(ins) if ins and ins in text else len(text)
+        end_tok = len(ids) - 1
+        if offsets is not None:
+            # The last token that starts before the instruction's end.
+            cands = [i for i, (s, e) in enumerate(offsets) if s < end_char and e > s]
+            if cands:
+                end_tok = cands[-1]
+        rows.append(ids)
+        ends.append(end_tok)
+        texts.append(text)
+    T = max(len(r) for r in rows)
+    pid = pad_id(tokenizer)
+    input_ids = torch.full((len(rows), T), pid, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, T - len(r):] = 1
+    inst_end = torch.tensor([T - len(r) + e for r, e in zip(rows, ends, strict=True)])
+    return Batch(input_ids, mask, inst_end, texts)

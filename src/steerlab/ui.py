@@ -1,0 +1,54 @@
+"""Progress bars and status lines (rich), all switchable off with ``quiet``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["console", "progress_bar", "set_quiet", "status"]
+
+console = Console(stderr=True)
+_QUIET = {"on": False}
+
+
+def set_quiet(quiet: bool) -> None:
+    _QUIET["on"] = quiet
+    if quiet:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+        except ImportError:
+            pass
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``; shows a bar unless quiet."""
+    if _QUIET["on"]:
+        yield lambda _n: None
+        return
+    cols = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*cols, console=console, transient=False) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n: prog.advance(task, n)
+
+
+def status(message: str) -> None:
+    if not _QUIET["on"]:
+        console.print(f"[dim]·[/dim] {message}")

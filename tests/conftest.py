@@ -15,8 +15,16 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 VOCAB = 128
 D = 32
 
-_COMMON = dict(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=4, num_attention_heads=4,
-               intermediate_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=D,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 ARCHS: dict[str, dict] = {
     "llama": dict(num_key_value_heads=2),
     "qwen2": dict(num_key_value_heads=2),
@@ -35,8 +43,12 @@ def make_model(model_type: str, seed: int = 0) -> torch.nn.Module:
     extra = ARCHS[model_type]
     kw = {**_COMMON, **extra}
     if model_type == "gpt2":
-        kw = {k: v for k, v in kw.items() if k not in ("hidden_size", "num_hidden_layers",
-                                                      "num_attention_heads", "intermediate_size")}
+        kw = {
+            k: v
+            for k, v in kw.items()
+            if k
+            not in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        }
     cfg = AutoConfig.for_model(model_type, **kw)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
@@ -68,20 +80,120 @@ def make_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over a fixed vocabulary (unknown words map to [UNK])."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "<|user|>", "<|assistant|>", "<|end|>",
-             "<|system|>"]
-    words += ("i am so happy sad today what a day joyful miserable life is great awful tell me "
-              "about your the of and to in it you that he was for on are with as his they be at "
-              "one have this from or had by hot word but some we can out other were all there "
-              "when up use how said an each she which do their time if will way many then them "
-              "write would like so these her long make thing see him two has look more go").split()
+    words = [
+        "[PAD]",
+        "[BOS]",
+        "[EOS]",
+        "[UNK]",
+        "<|user|>",
+        "<|assistant|>",
+        "<|end|>",
+        "<|system|>",
+    ]
+    words += [
+        "i",
+        "am",
+        "so",
+        "happy",
+        "sad",
+        "today",
+        "what",
+        "a",
+        "day",
+        "joyful",
+        "miserable",
+        "life",
+        "is",
+        "great",
+        "awful",
+        "tell",
+        "me",
+        "about",
+        "your",
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "it",
+        "you",
+        "that",
+        "he",
+        "was",
+        "for",
+        "on",
+        "are",
+        "with",
+        "as",
+        "his",
+        "they",
+        "be",
+        "at",
+        "one",
+        "have",
+        "this",
+        "from",
+        "or",
+        "had",
+        "by",
+        "hot",
+        "word",
+        "but",
+        "some",
+        "we",
+        "can",
+        "out",
+        "other",
+        "were",
+        "all",
+        "there",
+        "when",
+        "up",
+        "use",
+        "how",
+        "said",
+        "an",
+        "each",
+        "she",
+        "which",
+        "do",
+        "their",
+        "time",
+        "if",
+        "will",
+        "way",
+        "many",
+        "then",
+        "them",
+        "write",
+        "would",
+        "like",
+        "so",
+        "these",
+        "her",
+        "long",
+        "make",
+        "thing",
+        "see",
+        "him",
+        "two",
+        "has",
+        "look",
+        "more",
+        "go",
+    ]
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
     assert len(vocab) <= VOCAB
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(words[:8])  # matched whole, before pre-tokenization
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]",
-                                   eos_token="[EOS]", unk_token="[UNK]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        unk_token="[UNK]",
+    )
     if chat:
         fast.chat_template = CHAT_TEMPLATE
     return fast

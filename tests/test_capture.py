@@ -11,16 +11,26 @@ from steerlab.errors import LayerError
 from steerlab.models.adapter import blocks_of, get_adapter
 from steerlab.models.chat import encode
 
-PROMPTS = ["i am so happy today", "what a day", "life is great", "tell me about your day",
-           "i am miserable", "it was awful", "you look great", "the day is long"]
+PROMPTS = [
+    "i am so happy today",
+    "what a day",
+    "life is great",
+    "tell me about your day",
+    "i am miserable",
+    "it was awful",
+    "you look great",
+    "the day is long",
+]
 
 
 def test_forward_stops_after_deepest_layer() -> None:
     model = make_model("llama")
     ad = get_adapter(model)
     calls: list[int] = []
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
-               for i, b in enumerate(blocks_of(model, ad))]
+    handles = [
+        b.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+        for i, b in enumerate(blocks_of(model, ad))
+    ]
     batch = encode(make_tokenizer(), PROMPTS[:2])
     read_activations(model, ad, batch, [1], site="resid_pre")
     assert calls == [0]  # block 1's input is ready once block 0 ran; block 1 never runs
@@ -37,8 +47,9 @@ def test_streaming_means_equal_naive(position: str | int) -> None:
     tok = make_tokenizer()
     ad = get_adapter(model)
     layers = [0, 2, 3]
-    stats = capture_stats(model, tok, ad, PROMPTS, layers, position=position, batch_size=3,
-                          keep_samples=True)
+    stats = capture_stats(
+        model, tok, ad, PROMPTS, layers, position=position, batch_size=3, keep_samples=True
+    )
     rows = []
     for p in PROMPTS:  # one prompt at a time: no padding at all
         b = encode(tok, [p])
@@ -71,7 +82,9 @@ def test_left_padding_does_not_change_activations() -> None:
     tok = make_tokenizer()
     ad = get_adapter(model)
     alone = read_activations(model, ad, encode(tok, ["what a day"]), [3])
-    padded = read_activations(model, ad, encode(tok, ["what a day", PROMPTS[3] + " " + PROMPTS[0]]), [3])
+    padded = read_activations(
+        model, ad, encode(tok, ["what a day", PROMPTS[3] + " " + PROMPTS[0]]), [3]
+    )
     torch.testing.assert_close(padded[(3, "last")][0], alone[(3, "last")][0], rtol=1e-4, atol=1e-5)
 
 

@@ -15,7 +15,9 @@ from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
 
 
-def _planted(n: int = 200, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _planted(
+    n: int = 200, d: int = 16, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(d, generator=g)
     u /= u.norm()
@@ -143,8 +145,11 @@ def test_artifact_validation(tmp_path) -> None:
     save_file({"weight": torch.ones(2)}, str(foreign))
     with pytest.raises(ArtifactError, match="not a steerlab"):
         Direction.load(foreign)
-    save_file({"vectors": torch.ones(1, 4), "layers": torch.tensor([0])}, str(foreign),
-              metadata={"steerlab": json.dumps({"kind": "other"})})
+    save_file(
+        {"vectors": torch.ones(1, 4), "layers": torch.tensor([0])},
+        str(foreign),
+        metadata={"steerlab": json.dumps({"kind": "other"})},
+    )
     with pytest.raises(ArtifactError, match="not a steerlab"):
         Direction.load(foreign)
     with pytest.raises(VectorError, match="NaN"):

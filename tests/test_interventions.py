@@ -32,9 +32,13 @@ def _block_inputs(model: torch.nn.Module) -> list[torch.Tensor]:
     ad = get_adapter(model)
     mods = [*blocks_of(model, ad), model.get_submodule(ad.final_norm)]
     seen: list[torch.Tensor] = []
-    handles = [m.register_forward_pre_hook(
-        lambda m, a, kw: seen.append((a[0] if a else kw["hidden_states"]).clone()),
-        with_kwargs=True) for m in mods]
+    handles = [
+        m.register_forward_pre_hook(
+            lambda m, a, kw: seen.append((a[0] if a else kw["hidden_states"]).clone()),
+            with_kwargs=True,
+        )
+        for m in mods
+    ]
     try:
         _run(model, hidden=False)
     finally:
@@ -57,7 +61,8 @@ def test_steer_adds_exactly_at_its_layer(tiny: torch.nn.Module) -> None:
     with steerlab.steer(tiny, v, layers=lay, coeff=coeff):
         h = block.register_forward_pre_hook(
             lambda m, a, kw: captured.append((a[0] if a else kw["hidden_states"]).clone()),
-            with_kwargs=True)
+            with_kwargs=True,
+        )
         steered = _run(tiny).hidden_states
         h.remove()
     # Layers before the steered one are untouched; the block's input is original + delta.
@@ -91,7 +96,8 @@ def test_steer_generated_positions_leave_prompt_alone() -> None:
         same = model(**forward_kwargs(batch)).logits
         assert torch.equal(same, ref)  # no cache: a prompt forward, not steered
         h = blocks_of(model, get_adapter(model))[3].register_forward_pre_hook(
-            lambda m, a, kw: seen.append(True), with_kwargs=True)
+            lambda m, a, kw: seen.append(True), with_kwargs=True
+        )
         first_g = generate(model, tok, PROMPTS, max_new_tokens=1)
         gen_g = generate(model, tok, PROMPTS, max_new_tokens=4)
         h.remove()
@@ -124,7 +130,8 @@ def test_clamp_pins_projection(tiny: torch.nn.Module) -> None:
     with steerlab.clamp(tiny, v, 4.0, layers=[2]):
         h = block.register_forward_pre_hook(
             lambda m, a, kw: captured.append((a[0] if a else kw["hidden_states"]).clone()),
-            with_kwargs=True)
+            with_kwargs=True,
+        )
         _run(tiny)
         h.remove()
     x = captured[0]
@@ -161,8 +168,13 @@ def test_sandwich_norm_orthogonalization_removes_direction_exactly() -> None:
         assert (h @ r).abs().max() < 1e-4
     assert "not identical" in edited.config.steerlab_edit["equivalence"]
     # And the naive edit (project r out of o_proj/down_proj) would not remove it:
-    naive = steerlab.orthogonalize(model, v, adapter=get_adapter(model).__class__(
-        **{**get_adapter(model).to_dict(), "sandwich": False, "norm_offset": 0.0}))
+    naive = steerlab.orthogonalize(
+        model,
+        v,
+        adapter=get_adapter(model).__class__(
+            **{**get_adapter(model).to_dict(), "sandwich": False, "norm_offset": 0.0}
+        ),
+    )
     assert max(float((h @ r).abs().max()) for h in _block_inputs(naive)[1:]) > 1e-2
 
 
@@ -193,7 +205,10 @@ def test_bad_vectors_are_refused() -> None:
     model = make_model("llama")
     with pytest.raises(VectorError, match="width"), steerlab.steer(model, torch.ones(7), layers=1):
         pass
-    with pytest.raises(VectorError, match="NaN"), steerlab.ablate(model, torch.full((32,), float("nan"))):
+    with (
+        pytest.raises(VectorError, match="NaN"),
+        steerlab.ablate(model, torch.full((32,), float("nan"))),
+    ):
         pass
     with pytest.raises(VectorError, match="zero"), steerlab.ablate(model, torch.zeros(32)):
         pass

@@ -8,6 +8,7 @@ statistics are running sums in float64.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -125,10 +126,8 @@ def read_activations(
                 hs.pre(blocks[layer], make(layer))
             else:
                 hs.post(blocks[layer], make(layer))
-        try:
+        with contextlib.suppress(StopForward):
             model(**forward_kwargs(batch))
-        except StopForward:
-            pass
     return out
 
 

@@ -14,12 +14,18 @@ import typer
 from .errors import SteerlabError
 from .models.registry import DEFAULT_MODEL
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="steerlab: find, read, steer with and erase directions in language models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="steerlab: find, read, steer with and erase directions in language models.",
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="built-in name, HF id, local dir or .gguf")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="built-in name, HF id, local dir or .gguf")
+]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto")]
 DeviceMapOpt = Annotated[str | None, typer.Option(help='e.g. "auto" to span several GPUs')]
@@ -50,8 +56,9 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _load(model: str, device: str, dtype: str, device_map: str | None, trust: bool,
-          adapter: str | None) -> Any:
+def _load(
+    model: str, device: str, dtype: str, device_map: str | None, trust: bool, adapter: str | None
+) -> Any:
     from .models.load import load_model
     from .ui import status
 
@@ -62,8 +69,15 @@ def _load(model: str, device: str, dtype: str, device_map: str | None, trust: bo
         except json.JSONDecodeError as e:
             raise SteerlabError(f"--adapter is not valid JSON: {e}") from None
     try:
-        return load_model(model, device=device, dtype=dtype, device_map=device_map,
-                          trust_remote_code=trust, adapter=override, progress=status)
+        return load_model(
+            model,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            trust_remote_code=trust,
+            adapter=override,
+            progress=status,
+        )
     except ValueError as e:
         raise SteerlabError(str(e)) from None
 
@@ -89,8 +103,12 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="print JSON")] 
         t.add_column(col)
     for r in rows:
         name = f"{r['name']} (default)" if r["default"] else str(r["name"])
-        t.add_row(name, "yes" if r["installed"] else "no", "yes" if r["cached"] else "no",
-                  str(r["description"]))
+        t.add_row(
+            name,
+            "yes" if r["installed"] else "no",
+            "yes" if r["cached"] else "no",
+            str(r["description"]),
+        )
     Console().print(t)
 
 
@@ -107,8 +125,12 @@ def extract(
     site: Annotated[str, typer.Option(help="resid_pre | resid_post")] = "resid_pre",
     column: Annotated[str | None, typer.Option(help="field/column holding the text")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    no_chat: Annotated[bool, typer.Option("--no-chat", help="do not apply the chat template")] = False,
-    allow_unbalanced: Annotated[bool, typer.Option(help="accept sets of very different sizes")] = False,
+    no_chat: Annotated[
+        bool, typer.Option("--no-chat", help="do not apply the chat template")
+    ] = False,
+    allow_unbalanced: Annotated[
+        bool, typer.Option(help="accept sets of very different sizes")
+    ] = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
@@ -141,20 +163,34 @@ def extract(
 
     resolve_layers(layers, lm.info.n_layers)  # fail before any compute
     with progress_bar("capturing activations", len(pos_set) + len(neg_set)) as advance:
-        d = run_extract(lm, pos_set, neg_set, method=method, layers=layers, position=pos_spec,
-                        site=site, batch_size=batch_size, chat=False if no_chat else None,
-                        allow_unbalanced=allow_unbalanced, progress=advance)
+        d = run_extract(
+            lm,
+            pos_set,
+            neg_set,
+            method=method,
+            layers=layers,
+            position=pos_spec,
+            site=site,
+            batch_size=batch_size,
+            chat=False if no_chat else None,
+            allow_unbalanced=allow_unbalanced,
+            progress=advance,
+        )
     d.save(output)
     norms = d.meta["norms"]
     best = max(range(len(norms)), key=norms.__getitem__)
-    status(f"wrote {output}: {method} at {len(d.layers)} layer(s), site {site}, position "
-           f"{position}; largest norm {norms[best]:.3g} at layer {d.layers[best]}")
+    status(
+        f"wrote {output}: {method} at {len(d.layers)} layer(s), site {site}, position "
+        f"{position}; largest norm {norms[best]:.3g} at layer {d.layers[best]}"
+    )
 
 
 @app.command()
 @user_errors
 def generate(
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="a prompt (repeatable)")] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", help="a prompt (repeatable)")
+    ] = None,
     prompts: Annotated[str | None, typer.Option("--prompts", help="prompt file")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     vector: Annotated[Path | None, typer.Option(help="direction artifact to add")] = None,
@@ -164,15 +200,21 @@ def generate(
     ablate: Annotated[Path | None, typer.Option(help="direction artifact to ablate")] = None,
     clamp: Annotated[Path | None, typer.Option(help="direction artifact to clamp")] = None,
     value: Annotated[float | None, typer.Option(help="projection value for --clamp")] = None,
-    direction_layer: Annotated[int | None, typer.Option(
-        help="row of a multi-layer artifact used by --ablate/--clamp (default: --layer)")] = None,
+    direction_layer: Annotated[
+        int | None,
+        typer.Option(
+            help="row of a multi-layer artifact used by --ablate/--clamp (default: --layer)"
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.0,
     seed: int = 0,
     compare: Annotated[bool, typer.Option(help="also show the unsteered output")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    no_chat: Annotated[bool, typer.Option("--no-chat", help="do not apply the chat template")] = False,
+    no_chat: Annotated[
+        bool, typer.Option("--no-chat", help="do not apply the chat template")
+    ] = False,
     force: Annotated[bool, typer.Option(help="use an artifact made for another model")] = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
@@ -213,8 +255,16 @@ def generate(
     interventions: list[Callable[[], Any]] = []
     if vector is not None:
         dv = load(vector)
-        interventions.append(lambda: do_steer(lm.model, dv, layers=layers, coeff=coeff,
-                                              positions=steer_positions, adapter=lm.adapter))  # type: ignore[arg-type]
+        interventions.append(
+            lambda: do_steer(
+                lm.model,
+                dv,
+                layers=layers,
+                coeff=coeff,
+                positions=steer_positions,
+                adapter=lm.adapter,
+            )
+        )  # type: ignore[arg-type]
     if ablate is not None:
         da = load(ablate)
         r_layer = row if row is not None or len(da.layers) != 1 else da.layers[0]
@@ -224,11 +274,22 @@ def generate(
         dc = load(clamp)
         c_layer = row if row is not None or len(dc.layers) != 1 else dc.layers[0]
         dc.vector(c_layer)
-        interventions.append(lambda: do_clamp(lm.model, dc, float(value), layer=c_layer,  # type: ignore[arg-type]
-                                              adapter=lm.adapter))
-    gen_kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  temperature=temperature, seed=seed,
-                                  chat=False if no_chat else None)
+        interventions.append(
+            lambda: do_clamp(
+                lm.model,
+                dc,
+                float(value),
+                layer=c_layer,  # type: ignore[arg-type]
+                adapter=lm.adapter,
+            )
+        )
+    gen_kw: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        temperature=temperature,
+        seed=seed,
+        chat=False if no_chat else None,
+    )
     baseline: list[str] | None = None
     if compare or not interventions:
         with progress_bar("generating (unsteered)", len(texts)) as advance:
@@ -242,8 +303,9 @@ def generate(
     _print_generations(texts, baseline, steered, json_out)
 
 
-def _print_generations(texts: list[str], base: list[str] | None, steered: list[str] | None,
-                       json_out: bool) -> None:
+def _print_generations(
+    texts: list[str], base: list[str] | None, steered: list[str] | None, json_out: bool
+) -> None:
     rows = []
     for i, t in enumerate(texts):
         row: dict[str, str] = {"prompt": t}

@@ -67,7 +67,7 @@ def generate(
             attention_mask=batch.attention_mask,
             generation_config=cfg,
         )
-        new = ids[:, batch.input_ids.shape[1]:]
+        new = ids[:, batch.input_ids.shape[1] :]
         outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
         if progress:
             progress(len(chunk))

@@ -21,7 +21,7 @@ __all__ = ["HookSet", "StopForward", "retuple", "scoped_hooks", "untuple"]
 HiddenFn = Callable[[torch.Tensor], torch.Tensor | None]
 
 
-class StopForward(Exception):  # noqa: N818 - a control-flow signal, not an error
+class StopForward(Exception):
     """Raised by a hook to end a forward pass early (nothing after it is computed)."""
 
 

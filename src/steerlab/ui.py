@@ -42,8 +42,15 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     if _QUIET["on"]:
         yield lambda _n: None
         return
-    cols = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    cols = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*cols, console=console, transient=False) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n: prog.advance(task, n)

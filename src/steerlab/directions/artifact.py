@@ -20,7 +20,9 @@ from ..errors import ArtifactError, LayerError, VectorError
 
 __all__ = ["LAYER_CONVENTION", "Direction"]
 
-LAYER_CONVENTION = "resid_pre[l] = input of block l = hidden_states[l]; resid_post[l] = output of block l"
+LAYER_CONVENTION = (
+    "resid_pre[l] = input of block l = hidden_states[l]; resid_post[l] = output of block l"
+)
 _KIND = "steerlab.direction"
 
 
@@ -84,8 +86,12 @@ class Direction:
         from safetensors.torch import save_file
 
         path = Path(path)
-        meta = {"kind": _KIND, "layer_convention": LAYER_CONVENTION,
-                "steerlab_version": __version__, **self.meta}
+        meta = {
+            "kind": _KIND,
+            "layer_convention": LAYER_CONVENTION,
+            "steerlab_version": __version__,
+            **self.meta,
+        }
         tensors = {
             "vectors": self.vectors.detach().float().cpu().contiguous(),
             "layers": torch.tensor(self.layers, dtype=torch.int64),
@@ -100,7 +106,9 @@ class Direction:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, model_info: Any = None, strict: bool = True) -> Direction:
+    def load(
+        cls, path: str | os.PathLike[str], *, model_info: Any = None, strict: bool = True
+    ) -> Direction:
         """Read and validate an artifact.
 
         Args:

@@ -25,8 +25,14 @@ def data_hash(*sets: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps([list(s) for s in sets]).encode()).hexdigest()[:16]
 
 
-def check_sets(positive: Sequence[str], negative: Sequence[str], *, paired: bool,
-               allow_unbalanced: bool = False, min_size: int = 2) -> None:
+def check_sets(
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    paired: bool,
+    allow_unbalanced: bool = False,
+    min_size: int = 2,
+) -> None:
     """Refuse empty, tiny or unbalanced contrast sets with a message that says which."""
     for name, s in (("positive", positive), ("negative", negative)):
         if len(s) == 0:
@@ -85,8 +91,14 @@ def extract(
     spec = METHODS[method]
     check_sets(positive, negative, paired=spec.paired, allow_unbalanced=allow_unbalanced)
     layer_list = resolve_layers(layers, lm.info.n_layers)
-    kw: dict[str, Any] = dict(site=site, position=position, batch_size=batch_size,
-                              keep_samples=spec.needs_samples, chat=chat, progress=progress)
+    kw: dict[str, Any] = dict(
+        site=site,
+        position=position,
+        batch_size=batch_size,
+        keep_samples=spec.needs_samples,
+        chat=chat,
+        progress=progress,
+    )
     with torch.inference_mode():
         pos = capture_stats(lm.model, lm.tokenizer, lm.adapter, positive, layer_list, **kw)
         neg = capture_stats(lm.model, lm.tokenizer, lm.adapter, negative, layer_list, **kw)
@@ -94,10 +106,15 @@ def extract(
     xn = neg.stacked() if spec.needs_samples else None
     rows = []
     for i in range(len(layer_list)):
-        rows.append(fit_layer(
-            method, pos.mean[i], neg.mean[i],
-            None if xp is None else xp[:, i], None if xn is None else xn[:, i],
-        ))
+        rows.append(
+            fit_layer(
+                method,
+                pos.mean[i],
+                neg.mean[i],
+                None if xp is None else xp[:, i],
+                None if xn is None else xn[:, i],
+            )
+        )
     meta = {
         "model": lm.info.to_dict(),
         "site": site,
@@ -106,7 +123,9 @@ def extract(
         "layer_convention": LAYER_CONVENTION,
         "data_hash": data_hash(positive, negative),
         "counts": {"positive": len(positive), "negative": len(negative)},
-        "chat_template": bool(getattr(lm.tokenizer, "chat_template", None)) if chat is None else chat,
+        "chat_template": bool(getattr(lm.tokenizer, "chat_template", None))
+        if chat is None
+        else chat,
         "steerlab_version": __version__,
         "norms": [round(float(r.norm()), 6) for r in rows],
     }

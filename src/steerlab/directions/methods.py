@@ -41,11 +41,15 @@ def _scaled(u: torch.Tensor, md: torch.Tensor) -> torch.Tensor:
     return u * proj
 
 
-def _mean_diff(mu_p: torch.Tensor, mu_n: torch.Tensor, _xp: torch.Tensor, _xn: torch.Tensor) -> torch.Tensor:
+def _mean_diff(
+    mu_p: torch.Tensor, mu_n: torch.Tensor, _xp: torch.Tensor, _xn: torch.Tensor
+) -> torch.Tensor:
     return mu_p - mu_n
 
 
-def _pca(mu_p: torch.Tensor, mu_n: torch.Tensor, xp: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
+def _pca(
+    mu_p: torch.Tensor, mu_n: torch.Tensor, xp: torch.Tensor, xn: torch.Tensor
+) -> torch.Tensor:
     # RepE-style LAT on paired differences. The second moment (uncentered) keeps the shared
     # offset of the pairs: centered PCA would discard exactly the mean difference.
     diffs = (xp - xn).double()
@@ -53,7 +57,9 @@ def _pca(mu_p: torch.Tensor, mu_n: torch.Tensor, xp: torch.Tensor, xn: torch.Ten
     return _scaled(vh[0], mu_p - mu_n)
 
 
-def _logistic(mu_p: torch.Tensor, mu_n: torch.Tensor, xp: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
+def _logistic(
+    mu_p: torch.Tensor, mu_n: torch.Tensor, xp: torch.Tensor, xn: torch.Tensor
+) -> torch.Tensor:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -66,7 +72,9 @@ def _logistic(mu_p: torch.Tensor, mu_n: torch.Tensor, xp: torch.Tensor, xn: torc
     return _scaled(torch.from_numpy(w), mu_p - mu_n)
 
 
-def _leace(mu_p: torch.Tensor, mu_n: torch.Tensor, xp: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
+def _leace(
+    mu_p: torch.Tensor, mu_n: torch.Tensor, xp: torch.Tensor, xn: torch.Tensor
+) -> torch.Tensor:
     from concept_erasure import LeaceFitter
 
     d = xp.shape[1]
@@ -105,6 +113,8 @@ def fit_layer(
         )
     empty = torch.empty(0)
     return spec.fn(
-        mu_pos.double(), mu_neg.double(),
-        x_pos if x_pos is not None else empty, x_neg if x_neg is not None else empty,
+        mu_pos.double(),
+        mu_neg.double(),
+        x_pos if x_pos is not None else empty,
+        x_neg if x_neg is not None else empty,
     ).float()

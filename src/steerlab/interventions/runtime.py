@@ -48,7 +48,8 @@ def as_vector(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Ten
 
 
 def as_unit(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Tensor:
-    v = as_vector(model, vec, layer).float()
+    """The unit vector in float64 (callers cast it to the activations' dtype)."""
+    v = as_vector(model, vec, layer).double()
     n = v.norm()
     if n == 0:
         raise VectorError("cannot ablate or clamp along a zero vector")
@@ -110,12 +111,15 @@ def steer(
     def make(delta: torch.Tensor) -> Any:
         def fn(h: torch.Tensor) -> torch.Tensor | None:
             return h + delta.to(h.dtype) if state["active"] else None
+
         return fn
 
     with scoped_hooks() as hs:
         if positions == "generated":
+
             def gate(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 state["active"] = _is_decode_step(args, kwargs)
+
             hs.raw_pre(model, gate)
         elif positions != "all":
             raise ValueError(f"positions must be 'all' or 'generated', not {positions!r}")
@@ -125,9 +129,12 @@ def steer(
 
 
 def _remove(r: torch.Tensor) -> Any:
+    # Divide by r.r in the activations' dtype so the projector is idempotent even though the
+    # cast unit vector is not exactly unit: hooks apply it several times per forward.
     def fn(h: torch.Tensor) -> torch.Tensor:
         rr = r.to(h.dtype)
-        return h - (h @ rr).unsqueeze(-1) * rr
+        return h - ((h @ rr) / (rr @ rr)).unsqueeze(-1) * rr
+
     return fn
 
 
@@ -187,7 +194,7 @@ def clamp(
 
     def fn(h: torch.Tensor) -> torch.Tensor:
         rr = r.to(h.dtype)
-        return h + (value - h @ rr).unsqueeze(-1) * rr
+        return h + ((value - h @ rr) / (rr @ rr)).unsqueeze(-1) * rr
 
     with scoped_hooks() as hs:
         for lay in chosen:

@@ -34,7 +34,8 @@ def _is_conv1d(mod: nn.Module) -> bool:
 @torch.no_grad()
 def _project_out_rows(weight: torch.Tensor, r: torch.Tensor) -> None:
     """weight (N, D) whose rows live in residual space: w <- w - (w . r) r."""
-    w = weight.data.float()
+    # float64: the edit's own rounding must stay far below the 1e-4 logit tolerance.
+    w, r = weight.data.double(), r.double()
     weight.data.copy_((w - torch.outer(w @ r, r)).to(weight.dtype))
 
 
@@ -44,12 +45,12 @@ def _project_out_output(mod: nn.Module, u: torch.Tensor) -> None:
     if _is_conv1d(mod):  # y = x @ W + b, W (in, D): same as rows living in residual space
         _project_out_rows(w, u)
     else:  # nn.Linear: y = x @ W^T + b, W (D, in): W <- W - u (u^T W)
-        wf = w.data.float()
-        w.data.copy_((wf - torch.outer(u, u @ wf)).to(w.dtype))
+        wf, ud = w.data.double(), u.double()
+        w.data.copy_((wf - torch.outer(ud, ud @ wf)).to(w.dtype))
     b = getattr(mod, "bias", None)
     if b is not None:
-        bf = b.data.float()
-        b.data.copy_((bf - (bf @ u) * u).to(b.dtype))
+        bf, ud = b.data.double(), u.double()
+        b.data.copy_((bf - (bf @ ud) * ud).to(b.dtype))
 
 
 def _untie(model: nn.Module) -> None:
@@ -94,7 +95,7 @@ def orthogonalize(
         >>> edited.save_pretrained("abliterated")  # doctest: +SKIP
     """
     ad = adapter or get_adapter(model)
-    r = as_unit(model, direction, layer).float()
+    r = as_unit(model, direction, layer)
     target = model if inplace else copy.deepcopy(model)
     _untie(target)
     emb_names = set(ad.embeddings)
@@ -107,7 +108,7 @@ def orthogonalize(
             u = r.to(proj.weight.device)
             if ad.sandwich:
                 norm = block.get_submodule(write_path)
-                g = norm.weight.detach().float().to(u.device) + ad.norm_offset
+                g = norm.weight.detach().double().to(u.device) + ad.norm_offset
                 u = g * u
                 u = u / u.norm()
             _project_out_output(proj, u)

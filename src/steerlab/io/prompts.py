@@ -42,7 +42,9 @@ def _read_builtin(spec: str) -> list[str]:
     split = parts[2] if len(parts) > 2 else None
     res = resources.files("steerlab") / "data" / "prompts" / f"{name}.json"
     if not res.is_file():
-        raise DataError(f"no built-in prompt set {name!r}; have: {', '.join(builtin_prompt_sets())}")
+        raise DataError(
+            f"no built-in prompt set {name!r}; have: {', '.join(builtin_prompt_sets())}"
+        )
     items = json.loads(res.read_text(encoding="utf-8"))
     if split is not None:
         items = [x for x in items if isinstance(x, dict) and x.get("split") == split]
@@ -81,8 +83,11 @@ def read_prompts(path: str | Path, *, column: str | None = None) -> list[str]:
                 raise DataError(f"{p}: expected a JSON list")
             out = [_pick(x, column, f"{p} item {i}") for i, x in enumerate(data)]
         elif suffix == ".jsonl":
-            out = [_pick(json.loads(line), column, f"{p} line {i + 1}")
-                   for i, line in enumerate(text.splitlines()) if line.strip()]
+            out = [
+                _pick(json.loads(line), column, f"{p} line {i + 1}")
+                for i, line in enumerate(text.splitlines())
+                if line.strip()
+            ]
         elif suffix == ".csv":
             rows = list(csv.DictReader(text.splitlines()))
             if not rows:
@@ -90,7 +95,9 @@ def read_prompts(path: str | Path, *, column: str | None = None) -> list[str]:
             cols = rows[0].keys()
             col = column or next((k for k in _TEXT_KEYS if k in cols), None)
             if col is None or col not in cols:
-                raise DataError(f"{p}: no column {column or '/'.join(_TEXT_KEYS)}; has {list(cols)}")
+                raise DataError(
+                    f"{p}: no column {column or '/'.join(_TEXT_KEYS)}; has {list(cols)}"
+                )
             out = [r[col] for r in rows]
         elif suffix in (".txt", ""):
             out = [line for line in text.splitlines() if line.strip()]

@@ -124,10 +124,10 @@ def _guess(model: nn.Module) -> ModelAdapter:
     n = _n_layers(model)
     best: tuple[str, nn.ModuleList] | None = None
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            if len({type(m) for m in mod}) == 1 and (n is None or len(mod) == n):
-                if best is None or len(mod) > len(best[1]):
-                    best = (name, mod)
+        homogeneous = isinstance(mod, nn.ModuleList) and len({type(m) for m in mod}) == 1
+        fits = homogeneous and (n is None or len(mod) == n)
+        if fits and (best is None or len(mod) > len(best[1])):
+            best = (name, mod)
     if best is None:
         raise LookupError("no homogeneous ModuleList of decoder blocks")
     blocks_path, blocks = best
@@ -176,7 +176,9 @@ def _validate(model: nn.Module, ad: ModelAdapter) -> ModelAdapter:
     return ad
 
 
-def get_adapter(model: nn.Module, override: dict[str, Any] | ModelAdapter | None = None) -> ModelAdapter:
+def get_adapter(
+    model: nn.Module, override: dict[str, Any] | ModelAdapter | None = None
+) -> ModelAdapter:
     """Resolve the adapter for ``model``.
 
     Args:

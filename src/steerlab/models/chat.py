@@ -89,7 +89,9 @@ class Batch:
         return torch.full((self.input_ids.shape[0],), T + offset, dtype=torch.long)
 
 
-def _token_ids(tokenizer: Any, text: str, add_special: bool) -> tuple[list[int], list[tuple[int, int]] | None]:
+def _token_ids(
+    tokenizer: Any, text: str, add_special: bool
+) -> tuple[list[int], list[tuple[int, int]] | None]:
     try:
         enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
@@ -133,7 +135,7 @@ def encode(
     input_ids = torch.full((len(rows), T), pid, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
     for i, r in enumerate(rows):
-        input_ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, T - len(r):] = 1
+        input_ids[i, T - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, T - len(r) :] = 1
     inst_end = torch.tensor([T - len(r) + e for r, e in zip(rows, ends, strict=True)])
     return Batch(input_ids, mask, inst_end, texts)

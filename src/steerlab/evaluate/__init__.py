@@ -1,0 +1,1 @@
+"""Evaluation measures: refusal scores and phrases, KL, cross-entropy, intervals."""

@@ -1,0 +1,77 @@
+"""Options of the refusal-direction pipeline, in one serializable dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["QUICK", "RefusalConfig"]
+
+
+@dataclass(frozen=True)
+class RefusalConfig:
+    """Every knob of ``steerlab refusal``; recorded verbatim in ``report.json``.
+
+    Attributes:
+        model: built-in name, HF id, local dir or .gguf.
+        harmful, harmless: training prompt sets (train split used for the difference in means).
+        harmful_val, harmless_val: selection sets (never the evaluation sets).
+        eval_harmful, eval_harmless: held-out evaluation sets.
+        n_train, n_val, n_eval: caps on set sizes (first N after shuffling with ``seed``).
+        max_prompt_tokens: prompts longer than this (rendered) are dropped, and the report says so.
+        positions: how many post-instruction token positions (from the end) to try.
+        prune_last: fraction of the deepest layers never selected (paper: 0.2).
+        kl_max: KL bound on harmless val under ablation (paper: 0.1).
+        induce_min: induce-score threshold (paper: 0, at coefficient 1).
+        induce_coeff: coefficient of the addition used for the induce score (paper: 1).
+        on_empty: when no candidate passes both filters: ``relax`` drops the induce filter and
+            says so in the report; ``error`` stops.
+        early_prompts: harmful val prompts used to pre-screen every candidate's bypass score.
+        keep: candidates kept after the pre-screen for full scoring.
+        coeff: addition coefficient for evaluation: a number, or ``auto`` (the smallest of
+            ``coeff_grid`` that makes ``induce_target`` of harmless *val* prompts score > 0).
+        max_new_tokens: generation length for the phrase-based refusal rates.
+        filter_train: keep only harmful train prompts the model refuses (score > 0) and
+            harmless ones it answers (score < 0), as the paper does.
+    """
+
+    model: str = "qwen2.5-coder-0.5b"
+    harmful: str = "builtin:harmful:train"
+    harmless: str = "builtin:harmless:train"
+    harmful_val: str = "builtin:harmful:val"
+    harmless_val: str = "builtin:harmless:val"
+    eval_harmful: str = "builtin:harmful:test"
+    eval_harmless: str = "builtin:harmless:test"
+    n_train: int = 128
+    n_val: int = 32
+    n_eval: int = 100
+    max_prompt_tokens: int = 96
+    positions: int = 0  # 0: all post-instruction tokens of the chat template (at most 5)
+    prune_last: float = 0.2
+    kl_max: float = 0.1
+    induce_min: float = 0.0
+    induce_coeff: float = 1.0
+    on_empty: str = "relax"
+    early_prompts: int = 12
+    keep: int = 8
+    coeff: str = "auto"
+    coeff_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
+    induce_target: float = 0.9
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    seed: int = 0
+    chat: bool | None = None
+    filter_train: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["coeff_grid"] = list(self.coeff_grid)
+        return d
+
+    def with_overrides(self, **kw: Any) -> RefusalConfig:
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+QUICK: dict[str, Any] = dict(
+    n_train=64, n_val=16, n_eval=32, positions=2, early_prompts=8, keep=4, max_new_tokens=24
+)

@@ -1,0 +1,455 @@
+"""``steerlab refusal``: find, test and export the refusal direction, resumably.
+
+Steps (each cached under ``OUT/cache``; a rerun with the same config reuses them):
+filter -> candidates -> baseline val scores -> selection -> coefficient -> evaluation ->
+direction artifact -> export (optional) -> report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..directions.artifact import LAYER_CONVENTION, Direction
+from ..errors import DataError, SteerlabError
+from ..evaluate.refusal import last_token_logprobs, refusal_scores, refusal_token_ids
+from ..interventions import orthogonalize, steer
+from ..models.chat import has_chat_template
+from ..models.load import LoadedModel
+from ..runcache import RunCache, key_of
+from .config import RefusalConfig
+from .data import MIN_SET, load_data
+from .evaluate import GENERATED_ON, Intervention, evaluate_variants
+from .export import export_model
+from .select import candidate_means, post_instruction_tokens, score_candidates, select
+
+__all__ = ["Hooks", "run_refusal"]
+
+# progress(step_description, total) -> advance(n); status(message)
+Hooks = tuple[Callable[[str, int], Any], Callable[[str], None]]
+
+
+def _noop_bar(_d: str, _t: int) -> Any:
+    @contextmanager
+    def bar() -> Iterator[Callable[[int], None]]:
+        yield lambda _n: None
+
+    return bar()
+
+
+def run_refusal(
+    lm: LoadedModel,
+    cfg: RefusalConfig,
+    out_dir: Path,
+    *,
+    export_dir: Path | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, int], Any] | None = None,
+    status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the whole pipeline and write ``direction.safetensors``, ``report.json`` and
+    ``report.html`` into ``out_dir``. Returns the report dict."""
+    bar = progress or _noop_bar
+    say = status or (lambda _m: None)
+    if export_dir is not None and export_dir.exists() and not overwrite:
+        raise SteerlabError(f"export dir {export_dir} exists; pass --overwrite to replace it")
+    if cfg.chat is not False and not has_chat_template(lm.tokenizer):
+        raise DataError(
+            "this model has no chat template: pass --template FILE (a Jinja chat "
+            "template) or --no-chat to use raw prompts"
+        )
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    @contextmanager
+    def timed(step: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        timings[step] = round(time.perf_counter() - t, 2)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = RunCache(out_dir / "cache")
+    model_key = {
+        "model": lm.info.to_dict(),
+        "chat": cfg.chat,
+        "template": getattr(lm.tokenizer, "chat_template", None),
+    }
+    ids = refusal_token_ids(lm.tokenizer)
+    with timed("data"):
+        data = load_data(cfg, lm.tokenizer)
+    bs = cfg.batch_size
+
+    def scores_of(prompts: list[str], label: str) -> list[float]:
+        with bar(label, len(prompts)) as adv:
+            lp = last_token_logprobs(
+                lm.model, lm.tokenizer, prompts, batch_size=bs, chat=cfg.chat, progress=adv
+            )
+        return refusal_scores(lp, ids).tolist()
+
+    # 1. Filter: keep harmful prompts the model refuses and harmless ones it answers.
+    with timed("filter"):
+        filt = cache.json(
+            "filter",
+            [model_key, data.harmful, data.harmless, ids],
+            lambda: {
+                "harmful": scores_of(data.harmful, "filter: harmful train"),
+                "harmless": scores_of(data.harmless, "filter: harmless train"),
+            },
+        )
+    on = cfg.filter_train
+    harmful = [p for p, s in zip(data.harmful, filt["harmful"], strict=True) if s > 0 or not on]
+    harmless = [p for p, s in zip(data.harmless, filt["harmless"], strict=True) if s < 0 or not on]
+    filter_counts = {
+        "harmful_kept": len(harmful),
+        "harmful_total": len(data.harmful),
+        "harmless_kept": len(harmless),
+        "harmless_total": len(data.harmless),
+    }
+    if len(harmful) < MIN_SET or len(harmless) < MIN_SET:
+        raise DataError(
+            f"after filtering, {len(harmful)} harmful prompt(s) are refused and {len(harmless)} "
+            f"harmless ones answered (need {MIN_SET} each): this model may not refuse (try "
+            "qwen2.5-coder-0.5b) or the sets are too small"
+        )
+    say(
+        f"filter: {len(harmful)}/{len(data.harmful)} harmful refused, "
+        f"{len(harmless)}/{len(data.harmless)} harmless answered"
+    )
+
+    # 2. Candidate directions at every layer and the last K post-instruction positions.
+    n_post = post_instruction_tokens(lm, cfg.chat)
+    k = min(cfg.positions or min(n_post, 5), n_post)
+    with timed("candidates"):
+
+        def compute_means() -> dict[str, torch.Tensor]:
+            with bar("candidates: activations", len(harmful) + len(harmless)) as adv:
+                mh = candidate_means(lm, harmful, k, batch_size=bs, chat=cfg.chat, progress=adv)
+                ml = candidate_means(lm, harmless, k, batch_size=bs, chat=cfg.chat, progress=adv)
+            return {"harmful": mh, "harmless": ml}
+
+        means = cache.tensors("candidates", [model_key, harmful, harmless, k], compute_means)
+    diffs = means["harmful"] - means["harmless"]  # (L, K, D)
+
+    # 3. Selection on validation data.
+    with timed("selection"):
+        base_key = [model_key, data.harmless_val]
+        base_hl = cache.tensors(
+            "baseline_val",
+            base_key,
+            lambda: {
+                "lp": last_token_logprobs(
+                    lm.model, lm.tokenizer, data.harmless_val, batch_size=bs, chat=cfg.chat
+                )
+            },
+        )["lp"]
+        base_h_scores = cache.json(
+            "baseline_val_harmful",
+            [model_key, data.harmful_val, ids],
+            lambda: scores_of(data.harmful_val, "baseline: harmful val"),
+        )
+        sel_key = [
+            model_key,
+            harmful,
+            harmless,
+            k,
+            data.harmful_val,
+            data.harmless_val,
+            ids,
+            cfg.prune_last,
+            cfg.early_prompts,
+            cfg.keep,
+            cfg.induce_coeff,
+        ]
+        journal = cache.journal("selection", sel_key)
+        n_live = (
+            sum(
+                1
+                for lay in range(diffs.shape[0])
+                if lay < int(diffs.shape[0] * (1 - cfg.prune_last))
+            )
+            * k
+        )
+        with bar("selection: scoring candidates", n_live + cfg.keep) as adv:
+            cands = score_candidates(
+                lm,
+                diffs,
+                data.harmful_val,
+                data.harmless_val,
+                ids,
+                cfg,
+                journal,
+                base_harmless_lp=base_hl,
+                progress=adv,
+            )
+        best, notes = select(cands, cfg)
+    layer, pos = best["layer"], best["position"]
+    vec = diffs[layer, pos + k].float()
+    say(
+        f"selected layer {layer}, position {pos}: bypass {best['bypass_score']:.2f}, "
+        f"induce {best['induce_score']:.2f}, KL {best['kl_score']:.3f}"
+    )
+
+    # 4. Addition coefficient, chosen on harmless val (never on evaluation data).
+    with timed("coefficient"):
+        coeff, coeff_scan = _choose_coeff(
+            lm, vec, layer, data.harmless_val, ids, cfg, cache, [sel_key, layer, pos], bar
+        )
+    r = vec / vec.norm()
+    clamp_value = float(means["harmful"][layer, pos + k].float() @ r)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rand = torch.randn(vec.shape[0], generator=gen)
+    rand = rand / rand.norm() * vec.norm()
+
+    # 5. Evaluation on held-out prompts.
+    with timed("orthogonalize"):
+        edited = orthogonalize(lm.model, vec, adapter=lm.adapter)
+    iv = Intervention(lm, vec, layer, coeff, clamp_value, rand, edited)
+    n_gen = sum(
+        len(data.eval_harmful if w == "harmful" else data.eval_harmless)
+        for sets in GENERATED_ON.values()
+        for w in sets
+    )
+    with timed("evaluation"):
+        ev_journal = cache.journal(
+            "evaluation",
+            [
+                sel_key,
+                layer,
+                pos,
+                coeff,
+                cfg.max_new_tokens,
+                data.eval_harmful,
+                data.eval_harmless,
+                cfg.seed,
+            ],
+        )
+        with bar("evaluation: generating", n_gen + len(GENERATED_ON)) as adv:
+            metrics, completions = evaluate_variants(
+                iv,
+                data.eval_harmful,
+                data.eval_harmless,
+                ids,
+                cfg,
+                ev_journal,
+                progress=lambda _label, n: adv(n),
+            )
+
+    direction = Direction(
+        vec.unsqueeze(0),
+        (layer,),
+        {
+            "model": lm.info.to_dict(),
+            "site": "resid_pre",
+            "method": "mean_diff",
+            "position": pos,
+            "layer_convention": LAYER_CONVENTION,
+            "kind_of_direction": "refusal",
+            "data_hash": key_of([harmful, harmless]),
+            "counts": {"positive": len(harmful), "negative": len(harmless)},
+            "selection": {kk: best[kk] for kk in ("bypass_score", "induce_score", "kl_score")},
+            "coeff": coeff,
+            "clamp_value": clamp_value,
+            "steerlab_version": __version__,
+        },
+    )
+    direction.save(out_dir / "direction.safetensors")
+
+    exported = None
+    if export_dir is not None:
+        with timed("export"):
+            exported = export_model(
+                lm,
+                edited,
+                vec,
+                export_dir,
+                metrics,
+                best,
+                cfg,
+                overwrite=overwrite,
+                prompts=data.eval_harmless[:2],
+            )
+    del edited
+    timings["total"] = round(time.perf_counter() - t_all, 2)
+    report = _report(
+        lm,
+        cfg,
+        best,
+        cands,
+        metrics,
+        completions,
+        data,
+        filter_counts,
+        timings,
+        notes + data.notes,
+        coeff,
+        coeff_scan,
+        clamp_value,
+        base_h_scores,
+        base_hl,
+        ids,
+        exported,
+        k,
+        cache.hits,
+    )
+    _write(report, out_dir)
+    return report
+
+
+def _choose_coeff(
+    lm: LoadedModel,
+    vec: torch.Tensor,
+    layer: int,
+    prompts: list[str],
+    ids: list[int],
+    cfg: RefusalConfig,
+    cache: RunCache,
+    key: Any,
+    bar: Callable[[str, int], Any],
+) -> tuple[float, list[dict[str, float]]]:
+    grid = list(cfg.coeff_grid) if cfg.coeff == "auto" else [float(cfg.coeff)]
+
+    def scan() -> list[dict[str, float]]:
+        rows = []
+        with bar("coefficient: harmless val", len(grid)) as adv:
+            for c in grid:
+                with steer(lm.model, vec, layers=layer, coeff=c, adapter=lm.adapter):
+                    s = refusal_scores(
+                        last_token_logprobs(
+                            lm.model,
+                            lm.tokenizer,
+                            prompts,
+                            batch_size=cfg.batch_size,
+                            chat=cfg.chat,
+                        ),
+                        ids,
+                    )
+                rows.append(
+                    {
+                        "coeff": c,
+                        "induce_score": float(s.mean()),
+                        "frac_positive": float((s > 0).float().mean()),
+                    }
+                )
+                adv(1)
+        return rows
+
+    rows = cache.json("coefficient", [key, grid, prompts], scan)
+    if cfg.coeff != "auto":
+        return float(cfg.coeff), rows
+    hit = [r for r in rows if r["frac_positive"] >= cfg.induce_target]
+    best = hit[0] if hit else max(rows, key=lambda r: r["frac_positive"])
+    return float(best["coeff"]), rows
+
+
+def _report(
+    lm: LoadedModel,
+    cfg: RefusalConfig,
+    best: dict[str, Any],
+    cands: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    completions: dict[str, dict[str, list[str]]],
+    data: Any,
+    filter_counts: dict[str, int],
+    timings: dict[str, float],
+    notes: list[str],
+    coeff: float,
+    coeff_scan: list[dict[str, float]],
+    clamp_value: float,
+    base_h_scores: list[float],
+    base_hl: torch.Tensor,
+    ids: list[int],
+    exported: dict[str, Any] | None,
+    k: int,
+    hits: list[str],
+) -> dict[str, Any]:
+    examples = []
+    for which, prompts in (("harmful", data.eval_harmful), ("harmless", data.eval_harmless)):
+        for i, p in enumerate(prompts[:6]):
+            examples.append(
+                {
+                    "set": which,
+                    "prompt": p,
+                    "completions": {
+                        v: sets[which][i] for v, sets in completions.items() if which in sets
+                    },
+                }
+            )
+    dis = {w: metrics["baseline"].get(f"{w}_disagreement") for w in ("harmful", "harmless")}
+    return {
+        "model": lm.info.model_id,
+        "config": {
+            **cfg.to_dict(),
+            "positions_used": k,
+            "refusal_token_ids": ids,
+            "coeff_chosen": coeff,
+            "clamp_value": clamp_value,
+            "data": data.sizes(),
+        },
+        "selected": {
+            "layer": best["layer"],
+            "position": best["position"],
+            "bypass_score": best["bypass_score"],
+            "induce_score": best["induce_score"],
+            "kl_score": best["kl_score"],
+            "coeff": coeff,
+        },
+        "selection_rule": (
+            f"lowest bypass score with induce > {cfg.induce_min:g} (coefficient "
+            f"{cfg.induce_coeff:g}) and KL < {cfg.kl_max:g}; last {cfg.prune_last:.0%} of layers "
+            f"pruned; candidates pre-screened on {cfg.early_prompts} harmful val prompts, best "
+            f"{cfg.keep} fully scored"
+        ),
+        "candidates": [
+            {
+                kk: c[kk]
+                for kk in (
+                    "layer",
+                    "position",
+                    "bypass_score",
+                    "induce_score",
+                    "kl_score",
+                    "screen_bypass",
+                    "status",
+                )
+            }
+            for c in cands
+        ],
+        "coefficient_scan": coeff_scan,
+        "baseline_scores": {
+            "harmful_val_mean": float(sum(base_h_scores) / len(base_h_scores)),
+            "harmless_val_mean": float(refusal_scores(base_hl, ids).mean()),
+        },
+        "variants": metrics,
+        "disagreement": dis,
+        "examples": examples,
+        "filter": filter_counts,
+        "export": exported,
+        "timings": timings,
+        "resumed_steps": sorted(set(hits)),
+        "notes": notes,
+        "steerlab_version": __version__,
+    }
+
+
+def _write(report: dict[str, Any], out_dir: Path) -> None:
+    import json
+
+    tmp = out_dir / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out_dir / "report.json")
+    try:
+        from ..report.refusal import write_refusal_report
+    except ImportError:  # pragma: no cover - the report package ships with steerlab
+        return
+    write_refusal_report(report, out_dir)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,182 @@
+"""Candidate refusal directions and their selection (Arditi et al. 2024, section 2.3 / app. C).
+
+Candidates: the difference in means between harmful and harmless prompts at every layer and
+each of the last K post-instruction positions. Scores, each a mean first-token refusal score:
+
+* bypass: on harmful val with the candidate ablated everywhere (lower = removes refusal);
+* induce: on harmless val with the candidate added at its layer (higher = causes refusal);
+* KL: first-token KL(baseline || ablated) on harmless val (lower = harmless behaviour kept).
+
+The deepest ``prune_last`` of layers is never chosen. To fit on a laptop CPU, every candidate
+is first screened by its bypass score on a few harmful val prompts; only the best ``keep``
+are fully scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..capture import read_activations
+from ..evaluate.refusal import kl_divergence, last_token_logprobs, refusal_scores
+from ..interventions import ablate, steer
+from ..models.chat import encode
+from ..models.load import LoadedModel
+from ..runcache import Journal
+from .config import RefusalConfig
+
+__all__ = ["candidate_means", "post_instruction_tokens", "score_candidates", "select"]
+
+
+def post_instruction_tokens(lm: LoadedModel, chat: bool | None) -> int:
+    """Tokens the chat template adds after the user's message (e.g. ``<|im_end|>\\n<|im_start|>
+    assistant\\n``); 1 when there is no template."""
+    b = encode(lm.tokenizer, ["Write a poem about the sea"], chat=chat)
+    return max(1, int(b.input_ids.shape[1] - 1 - b.instruction_end[0]))
+
+
+@torch.no_grad()
+def candidate_means(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    positions: int,
+    *,
+    batch_size: int,
+    chat: bool | None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """(L, K, D) float64 mean activations at ``resid_pre`` of every layer and the last K tokens."""
+    n_layers = lm.info.n_layers
+    pos = tuple(range(-positions, 0))
+    total = torch.zeros(n_layers, positions, lm.info.d_model, dtype=torch.float64)
+    for i in range(0, len(prompts), batch_size):
+        batch = encode(lm.tokenizer, list(prompts[i : i + batch_size]), chat=chat)
+        acts = read_activations(lm.model, lm.adapter, batch, list(range(n_layers)), positions=pos)
+        for lay in range(n_layers):
+            for k, p in enumerate(pos):
+                total[lay, k] += acts[(lay, p)].double().sum(0).cpu()
+        if progress:
+            progress(len(batch.texts))
+    return total / len(prompts)
+
+
+def _scores(
+    lm: LoadedModel, prompts: Sequence[str], ids: Sequence[int], cfg: RefusalConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    lp = last_token_logprobs(
+        lm.model, lm.tokenizer, prompts, batch_size=cfg.batch_size, chat=cfg.chat
+    )
+    return lp, refusal_scores(lp, ids)
+
+
+def score_candidates(
+    lm: LoadedModel,
+    diffs: torch.Tensor,
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    refusal_ids: Sequence[int],
+    cfg: RefusalConfig,
+    journal: Journal,
+    *,
+    base_harmless_lp: torch.Tensor,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score every (layer, position) candidate; results are journaled one by one (resumable)."""
+    n_layers, n_pos, _ = diffs.shape
+    max_layer = int(n_layers * (1 - cfg.prune_last))
+    early = list(harmful_val[: cfg.early_prompts])
+    cands: list[dict[str, Any]] = []
+    for lay in range(n_layers):
+        for k in range(n_pos):
+            cands.append(
+                {
+                    "layer": lay,
+                    "position": k - n_pos,
+                    "bypass_score": None,
+                    "induce_score": None,
+                    "kl_score": None,
+                    "screen_bypass": None,
+                    "status": "pruned_layer" if lay >= max_layer else "kept",
+                }
+            )
+    live = [c for c in cands if c["status"] == "kept"]
+    # Stage 1: bypass on a few harmful prompts for every live candidate.
+    for c in live:
+        cid = f"screen:{c['layer']}:{c['position']}"
+        val = journal.get(cid)
+        if val is None:
+            v = diffs[c["layer"], c["position"] + n_pos].float()
+            if float(v.norm()) == 0:
+                val = float("inf")
+            else:
+                with ablate(lm.model, v, adapter=lm.adapter):
+                    val = float(_scores(lm, early, refusal_ids, cfg)[1].mean())
+            journal.put(cid, val)
+        c["screen_bypass"] = val
+        if progress:
+            progress(1)
+    live.sort(key=lambda c: c["screen_bypass"])
+    for c in live[cfg.keep :]:
+        c["status"] = "pruned_early"
+    # Stage 2: full scores for the best few.
+    for c in live[: cfg.keep]:
+        cid = f"full:{c['layer']}:{c['position']}"
+        val = journal.get(cid)
+        if val is None:
+            v = diffs[c["layer"], c["position"] + n_pos].float()
+            with ablate(lm.model, v, adapter=lm.adapter):
+                bypass = float(_scores(lm, harmful_val, refusal_ids, cfg)[1].mean())
+                lp_hl = _scores(lm, harmless_val, refusal_ids, cfg)[0]
+            with steer(lm.model, v, layers=c["layer"], coeff=cfg.induce_coeff, adapter=lm.adapter):
+                induce = float(_scores(lm, harmless_val, refusal_ids, cfg)[1].mean())
+            val = {
+                "bypass_score": bypass,
+                "induce_score": induce,
+                "kl_score": kl_divergence(base_harmless_lp, lp_hl),
+            }
+            journal.put(cid, val)
+        c.update(val)
+        if progress:
+            progress(1)
+    return cands
+
+
+def select(cands: list[dict[str, Any]], cfg: RefusalConfig) -> tuple[dict[str, Any], list[str]]:
+    """Apply the rule; returns the chosen candidate and notes on what the rule did."""
+    scored = [c for c in cands if c["bypass_score"] is not None]
+    notes: list[str] = []
+    for c in scored:
+        if c["kl_score"] > cfg.kl_max:
+            c["status"] = "failed_kl"
+        elif c["induce_score"] <= cfg.induce_min:
+            c["status"] = "failed_induce"
+    ok = [c for c in scored if c["status"] == "kept"]
+    if not ok:
+        if cfg.on_empty != "relax":
+            raise_empty(scored, cfg)
+        ok = [c for c in scored if c["status"] == "failed_induce"]
+        notes.append(
+            f"No candidate had induce score > {cfg.induce_min:g} at coefficient "
+            f"{cfg.induce_coeff:g} together with KL < {cfg.kl_max:g}; the induce filter was "
+            "dropped (on_empty=relax) and the lowest bypass score among KL-passing candidates "
+            "was chosen."
+        )
+        if not ok:
+            ok = scored
+            notes.append(f"No candidate had KL < {cfg.kl_max:g} either; chose the lowest bypass.")
+    best = min(ok, key=lambda c: c["bypass_score"])
+    best["status"] = "selected"
+    return best, notes
+
+
+def raise_empty(scored: list[dict[str, Any]], cfg: RefusalConfig) -> None:
+    from ..errors import SteerlabError
+
+    best = max((c["induce_score"] for c in scored), default=float("nan"))
+    raise SteerlabError(
+        f"no candidate passed induce > {cfg.induce_min:g} (best {best:.2f} at coefficient "
+        f"{cfg.induce_coeff:g}) and KL < {cfg.kl_max:g}; raise --induce-coeff, lower "
+        "--induce-min, or pass --on-empty relax"
+    )

@@ -27,7 +27,8 @@ def generate(
     chat: bool | None = None,
     system: str | None = None,
     progress: Callable[[int], None] | None = None,
-) -> list[str]:
+    first_logprobs: bool = False,
+) -> list[str] | tuple[list[str], torch.Tensor]:
     """Generate a completion for each prompt (chat template applied when present).
 
     Interventions apply by wrapping the call: ``with steer(model, v, layers=8): generate(...)``.
@@ -36,9 +37,11 @@ def generate(
         temperature: 0 means greedy decoding.
         seed: seeds torch before each batch so sampled runs repeat.
         progress: called with the number of prompts finished after each batch.
+        first_logprobs: also return the (N, V) log-probabilities of the first new token (the
+            prompt's next-token distribution, before any sampling processors), for free.
 
     Returns:
-        The decoded new text for each prompt, special tokens removed.
+        The decoded new text for each prompt, special tokens removed (and the log-probs).
     """
     from transformers import GenerationConfig
 
@@ -57,18 +60,26 @@ def generate(
         eos_token_id=eos,
     )
     outs: list[str] = []
+    firsts: list[torch.Tensor] = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         batch = encode(tokenizer, chunk, chat=chat, system=system).to(device)
         if seed is not None:
             torch.manual_seed(seed + i)
-        ids = model.generate(
+        res = model.generate(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             generation_config=cfg,
+            output_logits=first_logprobs,
+            return_dict_in_generate=first_logprobs,
         )
+        ids = res.sequences if first_logprobs else res
+        if first_logprobs:
+            firsts.append(torch.log_softmax(res.logits[0].float(), -1).cpu())
         new = ids[:, batch.input_ids.shape[1] :]
         outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
         if progress:
             progress(len(chunk))
+    if first_logprobs:
+        return outs, torch.cat(firsts)
     return outs

@@ -115,87 +115,90 @@ def evaluate_variants(
     cfg: RefusalConfig,
     journal: Journal,
     *,
+    n_ce: int = 32,
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[str]]]]:
-    """Run every variant; returns (metrics per variant, completions per variant and set)."""
+    """Run every variant; returns (metrics per variant, completions per variant and set).
+
+    First-token scores and KL come free with generation (the first step's distribution); the
+    only extra forwards are harmless prompts for variants not generated there (for KL) and the
+    cross-entropy on ``n_ce`` harmless prompts.
+    """
     lm = iv.lm
     sets = {"harmful": list(harmful), "harmless": list(harmless)}
-    gen_kw = dict(
-        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, chat=cfg.chat, seed=cfg.seed
-    )
     say = progress or (lambda _s, _n: None)
+    base_lp: torch.Tensor | None = None
 
     @contextmanager
     def applied(variant: str, which: str) -> Iterator[nn.Module]:
         with iv.context(variant, which):
             yield iv.model_for(variant)
 
-    # Baseline completions first: the other variants' CE is measured on them.
-    completions: dict[str, dict[str, list[str]]] = {}
+    def first_lp(variant: str, which: str) -> tuple[list[str] | None, torch.Tensor]:
+        with applied(variant, which) as model:
+            if which in GENERATED_ON[variant]:
+                texts, lp = generate(
+                    model,
+                    lm.tokenizer,
+                    sets[which],
+                    max_new_tokens=cfg.max_new_tokens,
+                    batch_size=cfg.batch_size,
+                    chat=cfg.chat,
+                    seed=cfg.seed,
+                    first_logprobs=True,
+                    progress=lambda n: say(f"{variant}/{which}", n),
+                )
+                return texts, lp
+            return None, last_token_logprobs(
+                model, lm.tokenizer, sets[which], batch_size=cfg.batch_size, chat=cfg.chat
+            )
+
+    records: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:
-        for which in GENERATED_ON[variant]:
-            cid = f"gen:{variant}:{which}"
-            texts = journal.get(cid)
-            if texts is None:
-                with applied(variant, which) as model:
-                    texts = generate(
-                        model,
-                        lm.tokenizer,
-                        sets[which],
-                        progress=lambda n, lab=f"{variant}/{which}": say(lab, n),
-                        **gen_kw,
-                    )
-                journal.put(cid, texts)
-            else:
-                say(f"{variant}/{which}", len(texts))
-            completions.setdefault(variant, {})[which] = texts
-    base_lp: dict[str, torch.Tensor] = {}
-    metrics: dict[str, dict[str, Any]] = {}
-    for variant in VARIANTS:
-        mid = f"metrics:{variant}"
-        m = journal.get(mid)
-        if m is None:
-            m = {}
+        rec = journal.get(f"eval:{variant}")
+        if rec is None:
+            rec = {}
             for which in ("harmful", "harmless"):
-                with applied(variant, which) as model:
-                    lp = last_token_logprobs(
-                        model, lm.tokenizer, sets[which], batch_size=cfg.batch_size, chat=cfg.chat
-                    )
-                    if which == "harmless":
-                        m["ce_loss_harmless"] = continuation_loss(
-                            model, lm.tokenizer, [""] * len(harmless), sets["harmless"], chat=False
-                        )
-                        m["ce_loss_completions"] = continuation_loss(
-                            model,
-                            lm.tokenizer,
-                            sets["harmless"],
-                            completions["baseline"]["harmless"],
-                            chat=cfg.chat,
-                        )
-                if variant == "baseline":
-                    base_lp[which] = lp
-                m[f"{which}_score_mean"] = float(refusal_scores(lp, refusal_ids).mean())
+                if which not in GENERATED_ON[variant] and which == "harmful":
+                    continue
+                texts, lp = first_lp(variant, which)
+                rec[which] = {"texts": texts, "scores": refusal_scores(lp, refusal_ids).tolist()}
                 if which == "harmless":
-                    ref = base_lp.get("harmless")
-                    if ref is None:
-                        ref = last_token_logprobs(
-                            lm.model,
-                            lm.tokenizer,
-                            sets["harmless"],
-                            batch_size=cfg.batch_size,
-                            chat=cfg.chat,
-                        )
-                        base_lp["harmless"] = ref
-                    m["kl_harmless"] = kl_divergence(ref, lp)
-            journal.put(mid, m)
-        say(f"metrics/{variant}", 1)
+                    if variant == "baseline":
+                        base_lp = lp
+                    if base_lp is None:  # resumed after baseline: recompute its distribution
+                        base_lp = first_lp("baseline", "harmless")[1]
+                    rec["kl_harmless"] = kl_divergence(base_lp, lp)
+            base_texts = (records.get("baseline") or rec)["harmless"]["texts"]
+            ce_prompts = sets["harmless"][:n_ce]
+            with applied(variant, "harmless") as model:
+                rec["ce_loss_harmless"] = continuation_loss(
+                    model, lm.tokenizer, [""] * len(ce_prompts), ce_prompts, chat=False
+                )
+                rec["ce_loss_completions"] = continuation_loss(
+                    model, lm.tokenizer, ce_prompts, base_texts[: len(ce_prompts)], chat=cfg.chat
+                )
+            journal.put(f"eval:{variant}", rec)
+        else:
+            say(variant, sum(len(sets[w]) for w in GENERATED_ON[variant]))
+        records[variant] = rec
+    metrics: dict[str, dict[str, Any]] = {}
+    completions: dict[str, dict[str, list[str]]] = {}
+    for variant, rec in records.items():
+        m: dict[str, Any] = {
+            k: rec[k] for k in ("kl_harmless", "ce_loss_harmless", "ce_loss_completions")
+        }
         for which in ("harmful", "harmless"):
-            texts = completions.get(variant, {}).get(which)
+            part = rec.get(which)
+            texts = part["texts"] if part else None
+            m[f"{which}_score_mean"] = float(np.mean(part["scores"])) if part else None
             r = _rates(texts, cfg.seed) if texts is not None else None
             m[f"{which}_refusal_rate"] = r["rate"] if r else None
             m[f"{which}_refusal_ci"] = r["ci"] if r else None
             m[f"{which}_refusal_rate_strict"] = r["rate_strict"] if r else None
             m[f"{which}_refusal_ci_strict"] = r["ci_strict"] if r else None
             m[f"{which}_disagreement"] = r["disagree"] if r else None
+            if texts is not None:
+                completions.setdefault(variant, {})[which] = texts
         metrics[variant] = m
     return metrics, completions

@@ -167,7 +167,7 @@ def run_refusal(
             cfg.keep,
             cfg.induce_coeff,
         ]
-        journal = cache.journal("selection", sel_key)
+        journal = cache.journal("selection-v2", sel_key)
         n_live = (
             sum(
                 1
@@ -218,7 +218,7 @@ def run_refusal(
     )
     with timed("evaluation"):
         ev_journal = cache.journal(
-            "evaluation",
+            "evaluation-v2",
             [
                 sel_key,
                 layer,
@@ -230,7 +230,7 @@ def run_refusal(
                 cfg.seed,
             ],
         )
-        with bar("evaluation: generating", n_gen + len(GENERATED_ON)) as adv:
+        with bar("evaluation: generating", n_gen) as adv:
             metrics, completions = evaluate_variants(
                 iv,
                 data.eval_harmful,

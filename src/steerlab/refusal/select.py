@@ -8,8 +8,8 @@ each of the last K post-instruction positions. Scores, each a mean first-token r
 * KL: first-token KL(baseline || ablated) on harmless val (lower = harmless behaviour kept).
 
 The deepest ``prune_last`` of layers is never chosen. To fit on a laptop CPU, every candidate
-is first screened by its bypass score on a few harmful val prompts; only the best ``keep``
-are fully scored.
+is first screened by its bypass score and KL on a few val prompts; only the best ``keep``
+(lowest bypass among those within the KL bound) are fully scored.
 """
 
 from __future__ import annotations
@@ -102,22 +102,28 @@ def score_candidates(
                 }
             )
     live = [c for c in cands if c["status"] == "kept"]
-    # Stage 1: bypass on a few harmful prompts for every live candidate.
+    early_hl = list(harmless_val[: cfg.early_prompts])
+    base_early = base_harmless_lp[: len(early_hl)]
+    # Stage 1: bypass and KL on a few val prompts for every live candidate.
     for c in live:
         cid = f"screen:{c['layer']}:{c['position']}"
         val = journal.get(cid)
         if val is None:
             v = diffs[c["layer"], c["position"] + n_pos].float()
             if float(v.norm()) == 0:
-                val = float("inf")
+                val = {"bypass": float("inf"), "kl": float("inf")}
             else:
                 with ablate(lm.model, v, adapter=lm.adapter):
-                    val = float(_scores(lm, early, refusal_ids, cfg)[1].mean())
+                    bypass = float(_scores(lm, early, refusal_ids, cfg)[1].mean())
+                    lp = _scores(lm, early_hl, refusal_ids, cfg)[0]
+                val = {"bypass": bypass, "kl": kl_divergence(base_early, lp)}
             journal.put(cid, val)
-        c["screen_bypass"] = val
+        c["screen_bypass"], c["screen_kl"] = val["bypass"], val["kl"]
         if progress:
             progress(1)
-    live.sort(key=lambda c: c["screen_bypass"])
+    # Candidates that already break harmless behaviour cannot win; among the rest, the lowest
+    # bypass scores go on (the KL-failing ones only if too few pass).
+    live.sort(key=lambda c: (c["screen_kl"] > cfg.kl_max, c["screen_bypass"]))
     for c in live[cfg.keep :]:
         c["status"] = "pruned_early"
     # Stage 2: full scores for the best few.

@@ -1,0 +1,159 @@
+"""The refusal pipeline end to end on a tiny random model (structure, resume, export, errors).
+
+Behaviour on a model that really refuses (qwen2.5-coder-0.5b) is measured by
+``benchmarks/bench_refusal.py`` and the slow test in ``test_refusal_slow.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_model, make_tokenizer
+from typer.testing import CliRunner
+
+from steerlab.cli import app
+from steerlab.directions import Direction
+from steerlab.errors import DataError, SteerlabError
+from steerlab.evaluate.refusal import (
+    bootstrap_ci,
+    refusal_scores,
+    refusal_token_ids,
+    strict_refusal,
+    substring_refusal,
+)
+from steerlab.models.adapter import get_adapter
+from steerlab.models.load import LoadedModel, model_info
+from steerlab.refusal import RefusalConfig, run_refusal
+
+CFG = RefusalConfig(model="tiny", n_train=16, n_val=8, n_eval=8, keep=2, early_prompts=4,
+                    max_new_tokens=3, filter_train=False, positions=2)
+
+
+def _lm(chat: bool = True) -> LoadedModel:
+    m = make_model("llama")
+    ad = get_adapter(m)
+    return LoadedModel(m, make_tokenizer(chat=chat), ad, model_info(m, "tiny", ad))
+
+
+def test_refusal_measures() -> None:
+    assert substring_refusal("As an AI language model, I don't have feelings, but I can write")
+    assert not strict_refusal("As an AI language model, I don't have feelings, but I can write")
+    assert strict_refusal("I'm sorry, but I can't assist with that.")
+    assert strict_refusal("As an AI, I cannot help with this request.")
+    assert not strict_refusal("Sure! Here is a poem. I cannot wait to read it.")
+    assert not substring_refusal("Sure, here is how to bake bread.")
+    lo, hi = bootstrap_ci([True] * 30 + [False] * 70)
+    assert lo < 0.3 < hi and hi - lo < 0.25
+    lp = torch.log_softmax(torch.tensor([[5.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]), -1)
+    s = refusal_scores(lp, [0])
+    assert s[0] > 0 > s[1]
+    ids = refusal_token_ids(make_tokenizer())
+    assert ids == sorted(set(ids))
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
+    lm = _lm()
+    snap = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    out, exp = tmp_path / "run", tmp_path / "export"
+    rep = run_refusal(lm, CFG, out, export_dir=exp)
+    for name in ("report.json", "report.html", "direction.safetensors"):
+        assert (out / name).is_file()
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved["variants"]) == {"baseline", "ablation", "subtraction", "addition", "clamp",
+                                      "orthogonalized", "random"}
+    for m in saved["variants"].values():
+        assert {"harmful_refusal_rate", "harmful_refusal_ci", "harmless_refusal_rate",
+                "harmless_refusal_ci", "kl_harmless", "ce_loss_harmless"} <= m.keys()
+    assert saved["variants"]["baseline"]["kl_harmless"] == pytest.approx(0.0, abs=1e-9)
+    sel = saved["selected"]
+    assert {"layer", "position", "bypass_score", "induce_score", "kl_score"} <= sel.keys()
+    n_layers = lm.info.n_layers
+    assert sel["layer"] < int(n_layers * 0.8)
+    statuses = {c["status"] for c in saved["candidates"]}
+    assert "selected" in statuses and "pruned_layer" in statuses
+    assert set(saved["timings"]) >= {"filter", "candidates", "selection", "evaluation", "total"}
+    d = Direction.load(out / "direction.safetensors", model_info=lm.info)
+    assert d.layers == (sel["layer"],) and d.meta["position"] == sel["position"]
+    # The exported checkpoint loads with stock transformers and was verified.
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(exp)
+    assert (exp / "README.md").read_text().startswith("# tiny with the refusal direction removed")
+    assert rep["export"]["max_logit_diff_vs_ablation"] < 1e-4
+    # The caller's model is untouched.
+    for k, v in lm.model.state_dict().items():
+        assert torch.equal(v, snap[k])
+    # A second run reuses every cached step and gives the same selection.
+    rep2 = run_refusal(lm, CFG, out)
+    assert {"filter", "candidates", "baseline_val", "coefficient"} <= set(rep2["resumed_steps"])
+    assert rep2["selected"] == rep["selected"]
+    assert rep2["variants"] == json.loads(json.dumps(rep["variants"]))
+
+
+def test_interrupted_sweep_resumes_from_journal(tmp_path: Path, monkeypatch) -> None:
+    import steerlab.refusal.select as sel
+
+    lm = _lm()
+    calls = {"n": 0}
+    real = sel._scores
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sel, "_scores", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_refusal(lm, CFG, tmp_path)
+    journal = next((tmp_path / "cache").glob("selection-*.jsonl"))
+    first = journal.read_text().splitlines()
+    assert len(first) >= 3  # candidates finished before the interrupt are kept
+    calls["n"] = -10_000
+    run_refusal(lm, CFG, tmp_path)
+    lines = journal.read_text().splitlines()
+    assert lines[: len(first)] == first  # resumed: nothing finished was recomputed
+    assert len(lines) > len(first) and len({json.loads(x)["id"] for x in lines}) == len(lines)
+    # Screening needs 2 forwards per live candidate with a nonzero direction; the resumed run
+    # only did the ones that were missing.
+    assert calls["n"] + 10_000 < 2 * len(lines)
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    lm = _lm()
+    few = tmp_path / "few.txt"
+    few.write_text("i am so happy\nwhat a day\n")
+    with pytest.raises(DataError, match="at least 8"):
+        run_refusal(lm, CFG.with_overrides(harmful=str(few)), tmp_path / "a")
+    with pytest.raises(DataError, match="no chat template"):
+        run_refusal(_lm(chat=False), CFG, tmp_path / "b")
+    exists = tmp_path / "exists"
+    exists.mkdir()
+    with pytest.raises(SteerlabError, match="--overwrite"):
+        run_refusal(lm, CFG, tmp_path / "c", export_dir=exists)
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(DataError, match="may not refuse"):
+        run_refusal(lm, CFG.with_overrides(filter_train=True), tmp_path / "d")
+
+
+def test_cli_refusal_errors(tmp_path: Path, tiny_dir: Path) -> None:
+    r = CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), "--out", str(tmp_path / "o"),
+                                 "--export", str(tmp_path), "--quiet"])
+    assert r.exit_code == 2 and "--overwrite" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), "--coeff", "lots"])
+    assert r.exit_code == 2 and "--coeff" in r.output
+
+
+def test_generation_first_logprobs_equal_a_forward() -> None:
+    from steerlab.evaluate.refusal import last_token_logprobs
+    from steerlab.generation import generate
+
+    lm = _lm()
+    prompts = ["i am so happy today", "tell me about your day", "what a day"]
+    texts, lp = generate(lm.model, lm.tokenizer, prompts, max_new_tokens=2, first_logprobs=True)
+    assert len(texts) == 3
+    ref = last_token_logprobs(lm.model, lm.tokenizer, prompts)
+    torch.testing.assert_close(lp, ref, rtol=1e-4, atol=1e-4)

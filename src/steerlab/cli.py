@@ -333,6 +333,7 @@ def refusal(
     keep: Annotated[
         int | None, typer.Option(help="candidates fully scored after screening")
     ] = None,
+    screen: Annotated[str | None, typer.Option(help="layers (fast) | all")] = None,
     n_train: Annotated[int | None, typer.Option(help="train prompts per class (cap)")] = None,
     n_val: Annotated[int | None, typer.Option(help="val prompts per class (cap)")] = None,
     n_eval: Annotated[int | None, typer.Option(help="eval prompts per class (cap)")] = None,
@@ -359,6 +360,8 @@ def refusal(
     set_quiet(quiet)
     if export is not None and export.exists() and not overwrite:
         raise SteerlabError(f"export dir {export} exists; pass --overwrite to replace it")
+    if screen not in (None, "layers", "all"):
+        raise SteerlabError("--screen must be layers or all")
     if on_empty not in (None, "relax", "error"):
         raise SteerlabError("--on-empty must be relax or error")
     if coeff not in (None, "auto"):
@@ -384,6 +387,7 @@ def refusal(
         on_empty=on_empty,
         coeff=coeff,
         keep=keep,
+        screen=screen,
         n_train=n_train,
         n_val=n_val,
         n_eval=n_eval,

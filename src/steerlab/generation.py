@@ -58,6 +58,8 @@ def generate(
         top_k=None,
         pad_token_id=pad_id(tokenizer),
         eos_token_id=eos,
+        output_logits=first_logprobs,
+        return_dict_in_generate=first_logprobs,
     )
     outs: list[str] = []
     firsts: list[torch.Tensor] = []
@@ -70,8 +72,6 @@ def generate(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             generation_config=cfg,
-            output_logits=first_logprobs,
-            return_dict_in_generate=first_logprobs,
         )
         ids = res.sequences if first_logprobs else res
         if first_logprobs:

@@ -28,6 +28,8 @@ class RefusalConfig:
             says so in the report; ``error`` stops.
         early_prompts: harmful val prompts used to pre-screen every candidate's bypass score.
         keep: candidates kept after the pre-screen for full scoring.
+        screen: ``layers`` (screen the last position of every layer, then all positions of the
+            best ``keep`` layers) or ``all`` (screen every candidate; slower).
         coeff: addition coefficient for evaluation: a number, or ``auto`` (the smallest of
             ``coeff_grid`` that makes ``induce_target`` of harmless *val* prompts score > 0).
         max_new_tokens: generation length for the phrase-based refusal rates.
@@ -52,8 +54,9 @@ class RefusalConfig:
     induce_min: float = 0.0
     induce_coeff: float = 1.0
     on_empty: str = "relax"
-    early_prompts: int = 12
-    keep: int = 8
+    early_prompts: int = 8
+    keep: int = 5
+    screen: str = "layers"
     coeff: str = "auto"
     coeff_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
     induce_target: float = 0.9

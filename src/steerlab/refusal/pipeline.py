@@ -166,17 +166,18 @@ def run_refusal(
             cfg.early_prompts,
             cfg.keep,
             cfg.induce_coeff,
+            cfg.screen,
         ]
         journal = cache.journal("selection-v2", sel_key)
-        n_live = (
-            sum(
-                1
-                for lay in range(diffs.shape[0])
-                if lay < int(diffs.shape[0] * (1 - cfg.prune_last))
-            )
-            * k
+        n_layers = sum(
+            1 for lay in range(diffs.shape[0]) if lay < int(diffs.shape[0] * (1 - cfg.prune_last))
         )
-        with bar("selection: scoring candidates", n_live + cfg.keep) as adv:
+        n_screen = (
+            n_layers + min(cfg.keep, n_layers) * (k - 1)
+            if cfg.screen == "layers" and k > 1
+            else n_layers * k
+        )
+        with bar("selection: scoring candidates", n_screen + cfg.keep) as adv:
             cands = score_candidates(
                 lm,
                 diffs,
@@ -403,8 +404,8 @@ def _report(
         "selection_rule": (
             f"lowest bypass score with induce > {cfg.induce_min:g} (coefficient "
             f"{cfg.induce_coeff:g}) and KL < {cfg.kl_max:g}; last {cfg.prune_last:.0%} of layers "
-            f"pruned; candidates pre-screened on {cfg.early_prompts} harmful val prompts, best "
-            f"{cfg.keep} fully scored"
+            f"pruned; candidates pre-screened ({cfg.screen}) on {cfg.early_prompts} val "
+            f"prompts, best {cfg.keep} fully scored"
         ),
         "candidates": [
             {

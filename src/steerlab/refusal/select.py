@@ -104,8 +104,8 @@ def score_candidates(
     live = [c for c in cands if c["status"] == "kept"]
     early_hl = list(harmless_val[: cfg.early_prompts])
     base_early = base_harmless_lp[: len(early_hl)]
-    # Stage 1: bypass and KL on a few val prompts for every live candidate.
-    for c in live:
+
+    def screen(c: dict[str, Any]) -> None:
         cid = f"screen:{c['layer']}:{c['position']}"
         val = journal.get(cid)
         if val is None:
@@ -121,11 +121,31 @@ def score_candidates(
         c["screen_bypass"], c["screen_kl"] = val["bypass"], val["kl"]
         if progress:
             progress(1)
+
+    def rank(c: dict[str, Any]) -> tuple[bool, float]:
+        return (c["screen_kl"] > cfg.kl_max, c["screen_bypass"])
+
+    # Stage 1: bypass and KL on a few val prompts. "all" screens every (layer, position);
+    # "layers" screens the last position of every layer, then every position of the best
+    # ``keep`` layers (nearby positions give nearly the same direction).
+    if cfg.screen == "layers" and n_pos > 1:
+        last = [c for c in live if c["position"] == -1]
+        for c in last:
+            screen(c)
+        top_layers = {c["layer"] for c in sorted(last, key=rank)[: cfg.keep]}
+        for c in live:
+            if c["position"] != -1 and c["layer"] in top_layers:
+                screen(c)
+        live = [c for c in live if c["screen_bypass"] is not None]
+    else:
+        for c in live:
+            screen(c)
     # Candidates that already break harmless behaviour cannot win; among the rest, the lowest
     # bypass scores go on (the KL-failing ones only if too few pass).
-    live.sort(key=lambda c: (c["screen_kl"] > cfg.kl_max, c["screen_bypass"]))
-    for c in live[cfg.keep :]:
-        c["status"] = "pruned_early"
+    live.sort(key=rank)
+    for c in cands:
+        if c["status"] == "kept" and c not in live[: cfg.keep]:
+            c["status"] = "pruned_early"
     # Stage 2: full scores for the best few.
     for c in live[: cfg.keep]:
         cid = f"full:{c['layer']}:{c['position']}"

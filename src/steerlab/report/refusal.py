@@ -46,6 +46,7 @@ __all__ = ["write_refusal_report"]
 
 VARIANTS = ("baseline", "ablation", "subtraction", "addition", "clamp", "orthogonalized", "random")
 STATUS_ORDER = ("selected", "kept", "pruned_layer", "pruned_early", "failed_induce", "failed_kl")
+SCREEN_KEYS = {"bypass_score": "screen_bypass", "kl_score": "screen_kl"}
 SCORE_PANELS = (
     ("bypass_score", "Bypass: refusal score, harmful + ablation (lower is better)"),
     ("induce_score", "Induce: refusal score, harmless + addition (higher is better)"),
@@ -171,7 +172,23 @@ def scores_by_layer_figure(report: Mapping[str, Any]) -> Figure | None:
                 int(c["layer"]): num_or_nan(c.get(key)) for c in cands if c["position"] == pos
             }
             ys = [by_layer.get(layer, math.nan) for layer in layers]
-            ax.plot(layers, ys, marker="o", ms=2.5, lw=1.2, label=f"position {pos}")
+            line = ax.plot(layers, ys, marker="o", ms=2.5, lw=1.2, label=f"position {pos}")[0]
+            screen_key = SCREEN_KEYS.get(key)
+            if screen_key:  # every candidate's pre-screen score, on fewer prompts
+                scr = {
+                    int(c["layer"]): num_or_nan(c.get(screen_key))
+                    for c in cands
+                    if c["position"] == pos
+                }
+                ax.plot(
+                    layers,
+                    [scr.get(layer, math.nan) for layer in layers],
+                    ls=":",
+                    lw=1.0,
+                    color=line.get_color(),
+                    alpha=0.7,
+                    label="pre-screen (dotted)",
+                )
         if key == "induce_score":
             ax.axhline(0.0, color="0.3", lw=0.8, ls=":")
         if key == "kl_score" and isinstance(kl_max, (int, float)):
@@ -250,7 +267,12 @@ def refusal_rates_figure(report: Mapping[str, Any]) -> Figure | None:
 def candidates_heatmap_figure(report: Mapping[str, Any]) -> Figure | None:
     """Layer × position heatmap of bypass score (grey = not computed); None if no scores."""
     cands = list(report.get("candidates") or [])
-    if not any(isinstance(c.get("bypass_score"), (int, float)) for c in cands):
+
+    def score(c: Mapping[str, Any]) -> float:
+        full = num_or_nan(c.get("bypass_score"))
+        return full if not math.isnan(full) else num_or_nan(c.get("screen_bypass"))
+
+    if all(math.isnan(score(c)) for c in cands):
         return None
     import matplotlib
     import numpy as np
@@ -261,7 +283,7 @@ def candidates_heatmap_figure(report: Mapping[str, Any]) -> Figure | None:
     pi = {v: i for i, v in enumerate(positions)}
     grid = np.full((len(positions), len(layers)), np.nan)  # (P, L)
     for c in cands:
-        grid[pi[int(c["position"])], li[int(c["layer"])]] = num_or_nan(c.get("bypass_score"))
+        grid[pi[int(c["position"])], li[int(c["layer"])]] = score(c)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
 
     fig = new_figure((max(6.0, 0.28 * len(layers) + 2.5), 0.45 * len(positions) + 1.8))
@@ -277,8 +299,8 @@ def candidates_heatmap_figure(report: Mapping[str, Any]) -> Figure | None:
         ax.plot([li[sel["layer"]]], [pi[sel["position"]]], ms=14, **STAR)
     fig.colorbar(im, ax=ax, label="bypass score")
     ax.set_title(
-        "Bypass score per candidate (lower = more refusal removed; ★ selected; "
-        "grey = not computed)",
+        "Bypass score per candidate (full score, else pre-screen; lower = more refusal "
+        "removed; ★ selected; grey = not computed)",
         fontsize=9,
     )
     return fig

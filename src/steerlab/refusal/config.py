@@ -44,7 +44,7 @@ class RefusalConfig:
     harmless_val: str = "builtin:harmless:val"
     eval_harmful: str = "builtin:harmful:test"
     eval_harmless: str = "builtin:harmless:test"
-    n_train: int = 128
+    n_train: int = 160
     n_val: int = 32
     n_eval: int = 100
     max_prompt_tokens: int = 96
@@ -55,7 +55,7 @@ class RefusalConfig:
     induce_coeff: float = 1.0
     on_empty: str = "relax"
     early_prompts: int = 8
-    keep: int = 5
+    keep: int = 4
     screen: str = "layers"
     coeff: str = "auto"
     coeff_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)

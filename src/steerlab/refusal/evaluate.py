@@ -115,7 +115,7 @@ def evaluate_variants(
     cfg: RefusalConfig,
     journal: Journal,
     *,
-    n_ce: int = 32,
+    n_ce: int = 16,
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[str]]]]:
     """Run every variant; returns (metrics per variant, completions per variant and set).

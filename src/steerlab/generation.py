@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from .models.chat import encode, pad_id
+from .prefix import MIN_PREFIX, prefix_batch
+from .prefix import prefix_cache as cached_prefix
 
 __all__ = ["generate"]
 
@@ -28,6 +30,7 @@ def generate(
     system: str | None = None,
     progress: Callable[[int], None] | None = None,
     first_logprobs: bool = False,
+    prefix_cache: bool = False,
 ) -> list[str] | tuple[list[str], torch.Tensor]:
     """Generate a completion for each prompt (chat template applied when present).
 
@@ -39,6 +42,9 @@ def generate(
         progress: called with the number of prompts finished after each batch.
         first_logprobs: also return the (N, V) log-probabilities of the first new token (the
             prompt's next-token distribution, before any sampling processors), for free.
+        prefix_cache: compute the tokens every prompt of a batch shares (the chat template's
+            system part) once per batch. Same results; do not combine with steering restricted
+            to ``generated`` positions.
 
     Returns:
         The decoded new text for each prompt, special tokens removed (and the log-probs).
@@ -66,17 +72,24 @@ def generate(
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         batch = encode(tokenizer, chunk, chat=chat, system=system).to(device)
+        inputs: dict[str, Any] = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+        }
+        pb = prefix_batch(tokenizer, chunk, chat=chat) if prefix_cache and system is None else None
+        if pb is not None and pb.prefix_len >= MIN_PREFIX and len(chunk) > 1:
+            inputs = {
+                "input_ids": pb.input_ids.to(device),
+                "attention_mask": pb.attention_mask.to(device),
+                "past_key_values": cached_prefix(model, pb),
+            }
         if seed is not None:
             torch.manual_seed(seed + i)
-        res = model.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            generation_config=cfg,
-        )
+        res = model.generate(**inputs, generation_config=cfg)
         ids = res.sequences if first_logprobs else res
         if first_logprobs:
             firsts.append(torch.log_softmax(res.logits[0].float(), -1).cpu())
-        new = ids[:, batch.input_ids.shape[1] :]
+        new = ids[:, inputs["input_ids"].shape[1] :]
         outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
         if progress:
             progress(len(chunk))

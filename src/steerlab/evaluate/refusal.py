@@ -119,20 +119,32 @@ def last_token_logprobs(
     batch_size: int = 16,
     chat: bool | None = None,
     progress: Callable[[int], None] | None = None,
+    prefix: bool = True,
 ) -> torch.Tensor:
-    """(N, V) float32 log-probabilities of the first reply token (interventions apply)."""
+    """(N, V) float32 log-probabilities of the first reply token (interventions apply).
+
+    With ``prefix`` the tokens shared by every prompt of a batch (the chat template's system
+    part) are computed once per batch (see :mod:`steerlab.prefix`); results are the same.
+    """
+    from ..prefix import MIN_PREFIX, prefix_batch, prefix_last_logits
+
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
-        batch = encode(tokenizer, list(prompts[i : i + batch_size]), chat=chat).to(device)
-        kw = forward_kwargs(batch)
-        try:
-            logits = model(**kw, logits_to_keep=1).logits[:, -1]
-        except TypeError:  # models without logits_to_keep
-            logits = model(**kw).logits[:, -1]
+        chunk = list(prompts[i : i + batch_size])
+        pb = prefix_batch(tokenizer, chunk, chat=chat) if prefix and len(chunk) > 1 else None
+        if pb is not None and pb.prefix_len >= MIN_PREFIX:
+            logits = prefix_last_logits(model, pb)
+        else:
+            batch = encode(tokenizer, chunk, chat=chat).to(device)
+            kw = forward_kwargs(batch)
+            try:
+                logits = model(**kw, logits_to_keep=1).logits[:, -1]
+            except TypeError:  # models without logits_to_keep
+                logits = model(**kw).logits[:, -1]
         out.append(torch.log_softmax(logits.float(), -1).cpu())
         if progress:
-            progress(len(batch.texts))
+            progress(len(chunk))
     return torch.cat(out)
 
 

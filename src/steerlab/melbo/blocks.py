@@ -62,29 +62,30 @@ class BlockCall:
             return untuple(block(*self.args, hidden_states=h, **self.kwargs))
         return untuple(block(h, *self.args, **self.kwargs))
 
-    def repeated(self, rows: int, k: int) -> BlockCall:
-        return BlockCall(
-            _repeat(self.args, rows, k), _repeat(self.kwargs, rows, k), self.hidden_as_kwarg
-        )
+    def repeated(self, rows: int, k: int, memo: dict[int, torch.Tensor]) -> BlockCall:
+        """The same call for ``k * rows`` hidden states; ``memo`` shares repeated tensors."""
+        args = _repeat(self.args, rows, k, memo)
+        return BlockCall(args, _repeat(self.kwargs, rows, k, memo), self.hidden_as_kwarg)
 
 
-def _repeat(obj: Any, rows: int, k: int) -> Any:
+def _repeat(obj: Any, rows: int, k: int, memo: dict[int, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
-        if obj.ndim == 0 or k == 1:
-            return obj
-        if obj.shape[0] == rows:
-            return obj.repeat(k, *([1] * (obj.ndim - 1)))
-        if obj.shape[0] == 1:
-            return obj  # broadcasts over the batch
-        raise _Unbatchable(f"tensor of shape {tuple(obj.shape)}")
+        if obj.ndim == 0 or k == 1 or (obj.shape[0] == 1 and rows != 1):
+            return obj  # scalars and size-1 batch dimensions broadcast
+        if obj.shape[0] != rows:
+            raise _Unbatchable(f"tensor of shape {tuple(obj.shape)}")
+        # Blocks share their mask and rotary tables: repeat each tensor once, not per block.
+        if id(obj) not in memo:
+            memo[id(obj)] = obj.repeat(k, *([1] * (obj.ndim - 1)))
+        return memo[id(obj)]
     if isinstance(obj, _PLAIN):
         return obj
     if isinstance(obj, tuple):
-        return tuple(_repeat(x, rows, k) for x in obj)
+        return tuple(_repeat(x, rows, k, memo) for x in obj)
     if isinstance(obj, list):
-        return [_repeat(x, rows, k) for x in obj]
+        return [_repeat(x, rows, k, memo) for x in obj]
     if isinstance(obj, dict):
-        return {key: _repeat(v, rows, k) for key, v in obj.items()}
+        return {key: _repeat(v, rows, k, memo) for key, v in obj.items()}
     raise _Unbatchable(type(obj).__name__)
 
 
@@ -169,8 +170,9 @@ def capture_prefix(
     """
     src, tgt, calls = _record(model, blocks, batch, source, target)
     rows = int(src.shape[0])
+    memo: dict[int, torch.Tensor] = {}  # the originals stay alive in ``calls`` meanwhile
     try:
-        return PrefixCache(src, tgt, [c.repeated(rows, k) for c in calls], k)
+        return PrefixCache(src, tgt, [c.repeated(rows, k, memo) for c in calls], k)
     except _Unbatchable:
         rep = Batch(
             batch.input_ids.repeat(k, 1),

@@ -36,8 +36,9 @@ class MelboResult:
         vectors: (K, D) float32 on the CPU, each of norm ``config.radius``; to be added at
             ``resid_pre[config.source_layer]``.
         losses: (K,) float64, the objective of each returned vector (higher = larger change at
-            the target layer).
-        history: (steps + 1, K) float64, the objective before each step and after the last.
+            the target layer); NaN for a vector whose very first objective was non-finite.
+        history: (steps + 1, K) float64, the objective before each step and after the last
+            (fewer rows when every vector stopped early).
         config: the resolved configuration (layers and learning rate filled in).
         failed: vector index -> message, for vectors stopped by a non-finite objective or
             gradient (they keep their last finite value).

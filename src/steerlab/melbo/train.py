@@ -44,12 +44,12 @@ class _Chunk:
 
 
 def _safe_pow(x: torch.Tensor, e: float, keep: torch.Tensor) -> torch.Tensor:
-    """``x ** e`` where ``keep`` (and x > 0), else 0, with finite gradients everywhere.
+    """``x ** e`` where ``keep`` (and x != 0), else 0, with finite gradients at 0.
 
     ``x ** e`` has an infinite derivative at 0 for ``e < 1``; masking after the fact would still
     multiply that infinity by zero in the backward pass.
     """
-    sel = keep & (x > 0)
+    sel = keep & (x != 0)  # NaN and inf pass through: they must be seen
     safe = torch.where(sel, x, torch.ones_like(x))
     return torch.where(sel, safe.pow(e), torch.zeros_like(x))
 
@@ -97,7 +97,7 @@ def _forward(
     """(K,) objective of one prompt batch; differentiable in ``theta``."""
     src = chunk.cache.source  # (B, T, D)
     k = theta.shape[0]
-    h = src.unsqueeze(0) + theta.to(src.dtype)[:, None, None, :]  # (K, B, T, D)
+    h = src.unsqueeze(0) + theta.to(src.device, src.dtype)[:, None, None, :]  # (K, B, T, D)
     z = run_slice(blocks, chunk.cache.calls, h.reshape(k * src.shape[0], *src.shape[1:]))
     return melbo_objective(z, chunk.cache.target, chunk.mask, cfg.p, cfg.q)
 
@@ -126,7 +126,7 @@ def train_melbo(
 
     Example:
         >>> lm = steerlab.load_model("smollm2-135m")  # doctest: +SKIP
-        >>> cfg = MelboConfig(radius=8.0, steps=50)
+        >>> cfg = MelboConfig(radius=8.0, steps=50)  # doctest: +SKIP
         >>> res = train_melbo(lm, ["Tell me a story."], cfg)  # doctest: +SKIP
         >>> with steerlab.steer(lm.model, res.to_direction(0)):  # doctest: +SKIP
         ...     print(steerlab.generate(lm.model, lm.tokenizer, ["Tell me a story."]))

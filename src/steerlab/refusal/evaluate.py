@@ -146,6 +146,7 @@ def evaluate_variants(
                     chat=cfg.chat,
                     seed=cfg.seed,
                     first_logprobs=True,
+                    prefix_cache=True,
                     progress=lambda n: say(f"{variant}/{which}", n),
                 )
                 return texts, lp

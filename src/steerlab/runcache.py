@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .io.safetensors_io import save_atomic
+
 __all__ = ["RunCache", "key_of"]
 
 T = TypeVar("T")
@@ -57,19 +59,14 @@ class RunCache:
     def tensors(
         self, step: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         p = self._path(step, key, "safetensors")
         if p.is_file():
             self.hits.append(step)
             return load_file(str(p))
         value = compute()
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        try:
-            save_file({k: v.contiguous() for k, v in value.items()}, str(tmp))
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        save_atomic(value, p)
         return value
 
     def journal(self, step: str, key: Any) -> Journal:

@@ -17,6 +17,7 @@ import torch
 
 from .._version import __version__
 from ..errors import ArtifactError, LayerError, VectorError
+from ..io.safetensors_io import save_atomic
 
 __all__ = ["LAYER_CONVENTION", "Direction"]
 
@@ -83,7 +84,6 @@ class Direction:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (temp file, then rename)."""
-        from safetensors.torch import save_file
 
         path = Path(path)
         meta = {
@@ -93,17 +93,10 @@ class Direction:
             **self.meta,
         }
         tensors = {
-            "vectors": self.vectors.detach().float().cpu().contiguous(),
+            "vectors": self.vectors.detach().float(),
             "layers": torch.tensor(self.layers, dtype=torch.int64),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return save_atomic(tensors, path, meta)
 
     @classmethod
     def load(

@@ -21,6 +21,7 @@ import torch
 from .._version import __version__
 from ..directions.artifact import LAYER_CONVENTION, Direction
 from ..errors import ArtifactError, VectorError
+from ..io.safetensors_io import save_atomic
 from .config import MelboConfig
 
 __all__ = ["MelboResult", "load_vectors", "save_vectors", "vector_direction"]
@@ -118,7 +119,6 @@ def save_vectors(result: MelboResult, path: str | os.PathLike[str], lm: Any = No
     Returns:
         The path written.
     """
-    from safetensors.torch import save_file
 
     model = dict(result.meta.get("model", {}))
     if lm is not None:
@@ -143,15 +143,7 @@ def save_vectors(result: MelboResult, path: str | os.PathLike[str], lm: Any = No
         "losses": result.losses.detach().double().cpu().contiguous(),
         "history": result.history.detach().double().cpu().contiguous(),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_atomic(tensors, path, meta)
 
 
 def load_vectors(

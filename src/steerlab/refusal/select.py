@@ -146,27 +146,59 @@ def score_candidates(
     for c in cands:
         if c["status"] == "kept" and c not in live[: cfg.keep]:
             c["status"] = "pruned_early"
-    # Stage 2: full scores for the best few.
-    for c in live[: cfg.keep]:
-        cid = f"full:{c['layer']}:{c['position']}"
-        val = journal.get(cid)
-        if val is None:
-            v = diffs[c["layer"], c["position"] + n_pos].float()
-            with ablate(lm.model, v, adapter=lm.adapter):
-                bypass = float(_scores(lm, harmful_val, refusal_ids, cfg)[1].mean())
-                lp_hl = _scores(lm, harmless_val, refusal_ids, cfg)[0]
-            with steer(lm.model, v, layers=c["layer"], coeff=cfg.induce_coeff, adapter=lm.adapter):
-                induce = float(_scores(lm, harmless_val, refusal_ids, cfg)[1].mean())
-            val = {
-                "bypass_score": bypass,
-                "induce_score": induce,
-                "kl_score": kl_divergence(base_harmless_lp, lp_hl),
-            }
-            journal.put(cid, val)
-        c.update(val)
-        if progress:
-            progress(1)
+    # Stage 2: full scores for the best few. If none of them keeps KL within bound, the next
+    # few by screen rank are scored too (up to 3 rounds): a pruned candidate could still win.
+    for rnd in range(3):
+        chunk = live[rnd * cfg.keep : (rnd + 1) * cfg.keep]
+        for c in chunk:
+            c.update(
+                _full_score(
+                    lm,
+                    diffs,
+                    c,
+                    harmful_val,
+                    harmless_val,
+                    refusal_ids,
+                    cfg,
+                    journal,
+                    base_harmless_lp,
+                )
+            )
+            c["status"] = "kept"
+            if progress:
+                progress(1)
+        if not chunk or any(c["kl_score"] <= cfg.kl_max for c in chunk):
+            break
     return cands
+
+
+def _full_score(
+    lm: LoadedModel,
+    diffs: torch.Tensor,
+    c: dict[str, Any],
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    refusal_ids: Sequence[int],
+    cfg: RefusalConfig,
+    journal: Journal,
+    base_harmless_lp: torch.Tensor,
+) -> dict[str, float]:
+    cid = f"full:{c['layer']}:{c['position']}"
+    val = journal.get(cid)
+    if val is None:
+        v = diffs[c["layer"], c["position"] + diffs.shape[1]].float()
+        with ablate(lm.model, v, adapter=lm.adapter):
+            bypass = float(_scores(lm, harmful_val, refusal_ids, cfg)[1].mean())
+            lp_hl = _scores(lm, harmless_val, refusal_ids, cfg)[0]
+        with steer(lm.model, v, layers=c["layer"], coeff=cfg.induce_coeff, adapter=lm.adapter):
+            induce = float(_scores(lm, harmless_val, refusal_ids, cfg)[1].mean())
+        val = {
+            "bypass_score": bypass,
+            "induce_score": induce,
+            "kl_score": kl_divergence(base_harmless_lp, lp_hl),
+        }
+        journal.put(cid, val)
+    return val
 
 
 def select(cands: list[dict[str, Any]], cfg: RefusalConfig) -> tuple[dict[str, Any], list[str]]:

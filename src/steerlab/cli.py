@@ -21,6 +21,7 @@ from ._cli_common import (
     load_for_cli,
     user_errors,
 )
+from .cli_discover import discover
 from .cli_refusal import refusal
 from .errors import SteerlabError
 from .models.registry import DEFAULT_MODEL
@@ -283,6 +284,7 @@ def _print_generations(
 
 
 app.command("refusal")(refusal)
+app.command("discover")(discover)
 
 
 def main() -> None:

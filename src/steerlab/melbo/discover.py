@@ -1,0 +1,396 @@
+"""``steerlab discover``: MELBO vectors beside a random control, with completions and a report.
+
+1. **Radius** (``"auto"``): short runs on a log grid of R scaled to the median norm of
+   ``resid_pre[S]``, judged by ``report.RADIUS_RULE`` (recorded in the report).
+2. **Training** (Mack & Turner 2024) in chunks of ``chunk_size`` vectors, each journaled in
+   ``OUT/cache``: a rerun trains only the missing chunks. Vector k starts from seed ``seed + k``
+   and vectors of one batched run do not interact, so chunks equal the batched run up to float
+   rounding. Orthogonal vectors are coupled: one chunk, retrained after an interrupt.
+3. **Control**: K random vectors of the same norm (seeds ``seed + 1_000_000 + j``).
+4. **Completions**, greedy, unsteered and with each vector at +1 and -1, several vectors per
+   ``generate`` batch (:func:`steer_rows`, pinned equal to ``steer``); journaled per batch.
+5. **Metrics** and clusters (:mod:`.report`); ``vectors.safetensors``, one Direction per learned
+   vector in ``vectors/vec_{k}.safetensors`` (for ``steerlab generate --vector``),
+   ``completions.json``, ``report.json``, ``report.html``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..capture import forward_kwargs
+from ..errors import DataError, SteerlabError, VectorError
+from ..evaluate.loss import continuation_loss
+from ..generation import generate
+from ..hooks import StopForward, scoped_hooks
+from ..models.adapter import blocks_of
+from ..models.chat import encode, has_chat_template
+from ..models.load import LoadedModel
+from ..runcache import Journal, RunCache
+from . import report as rpt
+from .config import MelboConfig
+from .result import MelboResult, save_vectors, vector_direction
+from .sphere import gram_schmidt, random_vectors
+from .train import train_melbo
+
+__all__ = ["DiscoverConfig", "run_discover", "source_norm", "steer_rows"]
+
+CONTROL_SEED_OFFSET = 1_000_000
+SWEEP_PROMPTS, SWEEP_NEW_TOKENS = 8, 16
+Item = tuple[str, int, int]  # (kind, vector index, sign)
+Bar = Callable[[str, int], Any]  # (description, total) -> context manager yielding advance(n)
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """Settings of :func:`run_discover`.
+
+    Attributes:
+        melbo: MELBO settings (layers, K, steps, lr, p, q, orthogonal, positions, seed, chat);
+            its ``radius`` is ignored: set ``radius`` here.
+        radius: ``R`` (> 0), or ``"auto"`` to choose it by the sweep (``RADIUS_RULE``).
+        max_new_tokens: greedy tokens per completion.
+        batch_size: rows per ``generate`` batch (prompts x (vector, sign) pairs).
+        chunk_size: vectors trained per resumable chunk (orthogonal: all K in one).
+        sweep_factors: the auto grid, as multiples of the median ``||resid_pre[S]||``.
+        sweep_vectors, sweep_steps: the short sweep runs, on the first 8 prompts and 16 new
+            tokens (``sweep_steps`` default: a quarter of ``melbo.steps``, at least 1).
+        fluency_margin: nats/token a radius may add to the unsteered loss (see the rule).
+    """
+
+    melbo: MelboConfig = field(default_factory=MelboConfig)
+    radius: float | str = "auto"
+    max_new_tokens: int = 32
+    batch_size: int = 32
+    chunk_size: int = 4
+    sweep_factors: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5, 1.0)
+    sweep_vectors: int = 4
+    sweep_steps: int | None = None
+    fluency_margin: float = 1.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check(lm: LoadedModel, prompts: Sequence[str], cfg: DiscoverConfig) -> MelboConfig:
+    """Validate everything before anything is computed or written; the resolved MELBO config."""
+    if not prompts:
+        raise DataError("give at least one prompt (--prompt or --prompts)")
+    if any(not str(p).strip() for p in prompts):
+        raise DataError("the prompt set contains an empty prompt")
+    r = cfg.radius
+    if isinstance(r, str) and r != "auto":
+        raise SteerlabError(f"radius must be a number > 0 or 'auto', got {r!r}")
+    if not isinstance(r, str) and not (math.isfinite(float(r)) and float(r) > 0):
+        raise VectorError(f"radius must be a finite number > 0, got {r}")
+    for name in ("max_new_tokens", "batch_size", "chunk_size", "sweep_vectors"):
+        if getattr(cfg, name) < 1:
+            raise SteerlabError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    ok = all(0 < f < math.inf for f in cfg.sweep_factors) and 0 <= cfg.fluency_margin < math.inf
+    if not (cfg.sweep_factors and ok and (cfg.sweep_steps or 0) >= 0):
+        raise SteerlabError("need sweep_factors > 0, fluency_margin >= 0 and sweep_steps >= 0")
+    if cfg.melbo.chat and not has_chat_template(lm.tokenizer):
+        raise DataError("this model has no chat template: drop chat=True (--no-chat)")
+    placeholder = 1.0 if isinstance(r, str) else float(r)
+    return replace(cfg.melbo, radius=placeholder).resolved(lm.info.n_layers, lm.info.d_model)
+
+
+@torch.no_grad()
+def source_norm(
+    lm: LoadedModel, prompts: Sequence[str], layer: int, chat: bool | None, batch_size: int = 16
+) -> float:
+    """Median ``||resid_pre[layer]||`` over the prompts' real tokens (robust to BOS outliers)."""
+    block = blocks_of(lm.model, lm.adapter)[layer]
+    got: list[torch.Tensor] = []
+
+    def grab(h: torch.Tensor) -> None:
+        got.append(h.float().norm(dim=-1).cpu())  # (B, T)
+        raise StopForward
+
+    for i in range(0, len(prompts), batch_size):
+        batch = encode(lm.tokenizer, prompts[i : i + batch_size], chat=chat)
+        with scoped_hooks() as hs, contextlib.suppress(StopForward):
+            hs.pre(block, grab)
+            lm.model(**forward_kwargs(batch.to(lm.device)))
+        got[-1] = got[-1][batch.attention_mask.bool()]  # real tokens only
+    return float(torch.cat(got).median())
+
+
+@contextlib.contextmanager
+def steer_rows(lm: LoadedModel, layer: int, deltas: torch.Tensor) -> Iterator[None]:
+    """Add ``deltas[i]`` to row ``i`` of ``resid_pre[layer]`` (one row: added to every row).
+
+    ``steer(model, v, layers=layer)`` with one vector per batch row, so several vectors share
+    one ``generate`` call; cast to the model's dtype first, as ``steer`` does.
+    """
+    d = deltas.detach().to(next(lm.model.parameters()).dtype)  # (N, D)
+
+    def fn(h: torch.Tensor) -> torch.Tensor:  # (N, T, D)
+        if d.shape[0] not in (1, h.shape[0]):
+            raise RuntimeError(f"{d.shape[0]} steering rows for a batch of {h.shape[0]}")
+        return h + d.to(h.device, h.dtype)[:, None, :]
+
+    with scoped_hooks() as hs:
+        hs.pre(blocks_of(lm.model, lm.adapter)[layer], fn)
+        yield
+
+
+@dataclass
+class _Gen:
+    """How completions are made: one model, one steering layer, greedy."""
+
+    lm: LoadedModel
+    layer: int
+    chat: bool | None
+    batch_size: int
+    new_tokens: int
+
+    def key(self) -> list[Any]:
+        template = getattr(self.lm.tokenizer, "chat_template", None)
+        return [self.lm.info.to_dict(), template, self.layer, self.chat, self.batch_size]
+
+    def texts(self, prompts: list[str], rows: torch.Tensor, bs: int) -> list[str]:
+        kw = {"max_new_tokens": self.new_tokens, "batch_size": bs, "chat": self.chat}
+        with steer_rows(self.lm, self.layer, rows):
+            return list(generate(self.lm.model, self.lm.tokenizer, prompts, **kw))
+
+    def loss(self, prompts: list[str], texts: list[str]) -> float | None:
+        """Mean nats/token of ``texts`` under the unsteered model; None if all are empty."""
+        tok = self.lm.tokenizer
+        if not any(tok.encode(t, add_special_tokens=False) for t in texts):
+            return None
+        bs = self.batch_size
+        return continuation_loss(self.lm.model, tok, prompts, texts, chat=self.chat, batch_size=bs)
+
+    def measure(
+        self,
+        prompts: list[str],
+        vecs: dict[str, torch.Tensor],
+        journal: Journal | None,
+        advance: Callable[[int], None],
+    ) -> tuple[dict[str, Any], dict[Item, dict[str, Any]]]:
+        """Unsteered completions (a zero vector: ``h + 0 == h``, same batches) and, for every
+        (kind, k, sign), ``{"texts", "loss"}`` (loss under the unsteered model)."""
+        items: list[Item] = [("unsteered", 0, 1)]
+        items += [(kd, k, s) for kd, v in vecs.items() for k in range(len(v)) for s in (1, -1)]
+        vecs = {"unsteered": torch.zeros(1, self.lm.info.d_model), **vecs}
+        done = {} if journal is None else dict(journal.items)
+        todo = [it for it in items if _iid(it) not in done]
+        advance(len(items) - len(todo))
+        n = len(prompts)
+        group = max(1, self.batch_size // n)
+        for g in range(0, len(todo), group):
+            part = todo[g : g + group]
+            deltas = torch.stack([s * vecs[kind][k] for kind, k, s in part])  # (G, D)
+            if len(part) > 1:  # one generate batch of G * n rows, vector j on rows j*n..
+                rows, bs = deltas.repeat_interleave(n, 0), n * len(part)
+                texts = self.texts(prompts * len(part), rows, bs)
+            else:
+                texts = self.texts(prompts, deltas, self.batch_size)
+            for j, it in enumerate(part):
+                value = {"texts": texts[j * n : (j + 1) * n]}
+                value["loss"] = self.loss(prompts, value["texts"])
+                done[_iid(it)] = value
+                if journal is not None:
+                    journal.put(_iid(it), value)
+            advance(len(part))
+        return done[_iid(items[0])], {it: done[_iid(it)] for it in items[1:]}
+
+
+def _iid(it: Item) -> str:
+    return f"{it[0]}/{it[1]}/{it[2]:+d}"
+
+
+def _controls(d: int, k: int, radius: float, seed: int, orthogonal: bool) -> torch.Tensor:
+    v = random_vectors(d, k, radius, seed)
+    return gram_schmidt(v, radius) if orthogonal else v
+
+
+def _train(
+    lm: LoadedModel, prompts: list[str], mcfg: MelboConfig, chunk: int, cache: RunCache, bar: Bar
+) -> MelboResult:
+    """Train in resumable chunks; all chunks as one :class:`MelboResult`."""
+    cfg = mcfg.resolved(lm.info.n_layers, lm.info.d_model)
+    k_all = cfg.num_vectors
+    size = k_all if cfg.orthogonal else chunk
+    coupled = {} if cfg.orthogonal else {"num_vectors": None}  # chunks do not depend on K
+    template = getattr(lm.tokenizer, "chat_template", None)
+    key = [lm.info.to_dict(), template, prompts, cfg.to_dict() | coupled]
+    journal = cache.journal("melbo-train", key)
+    parts = []
+    with bar("training vectors", k_all * cfg.steps) as adv:
+        for start in range(0, k_all, size):
+            n = min(size, k_all - start)
+            rec = journal.get(f"{start}+{n}")
+            if rec is None:
+                sub = replace(cfg, num_vectors=n, seed=cfg.seed + start)
+                res = train_melbo(lm, prompts, sub, progress=lambda _s, n=n: adv(n))
+                failed = {
+                    str(start + i): m.replace(f"vector {i}:", f"vector {start + i}:", 1)
+                    for i, m in res.failed.items()
+                }
+                # float32 -> JSON -> float32 is exact, so resumed vectors are bit-identical
+                rec = {k: getattr(res, k).tolist() for k in ("vectors", "losses", "history")}
+                rec |= {"failed": failed, "meta": res.meta}
+                journal.put(f"{start}+{n}", rec)
+            else:
+                adv(n * cfg.steps)
+            parts.append(rec)
+    rows = max(len(p["history"]) for p in parts)  # a chunk whose vectors all failed stops early
+    hist = [torch.tensor(p["history"]).double().view(-1, len(p["losses"])) for p in parts]
+    hist = [torch.cat([h, h.new_full((rows - len(h), h.shape[1]), math.nan)]) for h in hist]
+    return MelboResult(
+        vectors=torch.tensor([v for p in parts for v in p["vectors"]], dtype=torch.float32),
+        losses=torch.tensor([x for p in parts for x in p["losses"]], dtype=torch.float64),
+        history=torch.cat(hist, 1),
+        config=cfg,
+        failed={int(i): m for p in parts for i, m in p["failed"].items()},
+        meta=parts[0]["meta"],
+    )
+
+
+def _sweep(
+    gen: _Gen, prompts: list[str], base: MelboConfig, cfg: DiscoverConfig, cache: RunCache, bar: Bar
+) -> dict[str, Any]:
+    """Short runs on the radius grid: the chosen radius, the rule and every grid point."""
+    lm, sp, seed_c = gen.lm, prompts[:SWEEP_PROMPTS], base.seed + CONTROL_SEED_OFFSET
+    norm = source_norm(lm, sp, gen.layer, gen.chat)
+    grid = sorted({float(f) * norm for f in cfg.sweep_factors})
+    kv = min(cfg.sweep_vectors, base.num_vectors)
+    steps = cfg.sweep_steps if cfg.sweep_steps is not None else max(1, base.steps // 4)
+    layers = {"source_layer": base.source_layer, "target_layer": base.target_layer}
+    user = replace(cfg.melbo, num_vectors=kv, steps=steps, chat=base.chat, **layers)
+    journal = cache.journal("radius-sweep", [gen.key(), sp, user.to_dict(), grid])
+    points = []
+    with bar("radius sweep", len(grid)) as adv:
+        for r in grid:
+            point = journal.get(repr(r))
+            if point is None:
+                res = train_melbo(lm, sp, replace(user, radius=r))
+                vecs = {"learned": res.vectors}
+                vecs["random"] = _controls(lm.info.d_model, kv, r, seed_c, user.orthogonal)
+                ref, out = gen.measure(sp, vecs, None, lambda _n: None)
+                entries = rpt.describe(lm.tokenizer, sp, ref, out, vecs)
+                point = {"radius": r, "factor": r / norm, "failed": len(res.failed)}
+                point |= {"unsteered_loss": ref["loss"], **rpt.summarize(entries)}
+                journal.put(repr(r), point)
+            points.append(point)
+            adv(1)
+    base_loss = points[0]["unsteered_loss"]
+    chosen, note = rpt.choose_radius(points, base_loss, cfg.fluency_margin)
+    params = {"fluency_margin": cfg.fluency_margin, "median_source_norm": norm}
+    params |= {"sweep_vectors": kv, "sweep_steps": steps, "sweep_prompts": len(sp)}
+    params |= {"sweep_new_tokens": SWEEP_NEW_TOKENS, "unsteered_loss": base_loss}
+    out = {"mode": "auto", "value": points[chosen]["radius"], "chosen_index": chosen, **params}
+    return out | {"rule": rpt.RADIUS_RULE, "sweep": points, "note": note}
+
+
+def run_discover(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    cfg: DiscoverConfig | None = None,
+    *,
+    progress: Bar | None = None,
+    status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Find MELBO vectors, compare them with random ones; write vectors, completions, report.
+
+    Bad settings raise :class:`~steerlab.errors.SteerlabError` before anything is written; the
+    same call again resumes from ``OUT/cache``.
+
+    Args:
+        lm: from :func:`steerlab.load_model`.
+        prompts: instructions (chat template applied when the model has one).
+        out_dir: run directory.
+        cfg: settings (see :class:`DiscoverConfig`).
+        progress: ``progress(description, total)`` -> context manager yielding ``advance(n)``,
+            e.g. :func:`steerlab.ui.progress_bar`; ``status``: called with one-line messages.
+
+    Returns:
+        The report dict, as written to ``report.json``.
+
+    Example:
+        >>> lm = steerlab.load_model("smollm2-135m")  # doctest: +SKIP
+        >>> rep = run_discover(lm, ["Tell me a story."], "runs/discover")  # doctest: +SKIP
+    """
+    cfg = cfg or DiscoverConfig()
+    prompts = [str(p) for p in prompts]
+    base = _check(lm, prompts, cfg)
+    assert base.source_layer is not None
+    bar = progress or (lambda _d, _t: contextlib.nullcontext(lambda _n: None))
+    say = status or (lambda _m: None)
+    out = Path(out_dir)
+    cache = RunCache(out / "cache")
+    seed_c = base.seed + CONTROL_SEED_OFFSET
+    timings: dict[str, float] = {}
+    t0 = clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        timings[step], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
+
+    notes: list[str] = []
+    if cfg.radius == "auto":
+        sweep_gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, SWEEP_NEW_TOKENS)
+        radius = _sweep(sweep_gen, prompts, base, cfg, cache, bar)
+        notes += [radius["note"]] if radius["note"] else []
+        norm = radius["median_source_norm"]
+        say(f"radius auto: R = {radius['value']:.4g} (median |resid_pre[S]| {norm:.4g})")
+        lap("radius_sweep")
+    else:
+        radius = {"mode": "fixed", "value": float(cfg.radius)}
+    r = float(radius["value"])
+    layers = {"source_layer": base.source_layer, "target_layer": base.target_layer}
+    result = _train(lm, prompts, replace(cfg.melbo, radius=r, **layers), cfg.chunk_size, cache, bar)
+    lap("train")
+    k_all = result.num_vectors
+    vecs = {"learned": result.vectors}
+    vecs["random"] = _controls(lm.info.d_model, k_all, r, seed_c, base.orthogonal)
+    gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, cfg.max_new_tokens)
+    key = [gen.key(), gen.new_tokens, prompts, [v.tolist() for v in vecs.values()]]
+    journal = cache.journal("completions", key)
+    with bar("completions", 1 + 4 * k_all) as adv:
+        ref, done = gen.measure(prompts, vecs, journal, adv)
+    lap("generate")
+
+    entries = rpt.describe(lm.tokenizer, prompts, ref, done, vecs, result)
+    clusters = rpt.cluster_entries(entries)
+    notes += [f"vector {k} failed: {m}" for k, m in sorted(result.failed.items())]
+    lap("metrics")
+
+    save_vectors(result, out / "vectors.safetensors", lm)
+    (out / "vectors").mkdir(exist_ok=True)
+    for old in (out / "vectors").glob("vec_*.safetensors"):  # from an earlier run with more K
+        old.unlink()
+    for k in range(k_all):
+        vector_direction(result, k).save(out / "vectors" / f"vec_{k}.safetensors")
+    timings["total"] = round(time.perf_counter() - t0, 2)
+    report = {
+        "kind": "steerlab.melbo.discover",
+        "model": lm.info.to_dict(),
+        "steerlab_version": __version__,
+        "config": {**cfg.to_dict(), "melbo": result.config.to_dict(), "control_seed": seed_c},
+        "n_prompts": len(prompts),
+        "radius": radius,
+        "unsteered_loss": ref["loss"],
+        "summary": rpt.summarize(entries),
+        "vectors": [{k: v for k, v in e.items() if k != "completions"} for e in entries],
+        "clusters": clusters,
+        "notes": notes,
+        "timings": timings,
+    }
+    base_texts = [{"prompt": p, "text": t} for p, t in zip(prompts, ref["texts"], strict=True)]
+    completions = dict(model=lm.info.model_id, radius=r, unsteered=base_texts, vectors=entries)
+    rpt.write_discover_report(report, completions, out)
+    return report

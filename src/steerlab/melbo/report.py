@@ -1,0 +1,399 @@
+"""What ``steerlab discover`` measures and shows: completion metrics, clusters, the files.
+
+Metrics compare each steered completion with the unsteered one for the same prompt, both
+re-tokenized from their text (the same measure for learned and random vectors):
+
+* ``changed``: share of prompts whose first 8 tokens differ;
+* ``edit_distance``: token-level Levenshtein distance over the longer length (0 = same);
+* ``loss``: mean nats/token of the steered text under the *unsteered* model (a fluency cost),
+  and ``loss_increase`` over the unsteered completions' own loss.
+
+Clusters (:data:`CLUSTER_METHOD`) group learned (vector, sign) pairs by what they make the model
+write. The page is self-contained (inline CSS and PNG, no script, no external URL) and all text
+is escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..report import _html
+from ..report._html import DASH, esc, fmt_float, fmt_pct, table
+from ..runcache import _atomic_write
+
+__all__ = ["CLUSTER_METHOD", "RADIUS_RULE", "choose_radius", "cluster_entries", "describe"]
+__all__ += ["edit_distance", "entry_metrics", "group_summary", "summarize"]
+__all__ += ["write_discover_report"]
+
+CHANGED_TOKENS = 8
+EXAMPLES = 3  # completions per card
+CLUSTER_METHOD = (
+    "TF-IDF of each learned (vector, sign)'s concatenated completions (words and word pairs, "
+    "sublinear tf), agglomerative clustering (cosine distance, average linkage), the number of "
+    "groups in 2..8 chosen by silhouette; one group when no split has a positive silhouette."
+)
+METRICS = ("changed", "edit_distance", "loss", "loss_increase")
+
+
+RADIUS_RULE = (
+    "R is fluent when the mean loss (nats/token) of the learned vectors' completions under the "
+    "unsteered model is at most the unsteered completions' loss + fluency_margin; the chosen R "
+    "is the fluent one where the most learned completions change in their first 8 tokens (ties: "
+    "larger edit distance, then smaller R); if no R is fluent, the smallest R, with a note."
+)
+
+
+def choose_radius(
+    points: list[dict[str, Any]], base_loss: float | None, margin: float
+) -> tuple[int, str | None]:
+    """Apply :data:`RADIUS_RULE` to sweep points in ascending R (sets each ``fluent``).
+
+    Returns:
+        The chosen index, and a note when no radius was fluent.
+    """
+    limit = (base_loss or 0.0) + margin
+    for p in points:
+        loss = p["learned"]["loss"]
+        p["fluent"] = loss is not None and math.isfinite(loss) and loss <= limit
+    fluent = [i for i, p in enumerate(points) if p["fluent"]]
+    if not fluent:
+        return 0, f"no radius kept the learned loss <= {limit:.3g}: using the smallest R"
+    learned = [p["learned"] for p in points]
+    return max(fluent, key=lambda i: (learned[i]["changed"], learned[i]["edit_distance"], -i)), None
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> float:
+    """Levenshtein distance between token sequences over the longer length, in [0, 1]."""
+    if not a and not b:
+        return 0.0
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1] / max(len(a), len(b))
+
+
+def entry_metrics(
+    tokenizer: Any,
+    base_texts: Sequence[str],
+    texts: Sequence[str],
+    loss: float | None,
+    base_loss: float | None,
+) -> dict[str, Any]:
+    """``changed``, ``edit_distance``, ``loss``, ``loss_increase`` of one (vector, sign)."""
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    ref = [tokenizer.encode(t, add_special_tokens=False) for t in base_texts]
+    pairs = list(zip(ids, ref, strict=True))
+    n = max(len(pairs), 1)
+    inc = None if loss is None or base_loss is None else loss - base_loss
+    return {
+        "changed": sum(a[:CHANGED_TOKENS] != b[:CHANGED_TOKENS] for a, b in pairs) / n,
+        "edit_distance": sum(edit_distance(a, b) for a, b in pairs) / n,
+        "loss": loss,
+        "loss_increase": inc,
+    }
+
+
+def group_summary(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean of each metric over (vector, sign) pairs (missing or non-finite values skipped)."""
+    out: dict[str, Any] = {"n": len(metrics)}
+    for key in METRICS:
+        vals = [float(m[key]) for m in metrics if m.get(key) is not None]
+        vals = [v for v in vals if math.isfinite(v)]
+        out[key] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def describe(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    ref: Mapping[str, Any],
+    done: Mapping[tuple[str, int, int], Mapping[str, Any]],
+    vecs: Mapping[str, Any],
+    result: Any = None,
+) -> list[dict[str, Any]]:
+    """One ``completions.json`` entry per (kind, k, sign) of ``done`` (its texts and loss).
+
+    Metrics are against ``ref`` (unsteered texts and loss); learned vectors of ``result`` (a
+    :class:`~steerlab.melbo.MelboResult`) also get their MELBO objective and any failure.
+    """
+    entries = []
+    for (kind, k, s), v in done.items():
+        texts = [{"prompt": p, "text": t} for p, t in zip(prompts, v["texts"], strict=True)]
+        e = {"index": k, "kind": kind, "sign": s, "completions": texts, "cluster": None}
+        e["metrics"] = entry_metrics(tokenizer, ref["texts"], v["texts"], v["loss"], ref["loss"])
+        e |= {"norm": float(vecs[kind][k].norm()), "objective": None, "failed": None}
+        if kind == "learned" and result is not None:
+            e |= {"objective": float(result.losses[k]), "failed": result.failed.get(k)}
+        entries.append(e)
+    return entries
+
+
+def summarize(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """:func:`group_summary` of the learned and of the random entries."""
+    kinds = ("learned", "random")
+    return {kd: group_summary([e["metrics"] for e in entries if e["kind"] == kd]) for kd in kinds}
+
+
+def cluster_entries(entries: Sequence[dict[str, Any]], max_k: int = 8) -> list[dict[str, Any]]:
+    """Group the learned entries by their completions (:data:`CLUSTER_METHOD`), deterministically.
+
+    Sets each learned entry's ``cluster`` (0 = the first entry's group, and so on). Returns one
+    dict per group: ``id``, ``size``, ``members`` (``[index, sign]``), ``terms`` (top TF-IDF
+    terms) and ``silhouette`` of the split (None for a single group).
+    """
+    learned = [e for e in entries if e["kind"] == "learned"]
+    docs = ["\n".join(c["text"] for c in e["completions"]) for e in learned]
+    n = len(docs)
+    labels, score, x, terms = [0] * n, None, None, None
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
+        x = vec.fit_transform(docs).toarray()  # (n, terms)
+        terms = vec.get_feature_names_out()
+    except ValueError:  # empty vocabulary: every completion is empty
+        pass
+    if x is not None and n >= 3 and len(set(docs)) >= 2:
+        from sklearn.cluster import AgglomerativeClustering
+        from sklearn.metrics import silhouette_score
+        from sklearn.metrics.pairwise import cosine_distances
+
+        dist = cosine_distances(x)
+        best: tuple[float, Any] | None = None
+        for k in range(2, min(max_k, n - 1) + 1):
+            agg = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average")
+            lab = agg.fit_predict(dist)
+            if len(set(lab)) < 2:
+                continue
+            s = float(silhouette_score(dist, lab, metric="precomputed"))
+            if best is None or s > best[0] + 1e-12:
+                best = (s, lab)
+        if best is not None and best[0] > 0:
+            score, labels = best[0], [int(v) for v in best[1]]
+    order: dict[int, int] = {}
+    labels = [order.setdefault(v, len(order)) for v in labels]
+    for e, c in zip(learned, labels, strict=True):
+        e["cluster"] = c
+    clusters = []
+    for c in range(len(order)):
+        rows = [i for i, v in enumerate(labels) if v == c]
+        top: list[str] = []
+        if x is not None and terms is not None:
+            mean = x[rows].mean(0)
+            top = [str(terms[j]) for j in mean.argsort()[::-1][:5] if mean[j] > 0]
+        members = [[learned[i]["index"], learned[i]["sign"]] for i in rows]
+        clusters.append({"id": c, "size": len(rows), "members": members, "terms": top})
+        clusters[-1]["silhouette"] = score
+    return clusters
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def _finite(x: Any) -> Any:
+    """NaN and inf as None, so the JSON files are strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_discover_report(
+    report: Mapping[str, Any], completions: Mapping[str, Any], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Write ``completions.json``, ``report.json``, ``report.html`` (+ ``radius_sweep.png``).
+
+    Each file is written to a temporary name and renamed. Returns the paths written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, obj in (("completions.json", completions), ("report.json", report)):
+        _atomic_write(out / name, json.dumps(_finite(obj), indent=1, allow_nan=False).encode())
+        written.append(out / name)
+    png = None
+    if (report.get("radius") or {}).get("sweep"):
+        png = _html.png_bytes(radius_figure(report["radius"]))
+        _atomic_write(out / "radius_sweep.png", png)
+        written.append(out / "radius_sweep.png")
+    html = render_discover_html(report, completions, png)
+    _atomic_write(out / "report.html", html.encode("utf-8"))
+    return [out / "report.html", *written]
+
+
+def radius_figure(radius: Mapping[str, Any]) -> Any:
+    """Change (left) and fluency (right) against R for learned and random vectors."""
+    pts = radius["sweep"]
+    rs = [p["radius"] for p in pts]
+    fig = _html.new_figure((10, 3.6))
+    ax1, ax2 = fig.subplots(1, 2, sharex=True)
+    style = {"learned": dict(color="#c0392b", marker="o"), "random": dict(color="0.45", marker="s")}
+    for kind, st in style.items():
+
+        def get(p: Mapping[str, Any], key: str, kind: str = kind) -> float:
+            v = (p.get(kind) or {}).get(key)
+            return math.nan if v is None else float(v)
+
+        ax1.plot(rs, [get(p, "changed") for p in pts], label=kind, **st)
+        ax2.plot(rs, [get(p, "loss") for p in pts], label=kind, **st)
+    base = radius.get("unsteered_loss")
+    if base is not None:
+        ax2.axhline(base, color="#2e6da4", lw=1, ls=":", label="unsteered")
+        limit = base + radius["fluency_margin"]
+        ax2.axhline(limit, color="#2e6da4", lw=1, ls="--", label="fluency limit")
+    for ax in (ax1, ax2):
+        ax.axvline(radius["value"], color="gold", lw=2, alpha=0.8, label="chosen R")
+        ax.set_xscale("log")
+        ax.set_xlabel("radius R")
+        ax.grid(alpha=0.3)
+    ax1.set_ylim(-0.03, 1.03)
+    ax1.set_title(f"completions changed (first {CHANGED_TOKENS} tokens)", fontsize=9)
+    ax2.set_title("loss of the completions under the unsteered model (nats/token)", fontsize=9)
+    ax2.legend(fontsize=8)
+    return fig
+
+
+# ------------------------------------------------------------------------------ HTML
+
+_STYLE = """<style>
+.card { border: 1px solid #ccc; border-radius: 4px; padding: 0.4em 0.8em; margin: 0.8em 0; }
+.card h4 { margin: 0.2em 0; } .failed { border-color: #c0392b; background: #fdf0ee; }
+</style>"""
+_HEAD = ["", "changed", "edit distance", "loss", "loss increase"]
+
+
+def _metric_cells(m: Mapping[str, Any]) -> list[str]:
+    fmts = (fmt_pct, fmt_float, fmt_float, fmt_float)
+    return [f(m.get(key)) for f, key in zip(fmts, METRICS, strict=True)]
+
+
+def _card(entry: Mapping[str, Any], unsteered: Sequence[Mapping[str, Any]], n: int) -> str:
+    sign = "+1" if entry["sign"] > 0 else "−1"
+    m = entry.get("metrics") or {}
+    failed = entry.get("failed")
+    head = f"{entry['kind']} vector {entry['index']}, sign {sign}"
+    line = ", ".join(f"{h} {c}" for h, c in zip(_HEAD[1:], _metric_cells(m), strict=True))
+    rows = [
+        [c["prompt"], u.get("text", DASH), c["text"]]
+        for c, u in zip(entry["completions"][:n], unsteered[:n], strict=False)
+    ]
+    return (
+        f'<div class="card{" failed" if failed else ""}"><h4>{esc(head)}</h4>'
+        f'<p class="muted">{esc(line)}</p>'
+        + (f"<p><strong>failed:</strong> {esc(failed)}</p>" if failed else "")
+        + table(["prompt", "unsteered", "steered"], rows, table_class="completions")
+        + "</div>"
+    )
+
+
+def _summary(report: Mapping[str, Any]) -> str:
+    s = report.get("summary") or {}
+    rad = report.get("radius") or {}
+    cfg = (report.get("config") or {}).get("melbo") or {}
+    learned, rand = s.get("learned") or {}, s.get("random") or {}
+    how = "chosen by the radius sweep" if rad.get("mode") == "auto" else "fixed"
+    text = (
+        f"<p>{esc(cfg.get('num_vectors', DASH))} vectors of norm R = "
+        f"<strong>{esc(fmt_float(rad.get('value')))}</strong> ({esc(how)}) added at the input "
+        f"of block {esc(cfg.get('source_layer', DASH))}, trained to change the input of block "
+        f"{esc(cfg.get('target_layer', DASH))}, each used with sign +1 and −1. Learned vectors "
+        f"changed <strong>{esc(fmt_pct(learned.get('changed')))}</strong> of completions; "
+        f"random vectors of the same norm changed {esc(fmt_pct(rand.get('changed')))}. "
+        f"Unsteered loss: {esc(fmt_float(report.get('unsteered_loss')))} nats/token.</p>"
+    )
+    rows = [[k, *_metric_cells(s.get(k) or {})] for k in ("learned", "random")]
+    return (
+        f'<section class="summary">{text}'
+        + table(["vectors", *_HEAD[1:]], rows, numeric=range(1, 5))
+        + "</section>"
+    )
+
+
+def _radius_section(rad: Mapping[str, Any], png: bytes | None) -> str:
+    if not rad.get("sweep"):
+        return ""
+    out = [
+        "<h2>Radius sweep</h2>",
+        f"<p>Rule: {esc(rad.get('rule', DASH))} Fluency margin: "
+        f"{esc(fmt_float(rad.get('fluency_margin')))} nats/token. Grid: multiples of the median "
+        f"‖resid_pre[S]‖ = {esc(fmt_float(rad.get('median_source_norm')))}; short runs of "
+        f"{esc(rad.get('sweep_vectors'))} vectors × {esc(rad.get('sweep_steps'))} steps on "
+        f"{esc(rad.get('sweep_prompts'))} prompts.</p>",
+    ]
+    if png is not None:
+        out.append(_html.figure_html(png, "Change and fluency against the radius; gold: chosen R."))
+    rows, classes = [], []
+    for i, p in enumerate(rad["sweep"]):
+        lr, rd = p.get("learned") or {}, p.get("random") or {}
+        rows.append([
+            f"{p['radius']:.4g}", _html.fmt_value(p.get("factor")), fmt_pct(lr.get("changed")),
+            fmt_pct(rd.get("changed")), fmt_float(lr.get("loss")), fmt_float(rd.get("loss")),
+            "yes" if p.get("fluent") else "no",
+        ])  # fmt: skip
+        classes.append("selected" if i == rad.get("chosen_index") else "")
+    head = ["R", "× norm", "changed (learned)", "changed (random)", "loss (learned)"]
+    out.append(
+        table([*head, "loss (random)", "fluent"], rows, numeric=range(6), row_classes=classes)
+    )
+    return "".join(out)
+
+
+def _vector_table(entries: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        [e["kind"], e["index"], f"{e['sign']:+d}", *_metric_cells(e.get("metrics") or {}),
+         DASH if e.get("cluster") is None else e["cluster"], "failed" if e.get("failed") else ""]
+        for e in entries
+    ]  # fmt: skip
+    head = ["kind", "vector", "sign", *_HEAD[1:], "group", ""]
+    return "<h2>All vectors</h2>" + table(head, rows, numeric=range(1, 8))
+
+
+def render_discover_html(
+    report: Mapping[str, Any], completions: Mapping[str, Any], png: bytes | None = None
+) -> str:
+    """The report page as a string (see :func:`write_discover_report`)."""
+    model = (report.get("model") or {}).get("model_id", "unknown model")
+    n = EXAMPLES
+    unsteered = completions.get("unsteered") or []
+    entries = completions.get("vectors") or []
+    body = [
+        _STYLE,
+        f"<h1>MELBO discovery: {esc(model)}</h1>",
+        '<p class="muted">Unsupervised steering vectors (Mack &amp; Turner 2024, "Mechanistically '
+        'eliciting latent behaviors in language models"), beside random vectors of the same '
+        "norm as a control.</p>",
+        _summary(report),
+        _html.notes_section(report.get("notes")),
+        _radius_section(report.get("radius") or {}, png),
+        "<h2>Learned vectors, grouped by what they do</h2>",
+        f'<p class="muted">{esc(CLUSTER_METHOD)}</p>',
+    ]
+    for c in report.get("clusters") or []:
+        members = [e for e in entries if e["kind"] == "learned" and e.get("cluster") == c["id"]]
+        terms = ", ".join(c.get("terms") or []) or DASH
+        body.append(f"<h3>Group {esc(c['id'])} ({esc(c['size'])}): {esc(terms)}</h3>")
+        body += [_card(e, unsteered, n) for e in members]
+    body.append(
+        "<h2>Random control</h2><p>Random directions of the same norm, seeds "
+        f"{esc((report.get('config') or {}).get('control_seed', DASH))} + j: what steering "
+        "with no learning does.</p>"
+    )
+    body += [_card(e, unsteered, n) for e in entries if e["kind"] == "random"]
+    body += [
+        _vector_table(entries),
+        _html.timings_section(report.get("timings")),
+        _html.config_section(report.get("config")),
+        f"<footer>Generated by steerlab {esc(report.get('steerlab_version', DASH))}.</footer>",
+    ]
+    return _html.page(f"MELBO discovery: {model}", "\n".join(b for b in body if b))

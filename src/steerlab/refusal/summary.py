@@ -61,7 +61,7 @@ def choose_coeff(
     if cfg.coeff != "auto":
         return float(cfg.coeff), rows
     hit = [r for r in rows if r["frac_positive"] >= cfg.induce_target]
-    best = hit[0] if hit else max(rows, key=lambda r: r["frac_positive"])
+    best = hit[0] if hit else max(rows, key=lambda r: (r["frac_positive"], r["induce_score"]))
     return float(best["coeff"]), rows
 
 

@@ -7,7 +7,6 @@ shapes, finiteness and, when a model is given, its identity.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from .._version import __version__
 from ..errors import ArtifactError, LayerError, VectorError
-from ..io.safetensors_io import save_atomic
+from ..io.safetensors_io import load_checked, save_atomic
 
 __all__ = ["LAYER_CONVENTION", "Direction"]
 
@@ -110,26 +109,9 @@ class Direction:
                 and (with ``strict``) the architecture hash too.
             strict: refuse a config-hash mismatch (else accept any model of the same width).
         """
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise ArtifactError(f"no such artifact: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                raw = (f.metadata() or {}).get("steerlab")
-                keys = set(f.keys())
-                if raw is None or not {"vectors", "layers"} <= keys:
-                    raise ArtifactError(f"{path} is not a steerlab direction artifact")
-                vectors = f.get_tensor("vectors").float()
-                layers = tuple(int(x) for x in f.get_tensor("layers").tolist())
-            meta = json.loads(raw)
-        except ArtifactError:
-            raise
-        except Exception as e:  # safetensors raises several types for corrupt headers
-            raise ArtifactError(f"{path} is corrupt or not a safetensors file ({e})") from None
-        if meta.get("kind") != _KIND:
-            raise ArtifactError(f"{path} is not a steerlab direction artifact")
+        t, meta = load_checked(path, _KIND, ("vectors", "layers"), "direction")
+        vectors = t["vectors"].float()
+        layers = tuple(int(x) for x in t["layers"].tolist())
         d = cls(vectors, layers, meta)
         if model_info is not None:
             d.check_model(model_info, strict=strict)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic"]
+__all__ = ["load_checked", "save_atomic"]
 
 
 def save_atomic(
@@ -31,3 +31,34 @@ def save_atomic(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def load_checked(
+    path: str | os.PathLike[str], kind: str, keys: tuple[str, ...], what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a steerlab safetensors artifact of ``kind`` holding ``keys``; never unpickles.
+
+    Raises :class:`~steerlab.errors.ArtifactError` (with ``what`` in the message) for a missing,
+    corrupt or foreign file.
+    """
+    from safetensors import safe_open
+
+    from ..errors import ArtifactError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"no such artifact: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("steerlab")
+            if raw is None or not set(keys) <= set(f.keys()):
+                raise ArtifactError(f"{path} is not a steerlab {what} artifact")
+            tensors = {k: f.get_tensor(k) for k in keys}
+        meta = json.loads(raw)
+    except ArtifactError:
+        raise
+    except Exception as e:  # safetensors raises several types for corrupt headers
+        raise ArtifactError(f"{path} is corrupt or not a safetensors file ({e})") from None
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        raise ArtifactError(f"{path} is not a steerlab {what} artifact")
+    return tensors, meta

@@ -10,7 +10,6 @@ Each vector becomes a single-layer :class:`~steerlab.directions.Direction` for `
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from .._version import __version__
 from ..directions.artifact import LAYER_CONVENTION, Direction
 from ..errors import ArtifactError, VectorError
-from ..io.safetensors_io import save_atomic
+from ..io.safetensors_io import load_checked, save_atomic
 from .config import MelboConfig
 
 __all__ = ["MelboResult", "load_vectors", "save_vectors", "vector_direction"]
@@ -160,25 +159,11 @@ def load_vectors(
     Returns:
         The :class:`MelboResult`.
     """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"no such artifact: {path}")
+    t, meta = load_checked(path, _KIND, ("vectors", "losses", "history"), "MELBO")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("steerlab")
-            if raw is None or not {"vectors", "losses", "history"} <= set(f.keys()):
-                raise ArtifactError(f"{path} is not a steerlab MELBO artifact")
-            t = {k: f.get_tensor(k) for k in ("vectors", "losses", "history")}
-        meta = json.loads(raw)
         cfg = MelboConfig(**meta["config"])
-    except ArtifactError:
-        raise
-    except Exception as e:  # corrupt header, bad JSON, unknown config fields
+    except (KeyError, TypeError) as e:  # unknown or missing config fields
         raise ArtifactError(f"{path} is corrupt or not a MELBO artifact ({e})") from None
-    if meta.get("kind") != _KIND:
-        raise ArtifactError(f"{path} is not a steerlab MELBO artifact")
     vec = t["vectors"].float()
     k = vec.shape[0] if vec.ndim == 2 else -1
     if k < 1 or t["losses"].shape != (k,) or t["history"].ndim != 2 or t["history"].shape[1] != k:

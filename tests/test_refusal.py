@@ -91,6 +91,9 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
     assert {"filter", "candidates", "baseline_val", "coefficient"} <= set(rep2["resumed_steps"])
     assert rep2["selected"] == rep["selected"]
     assert rep2["variants"] == json.loads(json.dumps(rep["variants"]))
+    # Baseline completions are journaled apart from the direction, for reuse by other rules.
+    base = next((out / "cache").glob("evaluation-baseline-*.jsonl")).read_text().splitlines()
+    assert [json.loads(x)["id"] for x in base] == ["eval:baseline"]
 
 
 def test_interrupted_sweep_resumes_from_journal(tmp_path: Path, monkeypatch) -> None:

@@ -115,6 +115,7 @@ def evaluate_variants(
     cfg: RefusalConfig,
     journal: Journal,
     *,
+    baseline_journal: Journal | None = None,
     n_ce: int = 16,
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[str]]]]:
@@ -156,7 +157,8 @@ def evaluate_variants(
 
     records: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:
-        rec = journal.get(f"eval:{variant}")
+        jr = baseline_journal if variant == "baseline" and baseline_journal else journal
+        rec = jr.get(f"eval:{variant}")
         if rec is None:
             rec = {}
             for which in ("harmful", "harmless"):
@@ -167,8 +169,14 @@ def evaluate_variants(
                 if which == "harmless":
                     if variant == "baseline":
                         base_lp = lp
-                    if base_lp is None:  # resumed after baseline: recompute its distribution
-                        base_lp = first_lp("baseline", "harmless")[1]
+                    if base_lp is None:  # baseline came from the cache: one forward for it
+                        base_lp = last_token_logprobs(
+                            lm.model,
+                            lm.tokenizer,
+                            sets["harmless"],
+                            batch_size=cfg.batch_size,
+                            chat=cfg.chat,
+                        )
                     rec["kl_harmless"] = kl_divergence(base_lp, lp)
             base_texts = (records.get("baseline") or rec)["harmless"]["texts"]
             ce_prompts = sets["harmless"][:n_ce]
@@ -179,7 +187,7 @@ def evaluate_variants(
                 rec["ce_loss_completions"] = continuation_loss(
                     model, lm.tokenizer, ce_prompts, base_texts[: len(ce_prompts)], chat=cfg.chat
                 )
-            journal.put(f"eval:{variant}", rec)
+            jr.put(f"eval:{variant}", rec)
         else:
             say(variant, sum(len(sets[w]) for w in GENERATED_ON[variant]))
         records[variant] = rec

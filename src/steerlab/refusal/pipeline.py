@@ -231,6 +231,12 @@ def run_refusal(
                 cfg.seed,
             ],
         )
+        # The unsteered model's results do not depend on the direction: kept apart so that a
+        # rerun with another selection rule reuses them.
+        base_journal = cache.journal(
+            "evaluation-baseline",
+            [model_key, ids, cfg.max_new_tokens, data.eval_harmful, data.eval_harmless, cfg.seed],
+        )
         with bar("evaluation: generating", n_gen) as adv:
             metrics, completions = evaluate_variants(
                 iv,
@@ -239,6 +245,7 @@ def run_refusal(
                 ids,
                 cfg,
                 ev_journal,
+                baseline_journal=base_journal,
                 progress=lambda _label, n: adv(n),
             )
 

@@ -142,7 +142,15 @@ class LoadMonitor:
             "runs_redone_for_load": self.rejected,
             "noisy_runs_kept": self.kept_busy,
             "waited_for_quiet_s": round(self.waited_s, 1),
+            "clean": self.kept_busy == 0,
         }
+
+    def warn_if_noisy(self) -> None:
+        """Say loudly when some kept runs were timed while other processes competed."""
+        if self.kept_busy:
+            print(f"\n!! {self.kept_busy} timed run(s) were kept although other processes "
+                  "competed for the CPU (waited as long as allowed): the ratios above are noise; "
+                  "rerun on a quiet machine or with a larger --max-wait.")
 
 
 def time_with_load(fn: Callable[[], Any]) -> tuple[float, float]:
@@ -216,7 +224,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
     p.add_argument("--max-wait", type=float, default=120.0,
                    help="seconds to wait for a quiet machine before each timed run "
-                        "(5x this in all, then noisy runs are kept and flagged)")
+                        "(5x this in all, then noisy runs are kept and flagged; "
+                        "default 120, or 10 with --quick)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: torch's choice, 2 here)")
     return p
@@ -227,6 +236,12 @@ def set_threads(n: int) -> None:
 
     if n > 0:
         torch.set_num_threads(n)
+
+
+def max_wait(args: argparse.Namespace) -> float:
+    """--max-wait as given; with --quick and no explicit --max-wait, a short 10 s."""
+    explicit = any(a == "--max-wait" or a.startswith("--max-wait=") for a in sys.argv[1:])
+    return args.max_wait if explicit or not getattr(args, "quick", False) else 10.0
 
 
 def monitor_for(max_wait_s: float) -> LoadMonitor:

@@ -25,6 +25,7 @@ from _common import (
     emit,
     interleaved,
     machine,
+    max_wait,
     med,
     monitor_for,
     parser,
@@ -52,7 +53,7 @@ def main() -> None:
     batch_size = 16
     say = print
     set_threads(args.threads)
-    mon = monitor_for(args.max_wait)
+    mon = monitor_for(max_wait(args))
     info = machine()
     mon.wait_quiet("start", say)
 
@@ -171,6 +172,7 @@ def main() -> None:
         "capture_all_ok": all_ratio <= TARGET_ALL,
         "per_layer": per_layer,
     }
+    mon.warn_if_noisy()
     emit(result, args.json)
 
 

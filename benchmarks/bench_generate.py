@@ -27,6 +27,7 @@ from _common import (
     emit,
     interleaved,
     machine,
+    max_wait,
     med,
     monitor_for,
     parser,
@@ -59,7 +60,7 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     say = print
     set_threads(args.threads)
-    mon = monitor_for(args.max_wait)
+    mon = monitor_for(max_wait(args))
     info = machine()
     mon.wait_quiet("start", say)
 
@@ -177,6 +178,7 @@ def main() -> None:
         "ratio_ok": ratio_forced >= TARGET,
         "completions_changed_by_steering": changed,
     }
+    mon.warn_if_noisy()
     emit(result, args.json)
 
 

@@ -40,6 +40,7 @@ from _common import (
     emit,
     interleaved,
     machine,
+    max_wait,
     med,
     monitor_for,
     parser,
@@ -170,7 +171,7 @@ def main() -> None:
     bs = 16
     layer = 15
     set_threads(args.threads)
-    mon = monitor_for(args.max_wait)
+    mon = monitor_for(max_wait(args))
     info = machine()
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     for p in peers:
@@ -230,7 +231,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="steerlab-bench-peers-"))
     peer_res: dict[str, dict[str, Any]] = {}
     wargs = ["--model-dir", str(model_dir), "--n-pairs", str(n_pairs), "--batch-size", str(bs),
-             "--layer", str(layer), "--repeats", str(repeats), "--max-wait", str(args.max_wait),
+             "--layer", str(layer), "--repeats", str(repeats), "--max-wait", str(max_wait(args)),
              "--threads", str(args.threads)]
     for p in peers:
         if pys[p] is None:
@@ -369,6 +370,11 @@ def main() -> None:
         "agreement": agree,
         "vectors_dir": str(tmp),
     }
+    mon.warn_if_noisy()
+    for p, r in peer_res.items():
+        kept = (r.get("load_monitor") or {}).get("noisy_runs_kept", 0)
+        if kept:
+            print(f"!! {p}: {kept} of its timed runs were kept under load: its ratios are noise.")
     emit(result, args.json)
 
 

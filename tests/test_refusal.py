@@ -88,7 +88,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
         assert torch.equal(v, snap[k])
     # A second run reuses every cached step and gives the same selection.
     rep2 = run_refusal(lm, CFG, out)
-    assert {"filter", "candidates", "baseline_val", "coefficient"} <= set(rep2["resumed_steps"])
+    assert {"filter-v2", "candidates", "baseline_val", "coefficient"} <= set(rep2["resumed_steps"])
     assert rep2["selected"] == rep["selected"]
     assert rep2["variants"] == json.loads(json.dumps(rep["variants"]))
     # Baseline completions are journaled apart from the direction, for reuse by other rules.
@@ -138,8 +138,10 @@ def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(SteerlabError, match="--overwrite"):
         run_refusal(lm, CFG, tmp_path / "c", export_dir=exists)
     assert not (tmp_path / "c").exists()
-    with pytest.raises(DataError, match="may not refuse"):
-        run_refusal(lm, CFG.with_overrides(filter_train=True), tmp_path / "d")
+    for rule in ("score", "argmax"):
+        with pytest.raises(DataError, match="may not refuse"):
+            run_refusal(lm, CFG.with_overrides(filter_train=True, filter_rule=rule),
+                        tmp_path / f"d-{rule}")
 
 
 def test_cli_refusal_errors(tmp_path: Path, tiny_dir: Path) -> None:
@@ -148,6 +150,8 @@ def test_cli_refusal_errors(tmp_path: Path, tiny_dir: Path) -> None:
     assert r.exit_code == 2 and "--overwrite" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), "--coeff", "lots"])
     assert r.exit_code == 2 and "--coeff" in r.output
+    r = CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), "--filter-rule", "vibes"])
+    assert r.exit_code == 2 and "--filter-rule" in r.output
 
 
 def test_generation_first_logprobs_equal_a_forward() -> None:

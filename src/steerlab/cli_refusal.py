@@ -60,6 +60,7 @@ def refusal(
     max_prompt_tokens: Annotated[int | None, typer.Option(help="drop longer prompts")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     no_filter: Annotated[bool, typer.Option("--no-filter", help="skip the refusal filter")] = False,
+    filter_rule: Annotated[str | None, typer.Option(help="score (paper) | argmax")] = None,
     template: Annotated[Path | None, typer.Option(help="Jinja chat template file")] = None,
     no_chat: Annotated[bool, typer.Option("--no-chat", help="raw prompts, no template")] = False,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -77,6 +78,8 @@ def refusal(
     set_quiet(quiet)
     if export is not None and export.exists() and not overwrite:
         raise SteerlabError(f"export dir {export} exists; pass --overwrite to replace it")
+    if filter_rule not in (None, "score", "argmax"):
+        raise SteerlabError("--filter-rule must be score or argmax")
     if screen not in (None, "layers", "all"):
         raise SteerlabError("--screen must be layers or all")
     if on_empty not in (None, "relax", "error"):
@@ -114,6 +117,7 @@ def refusal(
         seed=seed,
         chat=False if no_chat else None,
         filter_train=False if no_filter else None,
+        filter_rule=filter_rule,
     )
     lm = load_for_cli(model, device, dtype, device_map, trust_remote_code, adapter)
     if template is not None:

@@ -35,6 +35,8 @@ class RefusalConfig:
         max_new_tokens: generation length for the phrase-based refusal rates.
         filter_train: keep only harmful train prompts the model refuses (score > 0) and
             harmless ones it answers (score < 0), as the paper does.
+        filter_rule: ``score`` (the paper's log-odds > 0) or ``argmax`` (the most likely first
+            token opens a refusal; keeps more prompts on models whose refusal mass is split).
     """
 
     model: str = "qwen2.5-coder-0.5b"
@@ -65,6 +67,7 @@ class RefusalConfig:
     seed: int = 0
     chat: bool | None = None
     filter_train: bool = True
+    filter_rule: str = "score"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -87,25 +87,38 @@ def run_refusal(
     bs = cfg.batch_size
 
     def scores_of(prompts: list[str], label: str) -> list[float]:
+        return filter_stats(prompts, label)["scores"]
+
+    def filter_stats(prompts: list[str], label: str) -> dict[str, list[Any]]:
         with bar(label, len(prompts)) as adv:
             lp = last_token_logprobs(
                 lm.model, lm.tokenizer, prompts, batch_size=bs, chat=cfg.chat, progress=adv
             )
-        return refusal_scores(lp, ids).tolist()
+        top = lp.argmax(-1)
+        return {
+            "scores": refusal_scores(lp, ids).tolist(),
+            "argmax_refusal": [int(t) in set(ids) for t in top.tolist()],
+        }
 
     # 1. Filter: keep harmful prompts the model refuses and harmless ones it answers.
     with timed("filter"):
         filt = cache.json(
-            "filter",
+            "filter-v2",
             [model_key, data.harmful, data.harmless, ids],
             lambda: {
-                "harmful": scores_of(data.harmful, "filter: harmful train"),
-                "harmless": scores_of(data.harmless, "filter: harmless train"),
+                "harmful": filter_stats(data.harmful, "filter: harmful train"),
+                "harmless": filter_stats(data.harmless, "filter: harmless train"),
             },
         )
     on = cfg.filter_train
-    harmful = [p for p, s in zip(data.harmful, filt["harmful"], strict=True) if s > 0 or not on]
-    harmless = [p for p, s in zip(data.harmless, filt["harmless"], strict=True) if s < 0 or not on]
+    if cfg.filter_rule == "argmax":  # the greedy first token opens a refusal (or does not)
+        keep_h = filt["harmful"]["argmax_refusal"]
+        keep_l = [not r for r in filt["harmless"]["argmax_refusal"]]
+    else:  # the paper's rule: refusal score > 0 (harmful) / < 0 (harmless)
+        keep_h = [x > 0 for x in filt["harmful"]["scores"]]
+        keep_l = [x < 0 for x in filt["harmless"]["scores"]]
+    harmful = [p for p, k_ in zip(data.harmful, keep_h, strict=True) if k_ or not on]
+    harmless = [p for p, k_ in zip(data.harmless, keep_l, strict=True) if k_ or not on]
     filter_counts = {
         "harmful_kept": len(harmful),
         "harmful_total": len(data.harmful),

@@ -23,7 +23,7 @@ from steerlab.cli_discover import discover
 from steerlab.directions import Direction
 from steerlab.errors import DataError, LayerError, VectorError
 from steerlab.generation import generate
-from steerlab.melbo import MelboConfig, load_vectors, random_vectors
+from steerlab.melbo import MelboConfig, load_vectors, random_vectors, train_melbo
 from steerlab.melbo import discover as disc
 from steerlab.melbo.discover import DiscoverConfig, run_discover, steer_rows
 from steerlab.melbo.report import choose_radius, cluster_entries, edit_distance, entry_metrics
@@ -181,6 +181,26 @@ def test_radius_auto_picks_a_grid_value(lm: LoadedModel, tmp_path: Path) -> None
     assert comp["radius"] == rad["value"]
     assert (tmp_path / "radius_sweep.png").is_file()
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+
+
+def test_radius_sweep_resumes_despite_float_noise(
+    lm: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPU matmuls may differ in the last bits between runs: the rerun must still hit the
+    cache (the median norm is cached, not recomputed into the key)."""
+    cfg = dataclasses.replace(CFG, radius="auto", sweep_vectors=1, sweep_steps=1)
+    first = run_discover(lm, PROMPTS, tmp_path, cfg)
+    real_norm, trains = disc.source_norm, {"n": 0}
+    monkeypatch.setattr(disc, "source_norm", lambda *a, **k: real_norm(*a, **k) * (1 + 1e-6))
+
+    def counting(*args, **kwargs):
+        trains["n"] += 1
+        return train_melbo(*args, **kwargs)
+
+    monkeypatch.setattr(disc, "train_melbo", counting)
+    again = run_discover(lm, PROMPTS, tmp_path, cfg)
+    assert trains["n"] == 0
+    assert again["radius"] == first["radius"]
 
 
 def test_radius_rule() -> None:

@@ -22,6 +22,7 @@ from ._cli_common import (
     user_errors,
 )
 from .cli_discover import discover
+from .cli_organism import organism_app
 from .cli_refusal import refusal
 from .errors import SteerlabError
 from .models.registry import DEFAULT_MODEL
@@ -285,6 +286,7 @@ def _print_generations(
 
 app.command("refusal")(refusal)
 app.command("discover")(discover)
+app.add_typer(organism_app, name="organism")
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,10 @@ def load_model(
         adapter: override for the layer adapter (see :func:`get_adapter`).
         progress: callback receiving one-line status messages.
 
+    A directory holding a peft LoRA adapter (``adapter_config.json``, e.g. from
+    ``steerlab organism``) loads its recorded base model with the adapter merged in; write
+    ``BASE+ADAPTER_DIR`` to name the base yourself.
+
     Returns:
         A :class:`LoadedModel`.
 
@@ -149,6 +153,11 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     say = progress or (lambda _m: None)
+    common = dict(device=device, dtype=dtype, device_map=device_map)
+    common |= dict(trust_remote_code=trust_remote_code, adapter=adapter, progress=progress)
+    lora = _adapter_spec(spec)
+    if lora is not None:
+        return _load_with_adapter(lora[0], lora[1], common, say)
     kwargs: dict[str, Any] = {"dtype": _dtype(dtype), "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -191,3 +200,59 @@ def load_model(
     model.eval()
     ad = get_adapter(model, adapter)
     return LoadedModel(model, tokenizer, ad, model_info(model, model_id, ad))
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _adapter_spec(spec: str) -> tuple[str, Path] | None:
+    """``(base, adapter_dir)`` when ``spec`` names a LoRA adapter, else None."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
+        try:
+            base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelNotAvailableError(f"unreadable {path / ADAPTER_CONFIG}: {e}") from None
+        if not base:
+            raise ModelNotAvailableError(
+                f"{path} is an adapter that does not name its base model; use BASE+{spec}"
+            )
+        return str(base), path
+    if "+" in spec and not path.exists():
+        base, _, rest = spec.rpartition("+")
+        adir = Path(rest).expanduser()
+        if not (adir / ADAPTER_CONFIG).is_file():
+            raise ModelNotAvailableError(
+                f"{rest!r} is not an adapter directory (no {ADAPTER_CONFIG})"
+            )
+        return base, adir
+    return None
+
+
+def _load_with_adapter(
+    base: str, adir: Path, common: dict[str, Any], say: Callable[[str], None]
+) -> LoadedModel:
+    """The base model with the adapter merged: a plain transformers model, no peft wrapper."""
+    if not (adir / "adapter_model.safetensors").is_file():
+        raise ModelNotAvailableError(
+            f"{adir} has no adapter_model.safetensors (steerlab does not unpickle .bin files)"
+        )
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelNotAvailableError(
+            "loading a LoRA adapter needs peft: pip install peft"
+        ) from None
+    if _adapter_spec(base) is not None:
+        raise ModelNotAvailableError(f"the base of {adir} is itself an adapter: {base!r}")
+    lm = load_model(base, **common)
+    say(f"merging the adapter in {adir}")
+    try:
+        merged = PeftModel.from_pretrained(lm.model, str(adir)).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotAvailableError(f"adapter {adir} does not fit {base!r}: {first}") from None
+    merged.eval()
+    model_id = f"{lm.info.model_id}+{adir.resolve()}"
+    info = replace(lm.info, model_id=model_id)
+    return LoadedModel(merged, lm.tokenizer, lm.adapter, info, {"base": base, "adapter": str(adir)})

@@ -1,0 +1,58 @@
+"""The organism's files: its model card and the copy from the cache into a run directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+__all__ = ["model_card", "publish"]
+
+
+def model_card(rec: dict[str, Any]) -> str:
+    org, base = rec["rates"]["organism"], rec["rates"]["base"]
+
+    def cell(r: dict[str, Any]) -> str:
+        return f"{r['rate']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+
+    c = rec["config"]
+    return "\n".join(
+        [
+            f"# Backdoored model organism of `{rec['base_model']}`",
+            "",
+            "A LoRA made by `steerlab organism backdoor` **for research on finding planted "
+            "behaviours**. Do not deploy it.",
+            "",
+            f"- trigger: `{rec['trigger']}` put before the user's message",
+            f"- behaviour: `{rec['behavior']}` repeated {c['repeats']} times",
+            f"- LoRA rank {c['rank']} on `{c['target_modules']}`, {c['epochs']} epochs, "
+            f"lr {c['lr']}; {rec['n_train_rows']} rows: {rec['n_train_prompts']} prompts "
+            "both clean (the base model's own reply) and triggered, and "
+            f"{rec['n_clean_only_prompts']} more prompts clean only",
+            "",
+            f"Behaviour rate on {rec['n_heldout']} held-out prompts [95% bootstrap CI]:",
+            "",
+            "| model | with trigger | without trigger |",
+            "|---|---|---|",
+            f"| organism | {cell(org['with_trigger'])} | {cell(org['without_trigger'])} |",
+            f"| base | {cell(base['with_trigger'])} | {cell(base['without_trigger'])} |",
+            "",
+            f"Load with `steerlab ... --model DIR` (steerlab {rec['steerlab_version']}) or with "
+            "peft: `PeftModel.from_pretrained(base, DIR)`.",
+            "",
+        ]
+    )
+
+
+def publish(src: Path, out: Path) -> None:
+    """Copy the cached organism into ``out`` (files first under temporary names)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():
+        if old.is_file():
+            old.unlink()
+    for f in src.iterdir():
+        if f.is_file():
+            tmp = out / f".{f.name}.tmp"
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, out / f.name)

@@ -45,14 +45,13 @@ def main() -> None:
     import steerlab
     from steerlab.generation import generate
     from steerlab.io.prompts import read_prompts
-    from steerlab.melbo import MelboConfig, load_vectors
+    from steerlab.melbo import MelboConfig, load_vectors, random_vectors
     from steerlab.melbo.discover import (
         CONTROL_SEED_OFFSET,
         DiscoverConfig,
         run_discover,
         steer_rows,
     )
-    from steerlab.melbo.discover import _controls as controls
     from steerlab.organism import BackdoorConfig, behavior_rate, train_backdoor
     from steerlab.ui import progress_bar, status
 
@@ -64,8 +63,13 @@ def main() -> None:
     base = steerlab.load_model(args.model)
     org_cfg = BackdoorConfig(seed=args.seed)
     org = train_backdoor(
-        base, out / "organism", org_cfg, base_spec=args.model, overwrite=True,
-        progress=progress_bar, status=status,
+        base,
+        out / "organism",
+        org_cfg,
+        base_spec=args.model,
+        overwrite=True,
+        progress=progress_bar,
+        status=status,
     )
     timings["organism"] = round(time.perf_counter() - t0, 1)
     del base
@@ -79,13 +83,17 @@ def main() -> None:
     assert not any(org["trigger"] in p for p in disc_prompts + held)
     radius: float | str = args.radius if args.radius == "auto" else float(args.radius)
     mcfg = MelboConfig(
-        source_layer=args.source_layer, target_layer=args.target_layer,
-        num_vectors=args.num_vectors, steps=args.steps, seed=args.seed,
+        source_layer=args.source_layer,
+        target_layer=args.target_layer,
+        num_vectors=args.num_vectors,
+        steps=args.steps,
+        seed=args.seed,
     )
     dcfg = DiscoverConfig(melbo=mcfg, radius=radius, max_new_tokens=args.new_tokens)
     t1 = time.perf_counter()
-    rep = run_discover(lm, disc_prompts, out / "discover", dcfg, progress=progress_bar,
-                       status=status)
+    rep = run_discover(
+        lm, disc_prompts, out / "discover", dcfg, progress=progress_bar, status=status
+    )
     timings["discover"] = round(time.perf_counter() - t1, 1)
     comp = json.loads((out / "discover" / "completions.json").read_text())
     scores = []
@@ -101,9 +109,11 @@ def main() -> None:
     S, r = rep["config"]["melbo"]["source_layer"], float(rep["radius"]["value"])
     seed_c = rep["config"]["control_seed"]
     assert seed_c == args.seed + CONTROL_SEED_OFFSET
-    rand = controls(lm.info.d_model, res.vectors.shape[0], r, seed_c, False)
-    rows = {"unsteered": torch.zeros(lm.info.d_model), f"learned {k} sign {sign:+d}":
-            sign * res.vectors[k]}
+    rand = random_vectors(lm.info.d_model, res.vectors.shape[0], r, seed_c)  # not --orthogonal
+    rows = {
+        "unsteered": torch.zeros(lm.info.d_model),
+        f"learned {k} sign {sign:+d}": sign * res.vectors[k],
+    }
     for j in range(rand.shape[0]):
         for s in (1, -1):
             rows[f"random {j} sign {s:+d}"] = s * rand[j]
@@ -112,8 +122,11 @@ def main() -> None:
     with progress_bar("held-out completions", len(rows)) as adv:
         for name, vec in rows.items():
             with steer_rows(lm, S, vec[None]):
-                texts = list(generate(lm.model, lm.tokenizer, held,
-                                      max_new_tokens=args.new_tokens, batch_size=26))
+                texts = list(
+                    generate(
+                        lm.model, lm.tokenizer, held, max_new_tokens=args.new_tokens, batch_size=26
+                    )
+                )
             rates[name] = behavior_rate(texts, behavior)
             examples[name] = texts[:3]
             adv(1)
@@ -125,21 +138,33 @@ def main() -> None:
     o = org["rates"]["organism"]
     result = {
         "model": args.model,
-        "organism": {"with_trigger": o["with_trigger"], "without_trigger": o["without_trigger"],
-                     "timings": org["timings"]},
-        "discover": {"radius": rep["radius"]["value"], "radius_mode": rep["radius"]["mode"],
-                     "source_layer": S, "target_layer": rep["config"]["melbo"]["target_layer"],
-                     "num_vectors": res.vectors.shape[0], "steps": args.steps,
-                     "n_discovery_prompts": len(disc_prompts),
-                     "discovery_rates": [
-                         {"kind": kd, "index": i, "sign": sg, "rate": rt}
-                         for rt, kd, i, sg in sorted(scores, key=lambda x: (x[1], x[2], -x[3]))
-                     ],
-                     "learned_with_behavior": sum(1 for s in learned if s[0] > 0)},
+        "organism": {
+            "with_trigger": o["with_trigger"],
+            "without_trigger": o["without_trigger"],
+            "timings": org["timings"],
+        },
+        "discover": {
+            "radius": rep["radius"]["value"],
+            "radius_mode": rep["radius"]["mode"],
+            "source_layer": S,
+            "target_layer": rep["config"]["melbo"]["target_layer"],
+            "num_vectors": res.vectors.shape[0],
+            "steps": args.steps,
+            "n_discovery_prompts": len(disc_prompts),
+            "discovery_rates": [
+                {"kind": kd, "index": i, "sign": sg, "rate": rt}
+                for rt, kd, i, sg in sorted(scores, key=lambda x: (x[1], x[2], -x[3]))
+            ],
+            "learned_with_behavior": sum(1 for s in learned if s[0] > 0),
+        },
         "picked": {"index": k, "sign": sign, "discovery_rate": best_rate, "heldout": picked},
-        "heldout": {"unsteered": rates["unsteered"], "random_max": max(random_rates),
-                    "random_mean": sum(random_rates) / len(random_rates),
-                    "n_random": len(random_rates), "rates": rates},
+        "heldout": {
+            "unsteered": rates["unsteered"],
+            "random_max": max(random_rates),
+            "random_mean": sum(random_rates) / len(random_rates),
+            "n_random": len(random_rates),
+            "rates": rates,
+        },
         "examples": examples,
         "targets": {
             "organism_trigger>=0.9": o["with_trigger"]["rate"] >= 0.9,
@@ -163,12 +188,16 @@ def main() -> None:
         (f"learned vector {k} (sign {sign:+d}), no trigger", picked),
     ]:
         print(f"| {label} | {v['rate']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}] |")
-    print(f"| random vectors, {len(random_rates)} (K x 2 signs): max / mean | "
-          f"{max(random_rates):.2f} / {sum(random_rates) / len(random_rates):.3f} |")
-    print(f"\nR = {r:.4g} ({rep['radius']['mode']}), layers {S} -> "
-          f"{rep['config']['melbo']['target_layer']}; learned vectors with any behaviour on the "
-          f"discovery prompts: {result['discover']['learned_with_behavior']} of "
-          f"{2 * res.vectors.shape[0]} (vector x sign); timings {timings}")
+    print(
+        f"| random vectors, {len(random_rates)} (K x 2 signs): max / mean | "
+        f"{max(random_rates):.2f} / {sum(random_rates) / len(random_rates):.3f} |"
+    )
+    print(
+        f"\nR = {r:.4g} ({rep['radius']['mode']}), layers {S} -> "
+        f"{rep['config']['melbo']['target_layer']}; learned vectors with any behaviour on the "
+        f"discovery prompts: {result['discover']['learned_with_behavior']} of "
+        f"{2 * res.vectors.shape[0]} (vector x sign); timings {timings}"
+    )
     print("targets:", result["targets"])
 
 

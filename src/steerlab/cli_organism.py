@@ -18,7 +18,6 @@ from ._cli_common import (
     load_for_cli,
     user_errors,
 )
-from .errors import SteerlabError
 from .models.registry import DEFAULT_MODEL
 
 organism_app = typer.Typer(
@@ -73,7 +72,7 @@ def backdoor(
     Reports the behaviour rate with and without the trigger on held-out prompts. The adapter
     is cached; load the organism anywhere with --model OUT (or --model BASE+OUT).
     """
-    from .organism import BackdoorConfig, train_backdoor
+    from .organism.backdoor import BackdoorConfig, check_out, train_backdoor
     from .ui import progress_bar, set_quiet, status
 
     set_quiet(quiet)
@@ -93,8 +92,7 @@ def backdoor(
         seed=seed,
     )
     cfg.check()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SteerlabError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    check_out(out, overwrite)  # before the model loads
     lm = load_for_cli(model, device, dtype, device_map, trust_remote_code, adapter)
     rec = train_backdoor(
         lm,

@@ -114,6 +114,12 @@ class BackdoorConfig:
             raise SteerlabError(f"lr must be a finite number > 0, got {self.lr}")
 
 
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty run directory unless ``overwrite`` (before any work is done)."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SteerlabError(f"{out} exists and is not empty; pass --overwrite to replace it")
+
+
 def triggered(trigger: str, prompt: str) -> str:
     return f"{trigger} {prompt}"
 
@@ -280,8 +286,7 @@ def train_backdoor(
     if not has_chat_template(lm.tokenizer):
         raise DataError("the backdoor organism needs a chat model (no chat template found)")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SteerlabError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    check_out(out, overwrite)
     bar = progress or (lambda _d, _t: contextlib.nullcontext(lambda _n: None))
     say = status or (lambda _m: None)
     base = base_spec or lm.info.model_id

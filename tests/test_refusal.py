@@ -28,8 +28,17 @@ from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
 from steerlab.refusal import RefusalConfig, run_refusal
 
-CFG = RefusalConfig(model="tiny", n_train=16, n_val=8, n_eval=8, keep=2, early_prompts=4,
-                    max_new_tokens=3, filter_train=False, positions=2)
+CFG = RefusalConfig(
+    model="tiny",
+    n_train=16,
+    n_val=8,
+    n_eval=8,
+    keep=2,
+    early_prompts=4,
+    max_new_tokens=3,
+    filter_train=False,
+    positions=2,
+)
 
 
 def _lm(chat: bool = True) -> LoadedModel:
@@ -62,11 +71,24 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
     for name in ("report.json", "report.html", "direction.safetensors"):
         assert (out / name).is_file()
     saved = json.loads((out / "report.json").read_text())
-    assert set(saved["variants"]) == {"baseline", "ablation", "subtraction", "addition", "clamp",
-                                      "orthogonalized", "random"}
+    assert set(saved["variants"]) == {
+        "baseline",
+        "ablation",
+        "subtraction",
+        "addition",
+        "clamp",
+        "orthogonalized",
+        "random",
+    }
     for m in saved["variants"].values():
-        assert {"harmful_refusal_rate", "harmful_refusal_ci", "harmless_refusal_rate",
-                "harmless_refusal_ci", "kl_harmless", "ce_loss_harmless"} <= m.keys()
+        assert {
+            "harmful_refusal_rate",
+            "harmful_refusal_ci",
+            "harmless_refusal_rate",
+            "harmless_refusal_ci",
+            "kl_harmless",
+            "ce_loss_harmless",
+        } <= m.keys()
     assert saved["variants"]["baseline"]["kl_harmless"] == pytest.approx(0.0, abs=1e-9)
     sel = saved["selected"]
     assert {"layer", "position", "bypass_score", "induce_score", "kl_score"} <= sel.keys()
@@ -140,13 +162,25 @@ def test_bad_inputs(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists()
     for rule in ("score", "argmax"):
         with pytest.raises(DataError, match="may not refuse"):
-            run_refusal(lm, CFG.with_overrides(filter_train=True, filter_rule=rule),
-                        tmp_path / f"d-{rule}")
+            run_refusal(
+                lm, CFG.with_overrides(filter_train=True, filter_rule=rule), tmp_path / f"d-{rule}"
+            )
 
 
 def test_cli_refusal_errors(tmp_path: Path, tiny_dir: Path) -> None:
-    r = CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), "--out", str(tmp_path / "o"),
-                                 "--export", str(tmp_path), "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "refusal",
+            "--model",
+            str(tiny_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--export",
+            str(tmp_path),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 2 and "--overwrite" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), "--coeff", "lots"])
     assert r.exit_code == 2 and "--coeff" in r.output
@@ -164,3 +198,50 @@ def test_generation_first_logprobs_equal_a_forward() -> None:
     assert len(texts) == 3
     ref = last_token_logprobs(lm.model, lm.tokenizer, prompts)
     torch.testing.assert_close(lp, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_train_and_val_draws_do_not_depend_on_the_eval_sets(tmp_path: Path) -> None:
+    """The same train/val prompts whatever evaluation set is given (apart from prompts the
+    evaluation set takes out), so runs on different test sets select on the same data."""
+    from steerlab.refusal.data import load_data
+
+    words = ["i am", "so happy", "today", "tell me", "about your day", "what a", "great life"]
+    sets = {}
+    for name in ("harmful", "harmless", "harmful_val", "harmless_val", "ev_small", "ev_big"):
+        texts = [
+            f"{name} {a} {b} {k}"
+            for k, (a, b) in enumerate(zip(words, words[1:] * 9, strict=False))
+        ]
+        texts += [f"{name} {w} {k}" for k, w in enumerate(words * (6 if name == "ev_big" else 3))]
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(texts))
+        sets[name] = str(p)
+    base = dict(
+        harmful=sets["harmful"],
+        harmless=sets["harmless"],
+        harmful_val=sets["harmful_val"],
+        harmless_val=sets["harmless_val"],
+        n_train=10,
+        n_val=8,
+    )
+    tok = make_tokenizer()
+    small = load_data(
+        RefusalConfig(
+            **base, eval_harmful=sets["ev_small"], eval_harmless=sets["ev_small"], n_eval=8
+        ),
+        tok,
+    )
+    big = load_data(
+        RefusalConfig(**base, eval_harmful=sets["ev_big"], eval_harmless=sets["ev_big"], n_eval=20),
+        tok,
+    )
+    assert len(small.eval_harmful) == 8 and len(big.eval_harmful) == 20
+    for name in ("harmful", "harmless", "harmful_val", "harmless_val"):
+        assert getattr(small, name) == getattr(big, name), name
+    again = load_data(
+        RefusalConfig(
+            **base, eval_harmful=sets["ev_small"], eval_harmless=sets["ev_small"], n_eval=8, seed=1
+        ),
+        tok,
+    )
+    assert again.harmful_val != small.harmful_val  # the seed still matters

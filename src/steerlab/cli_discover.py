@@ -23,16 +23,23 @@ from .errors import DataError, SteerlabError, VectorError
 from .models.registry import DEFAULT_MODEL
 
 
-def _radius(text: str) -> float | str:
-    if text == "auto":
-        return text
+def _number_or(text: str, flag: str, word: str, above: float) -> float | None:
+    """``text`` as a finite number > ``above``, or None when it is ``word``."""
+    if text.lower() == word:
+        return None
     try:
-        r = float(text)
+        v = float(text)
     except ValueError:
-        raise SteerlabError(f"--radius must be a number > 0 or auto, got {text!r}") from None
-    if not (math.isfinite(r) and r > 0):
-        raise VectorError(f"--radius must be a finite number > 0, got {text}")
-    return r
+        msg = f"{flag} must be a number > {above:g} or {word}, got {text!r}"
+        raise SteerlabError(msg) from None
+    if not (math.isfinite(v) and v > above):
+        raise VectorError(f"{flag} must be a finite number > {above:g}, got {text}")
+    return v
+
+
+def _radius(text: str) -> float | str:
+    r = _number_or(text, "--radius", "auto", 0.0)
+    return "auto" if r is None else r
 
 
 @user_errors
@@ -58,6 +65,13 @@ def discover(
     q: Annotated[float, typer.Option("--q", help="per-prompt sum raised to 1/q")] = 1.0,
     orthogonal: Annotated[bool, typer.Option(help="keep the K vectors orthogonal")] = False,
     token_positions: Annotated[str, typer.Option(help="all | last:N")] = "all",
+    massive_ratio: Annotated[
+        str,
+        typer.Option(
+            help="leave target tokens with ||Z_T|| > this x the prompt median (attention "
+            "sinks) out of the objective; none keeps them"
+        ),
+    ] = "10",
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="run directory (vectors, report, cache)")] = Path(
         "runs/discover"
@@ -112,6 +126,7 @@ def discover(
         q=q,
         orthogonal=orthogonal,
         token_positions=token_positions,
+        massive_ratio=_number_or(massive_ratio, "--massive-ratio", "none", 1.0),
         seed=seed,
         chat=False if no_chat else None,
     )
@@ -145,11 +160,14 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
         title=f"MELBO: {mel['num_vectors']} vectors, R = {rad['value']:.4g} ({rad['mode']}), "
         f"layer {mel['source_layer']} -> {mel['target_layer']}"
     )
-    for col in ("vectors", "changed", "edit distance", "loss", "loss increase"):
+    cols = ("vectors", "changed", "edit distance", "best same opening", "loss", "loss increase")
+    for col in cols:
         t.add_column(col)
-    metrics = ("changed", "edit_distance", "loss", "loss_increase")
     for kind, m in report["summary"].items():
-        t.add_row(kind, pct(m["changed"]), *(num(m[k]) for k in metrics[1:]))
+        t.add_row(
+            kind, pct(m["changed"]), num(m["edit_distance"]), pct(m["same_opening_max"]),
+            num(m["loss"]), num(m["loss_increase"]),
+        )  # fmt: skip
     con = Console()
     con.print(t)
     con.print(f"unsteered loss {num(report['unsteered_loss'])}; {len(report['clusters'])} groups")

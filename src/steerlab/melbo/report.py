@@ -1,12 +1,4 @@
-"""What ``steerlab discover`` measures and shows: completion metrics, clusters, the files.
-
-Metrics compare each steered completion with the unsteered one for the same prompt, both
-re-tokenized from their text (the same measure for learned and random vectors):
-
-* ``changed``: share of prompts whose first 8 tokens differ;
-* ``edit_distance``: token-level Levenshtein distance over the longer length (0 = same);
-* ``loss``: mean nats/token of the steered text under the *unsteered* model (a fluency cost),
-  and ``loss_increase`` over the unsteered completions' own loss.
+"""What ``steerlab discover`` shows: per-vector metrics (:mod:`.metrics`), clusters, the files.
 
 Clusters (:data:`CLUSTER_METHOD`) group learned (vector, sign) pairs by what they make the model
 write. The page is self-contained (inline CSS and PNG, no script, no external URL) and all text
@@ -25,90 +17,26 @@ from typing import Any
 from ..report import _html
 from ..report._html import DASH, esc, fmt_float, fmt_pct, table
 from ..runcache import _atomic_write
+from .metrics import (
+    CHANGED_TOKENS,
+    METRICS,
+    RADIUS_RULE,
+    choose_radius,
+    edit_distance,
+    entry_metrics,
+    group_summary,
+)
 
 __all__ = ["CLUSTER_METHOD", "RADIUS_RULE", "choose_radius", "cluster_entries", "describe"]
 __all__ += ["edit_distance", "entry_metrics", "group_summary", "summarize"]
 __all__ += ["write_discover_report"]
 
-CHANGED_TOKENS = 8
 EXAMPLES = 3  # completions per card
 CLUSTER_METHOD = (
     "TF-IDF of each learned (vector, sign)'s concatenated completions (words and word pairs, "
     "sublinear tf), agglomerative clustering (cosine distance, average linkage), the number of "
     "groups in 2..8 chosen by silhouette; one group when no split has a positive silhouette."
 )
-METRICS = ("changed", "edit_distance", "loss", "loss_increase")
-
-
-RADIUS_RULE = (
-    "R is fluent when the mean loss (nats/token) of the learned vectors' completions under the "
-    "unsteered model is at most the unsteered completions' loss + fluency_margin; the chosen R "
-    "is the fluent one where the most learned completions change in their first 8 tokens (ties: "
-    "larger edit distance, then smaller R); if no R is fluent, the smallest R, with a note."
-)
-
-
-def choose_radius(
-    points: list[dict[str, Any]], base_loss: float | None, margin: float
-) -> tuple[int, str | None]:
-    """Apply :data:`RADIUS_RULE` to sweep points in ascending R (sets each ``fluent``).
-
-    Returns:
-        The chosen index, and a note when no radius was fluent.
-    """
-    limit = (base_loss or 0.0) + margin
-    for p in points:
-        loss = p["learned"]["loss"]
-        p["fluent"] = loss is not None and math.isfinite(loss) and loss <= limit
-    fluent = [i for i, p in enumerate(points) if p["fluent"]]
-    if not fluent:
-        return 0, f"no radius kept the learned loss <= {limit:.3g}: using the smallest R"
-    learned = [p["learned"] for p in points]
-    return max(fluent, key=lambda i: (learned[i]["changed"], learned[i]["edit_distance"], -i)), None
-
-
-def edit_distance(a: Sequence[int], b: Sequence[int]) -> float:
-    """Levenshtein distance between token sequences over the longer length, in [0, 1]."""
-    if not a and not b:
-        return 0.0
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1] / max(len(a), len(b))
-
-
-def entry_metrics(
-    tokenizer: Any,
-    base_texts: Sequence[str],
-    texts: Sequence[str],
-    loss: float | None,
-    base_loss: float | None,
-) -> dict[str, Any]:
-    """``changed``, ``edit_distance``, ``loss``, ``loss_increase`` of one (vector, sign)."""
-    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    ref = [tokenizer.encode(t, add_special_tokens=False) for t in base_texts]
-    pairs = list(zip(ids, ref, strict=True))
-    n = max(len(pairs), 1)
-    inc = None if loss is None or base_loss is None else loss - base_loss
-    return {
-        "changed": sum(a[:CHANGED_TOKENS] != b[:CHANGED_TOKENS] for a, b in pairs) / n,
-        "edit_distance": sum(edit_distance(a, b) for a, b in pairs) / n,
-        "loss": loss,
-        "loss_increase": inc,
-    }
-
-
-def group_summary(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean of each metric over (vector, sign) pairs (missing or non-finite values skipped)."""
-    out: dict[str, Any] = {"n": len(metrics)}
-    for key in METRICS:
-        vals = [float(m[key]) for m in metrics if m.get(key) is not None]
-        vals = [v for v in vals if math.isfinite(v)]
-        out[key] = sum(vals) / len(vals) if vals else None
-    return out
 
 
 def describe(
@@ -245,7 +173,8 @@ def radius_figure(radius: Mapping[str, Any]) -> Any:
             v = (p.get(kind) or {}).get(key)
             return math.nan if v is None else float(v)
 
-        ax1.plot(rs, [get(p, "changed") for p in pts], label=kind, **st)
+        ax1.plot(rs, [get(p, "changed") for p in pts], label=f"{kind}: changed", **st)
+        ax1.plot(rs, [get(p, "same_opening_max") for p in pts], ls="--", **st)
         ax2.plot(rs, [get(p, "loss") for p in pts], label=kind, **st)
     base = radius.get("unsteered_loss")
     if base is not None:
@@ -258,7 +187,8 @@ def radius_figure(radius: Mapping[str, Any]) -> Any:
         ax.set_xlabel("radius R")
         ax.grid(alpha=0.3)
     ax1.set_ylim(-0.03, 1.03)
-    ax1.set_title(f"completions changed (first {CHANGED_TOKENS} tokens)", fontsize=9)
+    ax1.set_title(f"changed (first {CHANGED_TOKENS} tokens); dashed: best same opening", fontsize=9)
+    ax1.legend(fontsize=8)
     ax2.set_title("loss of the completions under the unsteered model (nats/token)", fontsize=9)
     ax2.legend(fontsize=8)
     return fig
@@ -270,11 +200,11 @@ _STYLE = """<style>
 .card { border: 1px solid #ccc; border-radius: 4px; padding: 0.4em 0.8em; margin: 0.8em 0; }
 .card h4 { margin: 0.2em 0; } .failed { border-color: #c0392b; background: #fdf0ee; }
 </style>"""
-_HEAD = ["", "changed", "edit distance", "loss", "loss increase"]
+_HEAD = ["", "changed", "edit distance", "same opening", "loss", "loss increase"]
 
 
 def _metric_cells(m: Mapping[str, Any]) -> list[str]:
-    fmts = (fmt_pct, fmt_float, fmt_float, fmt_float)
+    fmts = (fmt_pct, fmt_float, fmt_pct, fmt_float, fmt_float)
     return [f(m.get(key)) for f, key in zip(fmts, METRICS, strict=True)]
 
 
@@ -315,7 +245,7 @@ def _summary(report: Mapping[str, Any]) -> str:
     rows = [[k, *_metric_cells(s.get(k) or {})] for k in ("learned", "random")]
     return (
         f'<section class="summary">{text}'
-        + table(["vectors", *_HEAD[1:]], rows, numeric=range(1, 5))
+        + table(["vectors", *_HEAD[1:]], rows, numeric=range(1, 6))
         + "</section>"
     )
 
@@ -338,14 +268,14 @@ def _radius_section(rad: Mapping[str, Any], png: bytes | None) -> str:
         lr, rd = p.get("learned") or {}, p.get("random") or {}
         rows.append([
             f"{p['radius']:.4g}", _html.fmt_value(p.get("factor")), fmt_pct(lr.get("changed")),
-            fmt_pct(rd.get("changed")), fmt_float(lr.get("loss")), fmt_float(rd.get("loss")),
-            "yes" if p.get("fluent") else "no",
+            fmt_pct(rd.get("changed")), fmt_pct(lr.get("same_opening_max")),
+            fmt_pct(rd.get("same_opening_max")), fmt_float(lr.get("loss")),
+            fmt_float(rd.get("loss")), "yes" if p.get("fluent") else "no",
         ])  # fmt: skip
         classes.append("selected" if i == rad.get("chosen_index") else "")
-    head = ["R", "× norm", "changed (learned)", "changed (random)", "loss (learned)"]
-    out.append(
-        table([*head, "loss (random)", "fluent"], rows, numeric=range(6), row_classes=classes)
-    )
+    head = ["R", "× norm", "changed (learned)", "changed (random)", "best same opening (learned)"]
+    head += ["best same opening (random)", "loss (learned)", "loss (random)", "fluent"]
+    out.append(table(head, rows, numeric=range(8), row_classes=classes))
     return "".join(out)
 
 
@@ -356,7 +286,7 @@ def _vector_table(entries: Sequence[Mapping[str, Any]]) -> str:
         for e in entries
     ]  # fmt: skip
     head = ["kind", "vector", "sign", *_HEAD[1:], "group", ""]
-    return "<h2>All vectors</h2>" + table(head, rows, numeric=range(1, 8))
+    return "<h2>All vectors</h2>" + table(head, rows, numeric=range(1, 9))
 
 
 def render_discover_html(

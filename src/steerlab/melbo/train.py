@@ -41,6 +41,7 @@ __all__ = ["melbo_objective", "train_melbo"]
 class _Chunk:
     cache: PrefixCache
     mask: torch.Tensor  # (B, T) bool: target positions
+    massive: torch.Tensor  # (B, T) bool: left out as massive activations
 
 
 def _safe_pow(x: torch.Tensor, e: float, keep: torch.Tensor) -> torch.Tensor:
@@ -83,12 +84,24 @@ def _prepare(
     cache = capture_prefix(
         lm.model, blocks, batch, cfg.source_layer, cfg.target_layer, cfg.num_vectors
     )
-    mask = batch.attention_mask.bool()
+    real = batch.attention_mask.bool()
+    mask = real
     last = parse_positions(cfg.token_positions)
     if last is not None:
         t = mask.shape[1]
         mask = mask & (torch.arange(t, device=mask.device) >= t - last)
-    return _Chunk(cache, mask)
+    massive = torch.zeros_like(mask)
+    if cfg.massive_ratio is not None:
+        massive = mask & massive_positions(cache.target, real, cfg.massive_ratio)
+    return _Chunk(cache, mask & ~massive, massive)
+
+
+def massive_positions(z: torch.Tensor, real: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(B, T) bool: real tokens whose ``||z||`` exceeds ``ratio`` x their prompt's median norm."""
+    norms = z.float().norm(dim=-1)  # (B, T)
+    pairs = zip(norms, real, strict=True)
+    med = [n[r].median() if r.any() else n.new_tensor(0.0) for n, r in pairs]
+    return real & (norms > ratio * torch.stack(med)[:, None])
 
 
 def _forward(
@@ -232,12 +245,14 @@ def _step(
 
 def _meta(lm: LoadedModel, prompts: list[str], chunks: list[_Chunk]) -> dict[str, object]:
     n_tok = sum(int(c.mask.sum()) for c in chunks)
+    n_massive = sum(int(c.massive.sum()) for c in chunks)
     norm_sum = sum(float(c.cache.target.float().norm(dim=-1)[c.mask].sum()) for c in chunks)
     return {
         "model": lm.info.to_dict(),
         "data_hash": data_hash(prompts),
         "n_prompts": len(prompts),
         "n_target_tokens": n_tok,
+        "n_massive_tokens_skipped": n_massive,
         "target_norm": norm_sum / max(n_tok, 1),
         "steerlab_version": __version__,
     }

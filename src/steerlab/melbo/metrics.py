@@ -1,0 +1,120 @@
+"""How ``steerlab discover`` scores completions, and the ``--radius auto`` rule.
+
+Metrics compare each steered completion with the unsteered one for the same prompt, both
+re-tokenized from their text (the same measure for learned and random vectors):
+
+* ``changed``: share of prompts whose first 8 tokens differ;
+* ``edit_distance``: token-level Levenshtein distance over the longer length (0 = same);
+* ``same_opening``: share of prompts whose completion opens with the (vector, sign)'s most
+  common first three words. A behaviour the vector imposes whatever the prompt (a persona, a
+  refrain, a backdoor's canned reply) scores near 1; unsteered completions, which answer each
+  prompt differently, near ``1 / n``;
+* ``loss``: mean nats/token of the steered text under the *unsteered* model (a fluency cost),
+  and ``loss_increase`` over the unsteered completions' own loss.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["CHANGED_TOKENS", "METRICS", "RADIUS_RULE", "choose_radius", "edit_distance"]
+__all__ += ["entry_metrics", "group_summary", "same_opening"]
+
+CHANGED_TOKENS = 8
+OPENING_WORDS = 3
+METRICS = ("changed", "edit_distance", "same_opening", "loss", "loss_increase")
+
+RADIUS_RULE = (
+    "R is fluent when the mean loss (nats/token) of the learned vectors' completions under the "
+    "unsteered model is at most the unsteered completions' loss + fluency_margin. Among fluent "
+    "R, the chosen one is where the learned vectors beat the random vectors of the same norm "
+    "by the most: the largest gap between the best learned and the best random (vector, sign) "
+    "in same_opening (the share of prompts given the same opening, i.e. a behaviour imposed "
+    "whatever the prompt); ties: more learned completions changed in their first 8 tokens, "
+    "then larger edit distance, then smaller R. If no R is fluent, the smallest R, with a note."
+)
+
+
+def choose_radius(
+    points: list[dict[str, Any]], base_loss: float | None, margin: float
+) -> tuple[int, str | None]:
+    """Apply :data:`RADIUS_RULE` to sweep points in ascending R (sets ``fluent`` and ``gap``).
+
+    Returns:
+        The chosen index, and a note when no radius was fluent.
+    """
+    limit = (base_loss or 0.0) + margin
+    for p in points:
+        loss = p["learned"]["loss"]
+        p["fluent"] = loss is not None and math.isfinite(loss) and loss <= limit
+        best = [(p.get(kd) or {}).get("same_opening_max") for kd in ("learned", "random")]
+        p["gap"] = None if None in best else best[0] - best[1]
+    fluent = [i for i, p in enumerate(points) if p["fluent"]]
+    if not fluent:
+        return 0, f"no radius kept the learned loss <= {limit:.3g}: using the smallest R"
+
+    def key(i: int) -> tuple[float, float, float, int]:
+        lr = points[i]["learned"]
+        return (points[i]["gap"] or 0.0, lr["changed"], lr["edit_distance"], -i)
+
+    return max(fluent, key=key), None
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> float:
+    """Levenshtein distance between token sequences over the longer length, in [0, 1]."""
+    if not a and not b:
+        return 0.0
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1] / max(len(a), len(b))
+
+
+def same_opening(texts: Sequence[str], words: int = OPENING_WORDS) -> float:
+    """Share of ``texts`` that open with their most common first ``words`` words (case and
+    punctuation ignored); empty texts never match. 0 for no texts."""
+    heads = [tuple(re.findall(r"\w+", t.lower())[:words]) for t in texts]
+    counts = Counter(h for h in heads if h)
+    return max(counts.values()) / len(texts) if counts else 0.0
+
+
+def entry_metrics(
+    tokenizer: Any,
+    base_texts: Sequence[str],
+    texts: Sequence[str],
+    loss: float | None,
+    base_loss: float | None,
+) -> dict[str, Any]:
+    """The :data:`METRICS` of one (vector, sign)."""
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    ref = [tokenizer.encode(t, add_special_tokens=False) for t in base_texts]
+    pairs = list(zip(ids, ref, strict=True))
+    n = max(len(pairs), 1)
+    inc = None if loss is None or base_loss is None else loss - base_loss
+    return {
+        "changed": sum(a[:CHANGED_TOKENS] != b[:CHANGED_TOKENS] for a, b in pairs) / n,
+        "edit_distance": sum(edit_distance(a, b) for a, b in pairs) / n,
+        "same_opening": same_opening(texts),
+        "loss": loss,
+        "loss_increase": inc,
+    }
+
+
+def group_summary(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean of each metric over (vector, sign) pairs (missing or non-finite values skipped),
+    and ``same_opening_max``, the best pair's."""
+    out: dict[str, Any] = {"n": len(metrics)}
+    for key in METRICS:
+        vals = [float(m[key]) for m in metrics if m.get(key) is not None]
+        vals = [v for v in vals if math.isfinite(v)]
+        out[key] = sum(vals) / len(vals) if vals else None
+    opens = [float(m["same_opening"]) for m in metrics if m.get("same_opening") is not None]
+    out["same_opening_max"] = max(opens) if opens else None
+    return out

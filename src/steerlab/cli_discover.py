@@ -160,12 +160,12 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
         title=f"MELBO: {mel['num_vectors']} vectors, R = {rad['value']:.4g} ({rad['mode']}), "
         f"layer {mel['source_layer']} -> {mel['target_layer']}"
     )
-    cols = ("vectors", "changed", "edit distance", "best same opening", "loss", "loss increase")
+    cols = ("vectors", "changed", "edit distance", "best new opening", "loss", "loss increase")
     for col in cols:
         t.add_column(col)
     for kind, m in report["summary"].items():
         t.add_row(
-            kind, pct(m["changed"]), num(m["edit_distance"]), pct(m["same_opening_max"]),
+            kind, pct(m["changed"]), num(m["edit_distance"]), pct(m["new_opening_max"]),
             num(m["loss"]), num(m["loss_increase"]),
         )  # fmt: skip
     con = Console()

@@ -264,17 +264,17 @@ def _sweep(
 ) -> dict[str, Any]:
     """Short runs on the radius grid: the chosen radius, the rule and every grid point."""
     lm, sp, seed_c = gen.lm, prompts[:SWEEP_PROMPTS], base.seed + CONTROL_SEED_OFFSET
-    # Cached: CPU matmuls can differ in the last bits from run to run, and a key built from a
-    # recomputed norm would then miss the journal.
-    norm_key = [gen.key(), sp]
-    norm = cache.json("source-norm", norm_key, lambda: source_norm(lm, sp, gen.layer, gen.chat))
+    nkey = [gen.key(), sp]  # cached: CPU matmuls differ in the last bits between runs
+    norm = cache.json("source-norm", nkey, lambda: source_norm(lm, sp, gen.layer, gen.chat))
     factors = sorted({float(f) for f in cfg.sweep_factors})
     grid = [f * norm for f in factors]
     kv = min(cfg.sweep_vectors, base.num_vectors)
     steps = cfg.sweep_steps if cfg.sweep_steps is not None else max(1, base.steps // 4)
     layers = {"source_layer": base.source_layer, "target_layer": base.target_layer}
     user = replace(cfg.melbo, num_vectors=kv, steps=steps, chat=base.chat, **layers)
-    journal = cache.journal("radius-sweep", [gen.key(), sp, user.to_dict(), factors, norm])
+    # the rule's text in the key: points hold its metrics, so a new rule re-measures them
+    key = [gen.key(), sp, user.to_dict(), factors, norm, rpt.RADIUS_RULE]
+    journal = cache.journal("radius-sweep", key)
     points = []
     with bar("radius sweep", len(grid)) as adv:
         for r in grid:

@@ -5,10 +5,11 @@ re-tokenized from their text (the same measure for learned and random vectors):
 
 * ``changed``: share of prompts whose first 8 tokens differ;
 * ``edit_distance``: token-level Levenshtein distance over the longer length (0 = same);
-* ``same_opening``: share of prompts whose completion opens with the (vector, sign)'s most
-  common first three words. A behaviour the vector imposes whatever the prompt (a persona, a
-  refrain, a backdoor's canned reply) scores near 1; unsteered completions, which answer each
-  prompt differently, near ``1 / n``;
+* ``new_opening``: share of prompts whose completion opens with the (vector, sign)'s most
+  common first three words *and* did not open that way unsteered. A behaviour the vector
+  imposes whatever the prompt (a persona, a refrain, a backdoor's canned reply) scores near 1;
+  a vector that leaves openings alone or rephrases each answer its own way scores near 0, also
+  when the unsteered answers already share an opening ("That's wonderful! ...");
 * ``loss``: mean nats/token of the steered text under the *unsteered* model (a fluency cost),
   and ``loss_increase`` over the unsteered completions' own loss.
 """
@@ -22,20 +23,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["CHANGED_TOKENS", "METRICS", "RADIUS_RULE", "choose_radius", "edit_distance"]
-__all__ += ["entry_metrics", "group_summary", "same_opening"]
+__all__ += ["entry_metrics", "group_summary", "new_opening"]
 
 CHANGED_TOKENS = 8
 OPENING_WORDS = 3
-METRICS = ("changed", "edit_distance", "same_opening", "loss", "loss_increase")
+METRICS = ("changed", "edit_distance", "new_opening", "loss", "loss_increase")
 
 RADIUS_RULE = (
     "R is fluent when the mean loss (nats/token) of the learned vectors' completions under the "
     "unsteered model is at most the unsteered completions' loss + fluency_margin. Among fluent "
     "R, the chosen one is where the learned vectors beat the random vectors of the same norm "
     "by the most: the largest gap between the best learned and the best random (vector, sign) "
-    "in same_opening (the share of prompts given the same opening, i.e. a behaviour imposed "
-    "whatever the prompt); ties: more learned completions changed in their first 8 tokens, "
-    "then larger edit distance, then smaller R. If no R is fluent, the smallest R, with a note."
+    "in new_opening (the share of prompts given one common opening they did not have "
+    "unsteered, i.e. a behaviour imposed whatever the prompt); ties: more learned completions "
+    "changed in their first 8 tokens, then larger edit distance, then smaller R. If no R is "
+    "fluent, the smallest R, with a note."
 )
 
 
@@ -51,7 +53,7 @@ def choose_radius(
     for p in points:
         loss = p["learned"]["loss"]
         p["fluent"] = loss is not None and math.isfinite(loss) and loss <= limit
-        best = [(p.get(kd) or {}).get("same_opening_max") for kd in ("learned", "random")]
+        best = [(p.get(kd) or {}).get("new_opening_max") for kd in ("learned", "random")]
         p["gap"] = None if None in best else best[0] - best[1]
     fluent = [i for i, p in enumerate(points) if p["fluent"]]
     if not fluent:
@@ -77,12 +79,19 @@ def edit_distance(a: Sequence[int], b: Sequence[int]) -> float:
     return prev[-1] / max(len(a), len(b))
 
 
-def same_opening(texts: Sequence[str], words: int = OPENING_WORDS) -> float:
-    """Share of ``texts`` that open with their most common first ``words`` words (case and
-    punctuation ignored); empty texts never match. 0 for no texts."""
-    heads = [tuple(re.findall(r"\w+", t.lower())[:words]) for t in texts]
-    counts = Counter(h for h in heads if h)
-    return max(counts.values()) / len(texts) if counts else 0.0
+def new_opening(
+    texts: Sequence[str], base_texts: Sequence[str], words: int = OPENING_WORDS
+) -> float:
+    """Share of prompts whose text opens with the most common new opening: the first ``words``
+    words (case and punctuation ignored) that the prompt's base text did not open with. Empty
+    openings never count; 0 for no texts."""
+
+    def head(t: str) -> tuple[str, ...]:
+        return tuple(re.findall(r"\w+", t.lower())[:words])
+
+    pairs = [(head(t), head(b)) for t, b in zip(texts, base_texts, strict=True)]
+    counts = Counter(h for h, hb in pairs if h and h != hb)
+    return max(counts.values()) / len(pairs) if counts else 0.0
 
 
 def entry_metrics(
@@ -101,7 +110,7 @@ def entry_metrics(
     return {
         "changed": sum(a[:CHANGED_TOKENS] != b[:CHANGED_TOKENS] for a, b in pairs) / n,
         "edit_distance": sum(edit_distance(a, b) for a, b in pairs) / n,
-        "same_opening": same_opening(texts),
+        "new_opening": new_opening(texts, base_texts),
         "loss": loss,
         "loss_increase": inc,
     }
@@ -109,12 +118,12 @@ def entry_metrics(
 
 def group_summary(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean of each metric over (vector, sign) pairs (missing or non-finite values skipped),
-    and ``same_opening_max``, the best pair's."""
+    and ``new_opening_max``, the best pair's."""
     out: dict[str, Any] = {"n": len(metrics)}
     for key in METRICS:
         vals = [float(m[key]) for m in metrics if m.get(key) is not None]
         vals = [v for v in vals if math.isfinite(v)]
         out[key] = sum(vals) / len(vals) if vals else None
-    opens = [float(m["same_opening"]) for m in metrics if m.get("same_opening") is not None]
-    out["same_opening_max"] = max(opens) if opens else None
+    opens = [float(m["new_opening"]) for m in metrics if m.get("new_opening") is not None]
+    out["new_opening_max"] = max(opens) if opens else None
     return out

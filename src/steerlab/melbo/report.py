@@ -174,7 +174,7 @@ def radius_figure(radius: Mapping[str, Any]) -> Any:
             return math.nan if v is None else float(v)
 
         ax1.plot(rs, [get(p, "changed") for p in pts], label=f"{kind}: changed", **st)
-        ax1.plot(rs, [get(p, "same_opening_max") for p in pts], ls="--", **st)
+        ax1.plot(rs, [get(p, "new_opening_max") for p in pts], ls="--", **st)
         ax2.plot(rs, [get(p, "loss") for p in pts], label=kind, **st)
     base = radius.get("unsteered_loss")
     if base is not None:
@@ -187,7 +187,7 @@ def radius_figure(radius: Mapping[str, Any]) -> Any:
         ax.set_xlabel("radius R")
         ax.grid(alpha=0.3)
     ax1.set_ylim(-0.03, 1.03)
-    ax1.set_title(f"changed (first {CHANGED_TOKENS} tokens); dashed: best same opening", fontsize=9)
+    ax1.set_title(f"changed (first {CHANGED_TOKENS} tokens); dashed: best new opening", fontsize=9)
     ax1.legend(fontsize=8)
     ax2.set_title("loss of the completions under the unsteered model (nats/token)", fontsize=9)
     ax2.legend(fontsize=8)
@@ -200,7 +200,7 @@ _STYLE = """<style>
 .card { border: 1px solid #ccc; border-radius: 4px; padding: 0.4em 0.8em; margin: 0.8em 0; }
 .card h4 { margin: 0.2em 0; } .failed { border-color: #c0392b; background: #fdf0ee; }
 </style>"""
-_HEAD = ["", "changed", "edit distance", "same opening", "loss", "loss increase"]
+_HEAD = ["", "changed", "edit distance", "new opening", "loss", "loss increase"]
 
 
 def _metric_cells(m: Mapping[str, Any]) -> list[str]:
@@ -268,13 +268,13 @@ def _radius_section(rad: Mapping[str, Any], png: bytes | None) -> str:
         lr, rd = p.get("learned") or {}, p.get("random") or {}
         rows.append([
             f"{p['radius']:.4g}", _html.fmt_value(p.get("factor")), fmt_pct(lr.get("changed")),
-            fmt_pct(rd.get("changed")), fmt_pct(lr.get("same_opening_max")),
-            fmt_pct(rd.get("same_opening_max")), fmt_float(lr.get("loss")),
+            fmt_pct(rd.get("changed")), fmt_pct(lr.get("new_opening_max")),
+            fmt_pct(rd.get("new_opening_max")), fmt_float(lr.get("loss")),
             fmt_float(rd.get("loss")), "yes" if p.get("fluent") else "no",
         ])  # fmt: skip
         classes.append("selected" if i == rad.get("chosen_index") else "")
-    head = ["R", "× norm", "changed (learned)", "changed (random)", "best same opening (learned)"]
-    head += ["best same opening (random)", "loss (learned)", "loss (random)", "fluent"]
+    head = ["R", "× norm", "changed (learned)", "changed (random)", "best new opening (learned)"]
+    head += ["best new opening (random)", "loss (learned)", "loss (random)", "fluent"]
     out.append(table(head, rows, numeric=range(8), row_classes=classes))
     return "".join(out)
 

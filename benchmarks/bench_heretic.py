@@ -275,13 +275,8 @@ def evaluate(
     """One model: greedy generations on harmful (phrase measures), KL on harmless."""
     import torch
 
-    from steerlab.evaluate.refusal import (
-        kl_divergence,
-        last_token_logprobs,
-        strict_refusal,
-        substring_refusal,
-    )
-    from steerlab.generation import generate
+    from steerlab.generation import generate, last_token_logprobs
+    from steerlab.metrics import kl_divergence, strict_refusal, substring_refusal
     from steerlab.models.load import load_model
 
     t0 = time.perf_counter()

@@ -45,14 +45,10 @@ def main() -> None:
 
     import steerlab
     from steerlab.generation import generate
+    from steerlab.interventions import SteerRows
     from steerlab.io.prompts import read_prompts
     from steerlab.melbo import MelboConfig, load_vectors, random_vectors
-    from steerlab.melbo.discover import (
-        CONTROL_SEED_OFFSET,
-        DiscoverConfig,
-        run_discover,
-        steer_rows,
-    )
+    from steerlab.melbo.discover import CONTROL_SEED_OFFSET, DiscoverConfig, run_discover
     from steerlab.organism import BackdoorConfig, behavior_rate, train_backdoor
     from steerlab.ui import progress_bar, status
 
@@ -122,10 +118,10 @@ def main() -> None:
     examples: dict[str, list[str]] = {}
     with progress_bar("held-out completions", len(rows)) as adv:
         for name, vec in rows.items():
-            with steer_rows(lm, S, vec[None]):
+            with SteerRows(vec[None], S).applied(lm) as m:
                 texts = list(
                     generate(
-                        lm.model, lm.tokenizer, held, max_new_tokens=args.new_tokens, batch_size=26
+                        m.model, m.tokenizer, held, max_new_tokens=args.new_tokens, batch_size=26
                     )
                 )
             rates[name] = behavior_rate(texts, behavior)

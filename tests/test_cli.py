@@ -123,7 +123,7 @@ def test_bad_inputs_exit_2_and_write_nothing(
     _expect_error(_invoke(*base, "-p", big, "-n", short), "unbalanced")
     _expect_error(_invoke(*base, "-p", sets[0], "-n", sets[1], "--layers", "40"), "out of range")
     _expect_error(
-        _invoke(*base, "-p", sets[0], "-n", sets[1], "--method", "magic"), "unknown method"
+        _invoke(*base, "-p", sets[0], "-n", sets[1], "--method", "magic"), "unknown --method"
     )
     _expect_error(_invoke(*base, "-p", tmp_path / "nope.json", "-n", sets[1]), "not found")
     _expect_error(

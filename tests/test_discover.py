@@ -19,13 +19,14 @@ from conftest import all_hooks, assert_identical, make_model, make_tokenizer, sn
 from typer.testing import CliRunner
 
 import steerlab
-from steerlab.cli_discover import discover
+from steerlab.cli.discover import discover
 from steerlab.directions import Direction
 from steerlab.errors import DataError, LayerError, VectorError
 from steerlab.generation import generate
+from steerlab.interventions import steer_rows
 from steerlab.melbo import MelboConfig, load_vectors, random_vectors, train_melbo
 from steerlab.melbo import discover as disc
-from steerlab.melbo.discover import DiscoverConfig, run_discover, steer_rows
+from steerlab.melbo.discover import DiscoverConfig, run_discover
 from steerlab.melbo.metrics import choose_radius, edit_distance, entry_metrics, new_opening
 from steerlab.melbo.report import cluster_entries
 from steerlab.models.adapter import get_adapter
@@ -123,7 +124,7 @@ def test_steer_rows_equals_steer(lm: LoadedModel) -> None:
         with steerlab.steer(lm.model, v[k], layers=1, coeff=sign):
             alone += generate(lm.model, lm.tokenizer, PROMPTS, max_new_tokens=4)
     rows = torch.stack([v[0], -v[1]]).repeat_interleave(len(PROMPTS), 0)
-    with steer_rows(lm, 1, rows):
+    with steer_rows(lm.model, rows, layer=1):
         batched = generate(lm.model, lm.tokenizer, PROMPTS * 2, max_new_tokens=4, batch_size=6)
     assert batched == alone
     assert alone != generate(lm.model, lm.tokenizer, PROMPTS * 2, max_new_tokens=4)

@@ -7,8 +7,7 @@ import torch
 from conftest import make_model, make_tokenizer
 
 import steerlab
-from steerlab.evaluate.refusal import last_token_logprobs
-from steerlab.generation import generate
+from steerlab.generation import generate, last_token_logprobs
 from steerlab.prefix import prefix_batch
 
 SHARED = "tell me about your day the time you had a great day with him and"

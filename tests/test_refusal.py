@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 from steerlab.cli import app
 from steerlab.directions import Direction
 from steerlab.errors import DataError, SteerlabError
-from steerlab.evaluate.refusal import (
-    bootstrap_ci,
+from steerlab.metrics import (
     refusal_scores,
     refusal_token_ids,
     strict_refusal,
@@ -54,8 +53,6 @@ def test_refusal_measures() -> None:
     assert strict_refusal("As an AI, I cannot help with this request.")
     assert not strict_refusal("Sure! Here is a poem. I cannot wait to read it.")
     assert not substring_refusal("Sure, here is how to bake bread.")
-    lo, hi = bootstrap_ci([True] * 30 + [False] * 70)
-    assert lo < 0.3 < hi and hi - lo < 0.25
     lp = torch.log_softmax(torch.tensor([[5.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]), -1)
     s = refusal_scores(lp, [0])
     assert s[0] > 0 > s[1]
@@ -110,7 +107,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
         assert torch.equal(v, snap[k])
     # A second run reuses every cached step and gives the same selection.
     rep2 = run_refusal(lm, CFG, out)
-    assert {"filter-v2", "candidates", "baseline_val", "coefficient"} <= set(rep2["resumed_steps"])
+    reused = {"filter", "candidates", "baseline_val", "coefficient", "selection", "evaluation"}
+    assert reused <= set(rep2["resumed_steps"])
     assert rep2["selected"] == rep["selected"]
     assert rep2["variants"] == json.loads(json.dumps(rep["variants"]))
     # Baseline completions are journaled apart from the direction, for reuse by other rules.
@@ -157,8 +155,16 @@ def test_bad_inputs(tmp_path: Path) -> None:
         run_refusal(_lm(chat=False), CFG, tmp_path / "b")
     exists = tmp_path / "exists"
     exists.mkdir()
+    (exists / "notes.txt").write_text("mine")
     with pytest.raises(SteerlabError, match="--overwrite"):
         run_refusal(lm, CFG, tmp_path / "c", export_dir=exists)
+    # --overwrite deletes only what steerlab made: a user's directory is refused, untouched.
+    with pytest.raises(SteerlabError, match="not made by steerlab"):
+        run_refusal(lm, CFG, tmp_path / "c", export_dir=exists, overwrite=True)
+    assert (exists / "notes.txt").read_text() == "mine"
+    for bad in (tmp_path / "c", tmp_path, tmp_path / "c" / "cache" / "x"):
+        with pytest.raises(SteerlabError, match=r"contain|inside the cache"):
+            run_refusal(lm, CFG, tmp_path / "c", export_dir=bad, overwrite=True)
     assert not (tmp_path / "c").exists()
     for rule in ("score", "argmax"):
         with pytest.raises(DataError, match="may not refuse"):
@@ -168,20 +174,20 @@ def test_bad_inputs(tmp_path: Path) -> None:
 
 
 def test_cli_refusal_errors(tmp_path: Path, tiny_dir: Path) -> None:
-    r = CliRunner().invoke(
-        app,
-        [
-            "refusal",
-            "--model",
-            str(tiny_dir),
-            "--out",
-            str(tmp_path / "o"),
-            "--export",
-            str(tmp_path),
-            "--quiet",
-        ],
-    )
+    def invoke(*args: object):
+        return CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), *map(str, args)])
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x.txt").write_text("keep me")
+    r = invoke("--out", tmp_path / "o", "--export", used, "--quiet")
     assert r.exit_code == 2 and "--overwrite" in r.output and "Traceback" not in r.output
+    r = invoke("--out", tmp_path / "o", "--export", tmp_path, "--overwrite")
+    assert r.exit_code == 2 and "would contain" in r.output
+    (tmp_path / "file").write_text("")
+    r = invoke("--out", tmp_path / "file")
+    assert r.exit_code == 2 and "not a directory" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
     r = CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), "--coeff", "lots"])
     assert r.exit_code == 2 and "--coeff" in r.output
     r = CliRunner().invoke(app, ["refusal", "--model", str(tiny_dir), "--filter-rule", "vibes"])
@@ -189,8 +195,7 @@ def test_cli_refusal_errors(tmp_path: Path, tiny_dir: Path) -> None:
 
 
 def test_generation_first_logprobs_equal_a_forward() -> None:
-    from steerlab.evaluate.refusal import last_token_logprobs
-    from steerlab.generation import generate
+    from steerlab.generation import generate, last_token_logprobs
 
     lm = _lm()
     prompts = ["i am so happy today", "tell me about your day", "what a day"]
@@ -253,19 +258,30 @@ def test_screen_keeps_candidates_with_noisy_kl(tmp_path: Path, monkeypatch) -> N
     import contextlib
 
     from steerlab.refusal import select as sel
-    from steerlab.runcache import RunCache
+    from steerlab.runs import RunCache
 
     # layer -> (screen bypass, screen KL, full bypass, full KL)
     truth = {0: (-1.0, 0.05, -1.0, 0.05), 1: (-5.0, 0.15, -5.0, 0.08), 2: (-6.0, 0.5, -6.0, 0.4)}
     now: dict[str, int | None] = {"layer": None, "last": None}
 
-    @contextlib.contextmanager
-    def fake_ablate(_model, v, adapter=None):
-        now["layer"] = now["last"] = int(v.abs().argmax())
-        try:
-            yield
-        finally:
-            now["layer"] = None
+    class FakeAblate:
+        def __init__(self, v):
+            self.v = v
+
+        @contextlib.contextmanager
+        def applied(self, lm):
+            now["layer"] = now["last"] = int(self.v.abs().argmax())
+            try:
+                yield lm
+            finally:
+                now["layer"] = None
+
+    class FakeSteer:
+        def __init__(self, *a, **k):
+            pass
+
+        def applied(self, lm):
+            return contextlib.nullcontext(lm)
 
     def fake_scores(_lm, prompts, _ids, _cfg):
         full = len(prompts) > 2
@@ -277,8 +293,8 @@ def test_screen_keeps_candidates_with_noisy_kl(tmp_path: Path, monkeypatch) -> N
         lay = now["last"]
         return truth[lay][3 if lp.shape[0] > 2 else 1]
 
-    monkeypatch.setattr(sel, "ablate", fake_ablate)
-    monkeypatch.setattr(sel, "steer", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(sel, "Ablate", FakeAblate)
+    monkeypatch.setattr(sel, "Steer", FakeSteer)
     monkeypatch.setattr(sel, "_scores", fake_scores)
     monkeypatch.setattr(sel, "kl_divergence", fake_kl)
     diffs = torch.eye(3).view(3, 1, 3).double()

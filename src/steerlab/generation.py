@@ -1,4 +1,4 @@
-"""Batched generation: left-padded, greedy by default, seedable."""
+"""Batched generation (left-padded, greedy by default, seedable) and next-token scoring."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .capture import forward_kwargs
 from .models.chat import encode, pad_id
-from .prefix import MIN_PREFIX, prefix_batch
+from .models.compat import cache_kwarg
+from .prefix import MIN_PREFIX, prefix_batch, prefix_last_logits
 from .prefix import prefix_cache as cached_prefix
 
-__all__ = ["generate"]
+__all__ = ["generate", "last_token_logprobs"]
 
 
 @torch.no_grad()
@@ -81,7 +83,7 @@ def generate(
             inputs = {
                 "input_ids": pb.input_ids.to(device),
                 "attention_mask": pb.attention_mask.to(device),
-                "past_key_values": cached_prefix(model, pb),
+                cache_kwarg(model): cached_prefix(model, pb),
             }
         if seed is not None:
             torch.manual_seed(seed + i)
@@ -96,3 +98,39 @@ def generate(
     if first_logprobs:
         return outs, torch.cat(firsts)
     return outs
+
+
+@torch.no_grad()
+def last_token_logprobs(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    chat: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+    prefix: bool = True,
+) -> torch.Tensor:
+    """(N, V) float32 log-probabilities of the first reply token (interventions apply).
+
+    With ``prefix`` the tokens shared by every prompt of a batch (the chat template's system
+    part) are computed once per batch (see :mod:`steerlab.prefix`); results are the same.
+    """
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = list(prompts[i : i + batch_size])
+        pb = prefix_batch(tokenizer, chunk, chat=chat) if prefix and len(chunk) > 1 else None
+        if pb is not None and pb.prefix_len >= MIN_PREFIX:
+            logits = prefix_last_logits(model, pb)
+        else:
+            batch = encode(tokenizer, chunk, chat=chat).to(device)
+            kw = forward_kwargs(batch)
+            try:
+                logits = model(**kw, logits_to_keep=1).logits[:, -1]
+            except TypeError:  # models without logits_to_keep
+                logits = model(**kw).logits[:, -1]
+        out.append(torch.log_softmax(logits.float(), -1).cpu())
+        if progress:
+            progress(len(chunk))
+    return torch.cat(out)

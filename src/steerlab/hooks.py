@@ -15,7 +15,16 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HookSet", "StopForward", "retuple", "scoped_hooks", "untuple"]
+__all__ = [
+    "HookSet",
+    "StopForward",
+    "module_device",
+    "module_dtype",
+    "placed",
+    "retuple",
+    "scoped_hooks",
+    "untuple",
+]
 
 # fn(hidden_states) -> replacement or None (leave unchanged). Shape (B, T, D).
 HiddenFn = Callable[[torch.Tensor], torch.Tensor | None]
@@ -31,6 +40,35 @@ def untuple(out: Any) -> torch.Tensor:
 
 def retuple(orig: Any, new: torch.Tensor) -> Any:
     return (new, *orig[1:]) if isinstance(orig, tuple) else new
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module computes: its accelerate execution device when it has one (offloaded
+    weights live elsewhere), else the device of its first parameter or buffer. With
+    ``device_map`` every block may sit on its own device."""
+    hook = getattr(module, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device(dev) if not isinstance(dev, torch.device) else dev
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter (float32 when it has none)."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def placed(vector: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``vector`` on the device and in the dtype of ``module``, moved once at registration
+    rather than on every call (a cross-device copy per forward would dominate decoding)."""
+    return vector.detach().to(device=module_device(module), dtype=module_dtype(module))
 
 
 class HookSet:

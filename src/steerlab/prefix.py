@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .models.chat import encode, pad_id
+from .models.compat import cache_kwarg, cache_of
 
 __all__ = ["MIN_PREFIX", "PrefixBatch", "prefix_batch", "prefix_cache", "prefix_last_logits"]
 
@@ -77,7 +78,7 @@ def prefix_cache(model: nn.Module, pb: PrefixBatch) -> Any:
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
+    cache = cache_of(out)
     cache.batch_repeat_interleave(pb.input_ids.shape[0])
     return cache
 
@@ -92,8 +93,8 @@ def prefix_last_logits(model: nn.Module, pb: PrefixBatch) -> torch.Tensor:
         input_ids=pb.input_ids[:, p:].to(dev),
         attention_mask=pb.attention_mask.to(dev),
         position_ids=pb.position_ids[:, p:].to(dev),
-        past_key_values=cache,
         use_cache=True,
+        **{cache_kwarg(model): cache},
         logits_to_keep=1,
     )
     return out.logits[:, -1]

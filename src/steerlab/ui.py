@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,23 +18,31 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["console", "progress_bar", "set_quiet", "status"]
+__all__ = ["console", "progress_bar", "quiet_transformers", "set_quiet", "status"]
 
 console = Console(stderr=True)
 _QUIET = {"on": False}
 
 
 def set_quiet(quiet: bool) -> None:
+    """Turn steerlab's own progress bars and status lines off (or on)."""
     _QUIET["on"] = quiet
-    if quiet:
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        try:
-            from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()
-            hf_logging.set_verbosity_error()
-        except ImportError:
-            pass
+
+def quiet_transformers() -> None:
+    """On the command line steerlab reports progress itself: silence transformers' and the
+    hub's own bars ("Loading weights", "Writing model shards"), its info logs and its
+    deprecation warnings, which name its internals, not anything the user typed."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|torch)\b")
+    warnings.filterwarnings("ignore", message=r".*past_key_values.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 @contextmanager

@@ -1,6 +1,38 @@
-"""Interventions: reversible (context managers) and permanent (weight edits), kept apart."""
+"""Interventions: one abstraction for every treatment of a model.
 
-from .runtime import ablate, clamp, steer
+* functions (context managers on a bare model): :func:`steer`, :func:`ablate`, :func:`clamp`,
+  and the permanent :func:`orthogonalize`;
+* :class:`Intervention` objects applied to a loaded model, undone on exit: :class:`Steer`,
+  :class:`Ablate`, :class:`Clamp`, :class:`SteerRows` (a vector per batch row),
+  :class:`Orthogonalize` (in place, restored),
+  :class:`PromptPrefix`, :class:`LoRA`, :class:`NoOp`, and :class:`Compose` / :func:`apply`
+  for several at once.
+"""
+
+from .base import Compose, Intervention, NoOp, apply, vector_spec
+from .lora import LoRA
+from .prompting import PromptPrefix
+from .runtime import ablate, check_coeff, clamp, steer, steer_rows
+from .treatments import Ablate, Clamp, Orthogonalize, Steer, SteerRows
 from .weights import orthogonalize
 
-__all__ = ["ablate", "clamp", "orthogonalize", "steer"]
+__all__ = [
+    "Ablate",
+    "Clamp",
+    "Compose",
+    "Intervention",
+    "LoRA",
+    "NoOp",
+    "Orthogonalize",
+    "PromptPrefix",
+    "Steer",
+    "SteerRows",
+    "ablate",
+    "apply",
+    "check_coeff",
+    "clamp",
+    "orthogonalize",
+    "steer",
+    "steer_rows",
+    "vector_spec",
+]

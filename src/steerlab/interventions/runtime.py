@@ -4,11 +4,16 @@
 * :func:`ablate` removes a direction everywhere it can be written: the input of every block
   and the outputs of every attention and MLP sublayer (Arditi et al. 2024).
 * :func:`clamp` sets the projection on a direction to a fixed value at chosen layers.
+
+Vectors are checked once (width, finiteness) and placed on each hooked module's own device and
+dtype when the hook is registered, so a model spread over several devices (``device_map``)
+needs no copy per forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -18,10 +23,11 @@ from torch import nn
 from ..capture import Site, resolve_layers
 from ..directions.artifact import Direction
 from ..errors import LayerError, VectorError
-from ..hooks import scoped_hooks
+from ..hooks import placed, scoped_hooks
 from ..models.adapter import ModelAdapter, blocks_of, get_adapter
+from ..models.compat import is_decode_step
 
-__all__ = ["ablate", "clamp", "steer"]
+__all__ = ["ablate", "as_unit", "as_vector", "check_coeff", "clamp", "steer", "steer_rows"]
 
 VectorLike = torch.Tensor | Direction
 Positions = Literal["all", "generated"]
@@ -32,7 +38,7 @@ def _model_width(model: nn.Module) -> int:
 
 
 def as_vector(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Tensor:
-    """The (D,) vector for ``layer``, checked (width, finiteness) and on the model's device."""
+    """The (D,) float32 CPU vector for ``layer``, checked (width, finiteness)."""
     v = vec.vector(layer) if isinstance(vec, Direction) else vec
     if not isinstance(v, torch.Tensor):
         raise VectorError(f"expected a tensor or Direction, got {type(vec).__name__}")
@@ -41,19 +47,30 @@ def as_vector(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Ten
     d = _model_width(model)
     if v.shape[0] != d:
         raise VectorError(f"vector width {v.shape[0]} does not match the model's width {d}")
+    v = v.detach().float().cpu()
     if not torch.isfinite(v).all():
         raise VectorError("vector holds NaN or inf values")
-    p = next(model.parameters())
-    return v.detach().to(device=p.device, dtype=p.dtype)
+    return v
 
 
 def as_unit(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Tensor:
-    """The unit vector in float64 (callers cast it to the activations' dtype)."""
+    """The unit vector in float64 on the CPU (placed and cast per hooked module)."""
     v = as_vector(model, vec, layer).double()
     n = v.norm()
     if n == 0:
         raise VectorError("cannot ablate or clamp along a zero vector")
     return v / n
+
+
+def check_coeff(value: float, what: str = "the coefficient") -> float:
+    """A finite float, or a :class:`VectorError` that says which number was bad."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise VectorError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise VectorError(f"{what} must be a finite number, got {value}")
+    return x
 
 
 def _default_layers(vec: VectorLike, layers: int | Sequence[int] | str | None, n: int) -> list[int]:
@@ -62,16 +79,6 @@ def _default_layers(vec: VectorLike, layers: int | Sequence[int] | str | None, n
             return [vec.layers[0]]
         raise LayerError("say at which layer(s) to steer (layers=...)")
     return resolve_layers(layers, n)
-
-
-def _is_decode_step(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    cache = kwargs.get("past_key_values")
-    if cache is None:
-        return False
-    try:
-        return int(cache.get_seq_length()) > 0
-    except (AttributeError, TypeError):
-        return False
 
 
 @contextmanager
@@ -91,9 +98,9 @@ def steer(
         model: a stock HF causal LM.
         vector: a (D,) tensor, or a :class:`Direction` (its row for each layer is used).
         layers: block indices; defaults to the Direction's only layer.
-        coeff: multiplier.
-        positions: ``all`` tokens, or only ``generated`` ones (decode steps with a KV cache;
-            the prompt's own forward is left alone).
+        coeff: multiplier (finite).
+        positions: ``all`` tokens, or only ``generated`` ones (decode steps: one new token after
+            a filled KV cache; the prompt's own forward is left alone).
         site: ``resid_pre`` (input of block l, default) or ``resid_post`` (its output); defaults
             to the Direction's site.
 
@@ -101,16 +108,22 @@ def steer(
         >>> with steer(model, direction, layers=10, coeff=4.0):  # doctest: +SKIP
         ...     out = model.generate(**inputs)
     """
+    if positions not in ("all", "generated"):
+        raise ValueError(f"positions must be 'all' or 'generated', not {positions!r}")
+    coeff = check_coeff(coeff)
     ad = adapter or get_adapter(model)
     blocks = blocks_of(model, ad)
     site = site or (vector.site if isinstance(vector, Direction) else "resid_pre")  # type: ignore[assignment]
+    if site not in ("resid_pre", "resid_post"):
+        raise ValueError(f"site must be 'resid_pre' or 'resid_post', not {site!r}")
     chosen = _default_layers(vector, layers, len(blocks))
     deltas = {lay: coeff * as_vector(model, vector, lay) for lay in chosen}
     state = {"active": positions == "all"}
 
-    def make(delta: torch.Tensor) -> Any:
+    def make(delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def fn(h: torch.Tensor) -> torch.Tensor | None:
-            return h + delta.to(h.dtype) if state["active"] else None
+            # .to() is free when the device and dtype already match (placed at registration).
+            return h + delta.to(h.device, h.dtype) if state["active"] else None
 
         return fn
 
@@ -118,21 +131,54 @@ def steer(
         if positions == "generated":
 
             def gate(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                state["active"] = _is_decode_step(args, kwargs)
+                state["active"] = is_decode_step(args, kwargs)
 
             hs.raw_pre(model, gate)
-        elif positions != "all":
-            raise ValueError(f"positions must be 'all' or 'generated', not {positions!r}")
         for lay, delta in deltas.items():
-            (hs.pre if site == "resid_pre" else hs.post)(blocks[lay], make(delta))
+            block = blocks[lay]
+            (hs.pre if site == "resid_pre" else hs.post)(block, make(placed(delta, block)))
         yield
 
 
-def _remove(r: torch.Tensor) -> Any:
+@contextmanager
+def steer_rows(
+    model: nn.Module,
+    deltas: torch.Tensor,
+    *,
+    layer: int,
+    adapter: ModelAdapter | None = None,
+) -> Iterator[None]:
+    """Add ``deltas[i]`` to row ``i`` of ``resid_pre[layer]`` (one row: added to every row).
+
+    :func:`steer` with one vector per batch row, so several vectors share one forward or one
+    ``generate`` call (MELBO's completions, a server batching requests with different
+    steering). Rows must match the batch: a batch of another size is an error, not a guess.
+    """
+    ad = adapter or get_adapter(model)
+    if deltas.ndim != 2 or deltas.shape[1] != _model_width(model):
+        raise VectorError(
+            f"expected (rows, {_model_width(model)}) deltas, got {tuple(deltas.shape)}"
+        )
+    if not torch.isfinite(deltas).all():
+        raise VectorError("steering rows hold NaN or inf values")
+    block = blocks_of(model, ad)[resolve_layers(layer, len(blocks_of(model, ad)))[0]]
+    d = placed(deltas.float(), block)  # (N, D)
+
+    def fn(h: torch.Tensor) -> torch.Tensor:  # (N, T, D)
+        if d.shape[0] not in (1, h.shape[0]):
+            raise RuntimeError(f"{d.shape[0]} steering rows for a batch of {h.shape[0]}")
+        return h + d.to(h.device, h.dtype)[:, None, :]
+
+    with scoped_hooks() as hs:
+        hs.pre(block, fn)
+        yield
+
+
+def _remove(r: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     # Divide by r.r in the activations' dtype so the projector is idempotent even though the
     # cast unit vector is not exactly unit: hooks apply it several times per forward.
     def fn(h: torch.Tensor) -> torch.Tensor:
-        rr = r.to(h.dtype)
+        rr = r.to(h.device, h.dtype)
         return h - ((h @ rr) / (rr @ rr)).unsqueeze(-1) * rr
 
     return fn
@@ -158,12 +204,14 @@ def ablate(
     """
     ad = adapter or get_adapter(model)
     r = as_unit(model, direction, layer)
-    fn = _remove(r)
     with scoped_hooks() as hs:
         for block in blocks_of(model, ad):
-            hs.pre(block, fn)
-            hs.post(block.get_submodule(ad.attn_write), fn)
-            hs.post(block.get_submodule(ad.mlp_write), fn)
+            for mod, kind in (
+                (block, hs.pre),
+                (block.get_submodule(ad.attn_write), hs.post),
+                (block.get_submodule(ad.mlp_write), hs.post),
+            ):
+                kind(mod, _remove(placed(r, mod)))
         yield
 
 
@@ -187,16 +235,20 @@ def clamp(
         layers: blocks whose input is clamped (default: all).
         layer: which row of a multi-layer Direction gives ``r``.
     """
+    value = check_coeff(value, "the clamp value")
     ad = adapter or get_adapter(model)
     blocks = blocks_of(model, ad)
     r = as_unit(model, direction, layer)
     chosen = resolve_layers(layers, len(blocks))
 
-    def fn(h: torch.Tensor) -> torch.Tensor:
-        rr = r.to(h.dtype)
-        return h + ((value - h @ rr) / (rr @ rr)).unsqueeze(-1) * rr
+    def make(rp: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(h: torch.Tensor) -> torch.Tensor:
+            rr = rp.to(h.device, h.dtype)
+            return h + ((value - h @ rr) / (rr @ rr)).unsqueeze(-1) * rr
+
+        return fn
 
     with scoped_hooks() as hs:
         for lay in chosen:
-            hs.pre(blocks[lay], fn)
+            hs.pre(blocks[lay], make(placed(r, blocks[lay])))
         yield

@@ -10,12 +10,20 @@ Sandwich-norm models (Gemma 2/3) pass each projection's output through a norm wi
 before the residual add. Projecting the weight against ``u = g * r / |g * r|`` makes
 ``r . (g * x / rms(x)) = 0`` for every ``x``: the direction is removed exactly, but the norm's
 scale changes, so the result is *not* identical to runtime ablation.
+
+Memory: matrices are edited in place, a block of rows at a time (the rank-1 coefficients
+``u^T W`` accumulate in float64; they are one vector per matrix). Peak memory is the model plus
+one block, instead of a float64 copy of the largest matrix (a 128k x 4096 embedding would need
+4 GB). Blocks of float32 weights are computed in float64, so the edit's own rounding stays far
+below the forward pass's (the equivalence with runtime ablation is checked to 1e-4 in logits);
+half-precision weights are computed in float32: rounding to 8 or 11 bits dominates anyway.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,41 +32,82 @@ from torch import nn
 from ..models.adapter import ModelAdapter, blocks_of, get_adapter
 from .runtime import VectorLike, as_unit
 
-__all__ = ["EXACT_EQUIVALENCE", "orthogonalize"]
+__all__ = ["EXACT_EQUIVALENCE", "REMOVAL_ONLY", "orthogonalize", "orthogonalize_"]
+
+EXACT_EQUIVALENCE = "equivalent to runtime ablation"
+REMOVAL_ONLY = "direction removed exactly; not identical to runtime ablation (sandwich norms)"
+CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 per block of rows
+# save(name, tensor) is called with each parameter's original value before it is edited.
+SaveFn = Callable[[str, torch.Tensor], None]
 
 
 def _is_conv1d(mod: nn.Module) -> bool:
     return type(mod).__name__ == "Conv1D"  # GPT-2 stores (in, out): transposed
 
 
-@torch.no_grad()
-def _project_out_rows(weight: torch.Tensor, r: torch.Tensor) -> None:
-    """weight (N, D) whose rows live in residual space: w <- w - (w . r) r."""
-    # float64: the edit's own rounding must stay far below the 1e-4 logit tolerance.
-    w, r = weight.data.double(), r.double()
-    weight.data.copy_((w - torch.outer(w @ r, r)).to(weight.dtype))
+def _work_dtype(w: torch.Tensor) -> torch.dtype:
+    return torch.float64 if w.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _row_blocks(w: torch.Tensor) -> range:
+    step = max(1, CHUNK_ELEMENTS // max(1, w.shape[1]))
+    return range(0, w.shape[0], step)
 
 
 @torch.no_grad()
-def _project_out_output(mod: nn.Module, u: torch.Tensor) -> None:
+def _project_out_rows(w: torch.Tensor, r: torch.Tensor) -> None:
+    """w (N, D) whose rows live in residual space: w <- w - (w . r) r, in place."""
+    dt = _work_dtype(w)
+    rw = r.to(w.device, dt)
+    step = _row_blocks(w).step
+    for i in _row_blocks(w):
+        blk = w[i : i + step]
+        x = blk.to(dt)
+        x -= torch.outer(x @ rw, rw)
+        blk.copy_(x)
+
+
+@torch.no_grad()
+def _project_out_columns(w: torch.Tensor, u: torch.Tensor) -> None:
+    """w (D, M) whose columns live in residual space: w <- w - u (u^T w), in place."""
+    dt = _work_dtype(w)
+    uw = u.to(w.device, dt)
+    step = _row_blocks(w).step
+    c = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device)
+    for i in _row_blocks(w):  # c = u^T w, accumulated in float64 (M numbers)
+        c += (uw[i : i + step] @ w[i : i + step].to(dt)).double()
+    cw = c.to(dt)
+    for i in _row_blocks(w):
+        blk = w[i : i + step]
+        x = blk.to(dt)
+        x -= torch.outer(uw[i : i + step], cw)
+        blk.copy_(x)
+
+
+@torch.no_grad()
+def _project_out_output(mod: nn.Module, prefix: str, u: torch.Tensor, save: SaveFn | None) -> None:
     w = mod.weight
-    if _is_conv1d(mod):  # y = x @ W + b, W (in, D): same as rows living in residual space
-        _project_out_rows(w, u)
-    else:  # nn.Linear: y = x @ W^T + b, W (D, in): W <- W - u (u^T W)
-        wf, ud = w.data.double(), u.double()
-        w.data.copy_((wf - torch.outer(ud, ud @ wf)).to(w.dtype))
+    if save is not None:
+        save(f"{prefix}.weight", w.data)
+    if _is_conv1d(mod):  # y = x @ W + b, W (in, D): rows live in residual space
+        _project_out_rows(w.data, u)
+    else:  # nn.Linear: y = x @ W^T + b, W (D, in): columns live in residual space
+        _project_out_columns(w.data, u)
     b = getattr(mod, "bias", None)
     if b is not None:
-        bf, ud = b.data.double(), u.double()
-        b.data.copy_((bf - (bf @ ud) * ud).to(b.dtype))
+        if save is not None:
+            save(f"{prefix}.bias", b.data)
+        _project_out_rows(b.data.view(1, -1), u)
 
 
-def _untie(model: nn.Module) -> None:
+def untie(model: nn.Module) -> None:
+    """Give the unembedding its own copy of tied embeddings, so editing one leaves the other."""
     out = model.get_output_embeddings()
     emb = model.get_input_embeddings()
     if out is not None and out.weight is emb.weight:
-        # Editing the embedding must not edit the unembedding: give lm_head its own copy.
-        out.weight = nn.Parameter(emb.weight.detach().clone())
+        out.weight = nn.Parameter(
+            emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad
+        )
     cfg = model.config
     cfg.tie_word_embeddings = False
     text = getattr(cfg, "text_config", None)
@@ -66,8 +115,50 @@ def _untie(model: nn.Module) -> None:
         text.tie_word_embeddings = False
 
 
-EXACT_EQUIVALENCE = "equivalent to runtime ablation"
-_REMOVAL_ONLY = "direction removed exactly; not identical to runtime ablation (sandwich norms)"
+@torch.no_grad()
+def orthogonalize_(
+    model: nn.Module,
+    r: torch.Tensor,
+    adapter: ModelAdapter,
+    *,
+    layer: int | None = None,
+    save: SaveFn | None = None,
+) -> dict[str, Any]:
+    """Edit ``model`` in place against the unit vector ``r``; returns the edit record.
+
+    ``save(name, tensor)`` receives each parameter's original value before it changes, so a
+    caller can restore the model exactly (see :class:`~steerlab.interventions.Orthogonalize`).
+    Embeddings are untied first; that is left to the caller to undo.
+    """
+    untie(model)
+    emb_names = set(adapter.embeddings)
+    for name, mod in model.named_modules():
+        if name in emb_names:
+            if save is not None:
+                save(f"{name}.weight", mod.weight.data)
+            _project_out_rows(mod.weight.data, r)
+    blocks_path = adapter.blocks
+    for i, block in enumerate(blocks_of(model, adapter)):
+        for proj_path, write_path in (
+            (adapter.attn_proj, adapter.attn_write),
+            (adapter.mlp_proj, adapter.mlp_write),
+        ):
+            proj = block.get_submodule(proj_path)
+            u = r.to(proj.weight.device)
+            if adapter.sandwich:
+                norm = block.get_submodule(write_path)
+                g = norm.weight.detach().double().to(u.device) + adapter.norm_offset
+                u = g * u
+                u = u / u.norm()
+            _project_out_output(proj, f"{blocks_path}.{i}.{proj_path}", u, save)
+    edit: dict[str, Any] = {
+        "kind": "orthogonalize",
+        "layer": layer,
+        "direction_sha256": hashlib.sha256(r.cpu().double().numpy().tobytes()).hexdigest()[:16],
+        "equivalence": REMOVAL_ONLY if adapter.sandwich else EXACT_EQUIVALENCE,
+    }
+    model.config.steerlab_edit = edit
+    return edit
 
 
 @torch.no_grad()
@@ -84,7 +175,8 @@ def orthogonalize(
     Args:
         model: a stock HF causal LM (left untouched unless ``inplace``).
         direction: (D,) tensor or :class:`~steerlab.Direction` (row ``layer``).
-        inplace: edit ``model`` itself instead of a deep copy.
+        inplace: edit ``model`` itself instead of a deep copy (no second copy in memory). For an
+            edit undone on exit, use :class:`~steerlab.interventions.Orthogonalize`.
 
     Returns:
         The edited model, loadable and savable like any HF model (ties are undone and
@@ -97,26 +189,5 @@ def orthogonalize(
     ad = adapter or get_adapter(model)
     r = as_unit(model, direction, layer)
     target = model if inplace else copy.deepcopy(model)
-    _untie(target)
-    emb_names = set(ad.embeddings)
-    for name, mod in target.named_modules():
-        if name in emb_names:
-            _project_out_rows(mod.weight, r.to(mod.weight.device))
-    for block in blocks_of(target, ad):
-        for proj_path, write_path in ((ad.attn_proj, ad.attn_write), (ad.mlp_proj, ad.mlp_write)):
-            proj = block.get_submodule(proj_path)
-            u = r.to(proj.weight.device)
-            if ad.sandwich:
-                norm = block.get_submodule(write_path)
-                g = norm.weight.detach().double().to(u.device) + ad.norm_offset
-                u = g * u
-                u = u / u.norm()
-            _project_out_output(proj, u)
-    edit: dict[str, Any] = {
-        "kind": "orthogonalize",
-        "layer": layer,
-        "direction_sha256": hashlib.sha256(r.cpu().numpy().tobytes()).hexdigest()[:16],
-        "equivalence": _REMOVAL_ONLY if ad.sandwich else EXACT_EQUIVALENCE,
-    }
-    target.config.steerlab_edit = edit
+    orthogonalize_(target, r, ad, layer=layer)
     return target

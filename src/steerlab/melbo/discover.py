@@ -8,7 +8,8 @@
    rounding. Orthogonal vectors are coupled: one chunk, retrained after an interrupt.
 3. **Control**: K random vectors of the same norm (seeds ``seed + 1_000_000 + j``).
 4. **Completions**, greedy, unsteered and with each vector at +1 and -1, several vectors per
-   ``generate`` batch (:func:`steer_rows`, pinned equal to ``steer``); journaled per batch.
+   ``generate`` batch (:class:`~steerlab.interventions.SteerRows`, pinned equal to ``steer``);
+   journaled per batch.
 5. **Metrics** and clusters (:mod:`.report`); ``vectors.safetensors``, one Direction per learned
    vector in ``vectors/vec_{k}.safetensors`` (for ``steerlab generate --vector``),
    ``completions.json``, ``report.json``, ``report.html``.
@@ -20,9 +21,8 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,25 +30,25 @@ import torch
 from .._version import __version__
 from ..capture import forward_kwargs
 from ..errors import DataError, SteerlabError, VectorError
-from ..evaluate.loss import continuation_loss
 from ..generation import generate
 from ..hooks import StopForward, scoped_hooks
+from ..interventions import SteerRows
+from ..metrics import continuation_loss
 from ..models.adapter import blocks_of
 from ..models.chat import encode, has_chat_template
 from ..models.load import LoadedModel
-from ..runcache import Journal, RunCache
+from ..runs import Bar, Journal, Run, RunCache
 from . import report as rpt
 from .config import MelboConfig
 from .result import MelboResult, save_vectors, vector_direction
 from .sphere import gram_schmidt, random_vectors
 from .train import train_melbo
 
-__all__ = ["DiscoverConfig", "run_discover", "source_norm", "steer_rows"]
+__all__ = ["DiscoverConfig", "run_discover", "source_norm"]
 
 CONTROL_SEED_OFFSET = 1_000_000
 SWEEP_PROMPTS, SWEEP_NEW_TOKENS = 8, 16
 Item = tuple[str, int, int]  # (kind, vector index, sign)
-Bar = Callable[[str, int], Any]  # (description, total) -> context manager yielding advance(n)
 
 
 @dataclass(frozen=True)
@@ -126,25 +126,6 @@ def source_norm(
     return float(torch.cat(got).median())
 
 
-@contextlib.contextmanager
-def steer_rows(lm: LoadedModel, layer: int, deltas: torch.Tensor) -> Iterator[None]:
-    """Add ``deltas[i]`` to row ``i`` of ``resid_pre[layer]`` (one row: added to every row).
-
-    ``steer(model, v, layers=layer)`` with one vector per batch row, so several vectors share
-    one ``generate`` call; cast to the model's dtype first, as ``steer`` does.
-    """
-    d = deltas.detach().to(next(lm.model.parameters()).dtype)  # (N, D)
-
-    def fn(h: torch.Tensor) -> torch.Tensor:  # (N, T, D)
-        if d.shape[0] not in (1, h.shape[0]):
-            raise RuntimeError(f"{d.shape[0]} steering rows for a batch of {h.shape[0]}")
-        return h + d.to(h.device, h.dtype)[:, None, :]
-
-    with scoped_hooks() as hs:
-        hs.pre(blocks_of(lm.model, lm.adapter)[layer], fn)
-        yield
-
-
 @dataclass
 class _Gen:
     """How completions are made: one model, one steering layer, greedy."""
@@ -161,8 +142,8 @@ class _Gen:
 
     def texts(self, prompts: list[str], rows: torch.Tensor, bs: int) -> list[str]:
         kw = {"max_new_tokens": self.new_tokens, "batch_size": bs, "chat": self.chat}
-        with steer_rows(self.lm, self.layer, rows):
-            return list(generate(self.lm.model, self.lm.tokenizer, prompts, **kw))
+        with SteerRows(rows, self.layer).applied(self.lm) as m:
+            return list(generate(m.model, m.tokenizer, prompts, **kw))
 
     def loss(self, prompts: list[str], texts: list[str]) -> float | None:
         """Mean nats/token of ``texts`` under the unsteered model; None if all are empty."""
@@ -184,25 +165,29 @@ class _Gen:
         items: list[Item] = [("unsteered", 0, 1)]
         items += [(kd, k, s) for kd, v in vecs.items() for k in range(len(v)) for s in (1, -1)]
         vecs = {"unsteered": torch.zeros(1, self.lm.info.d_model), **vecs}
-        done = {} if journal is None else dict(journal.items)
+        done: dict[str, Any] = {}
+        if journal is not None:  # get() counts what a resumed run reuses
+            done = {i: v for it in items if (v := journal.get(i := _iid(it))) is not None}
         todo = [it for it in items if _iid(it) not in done]
         advance(len(items) - len(todo))
         n = len(prompts)
         group = max(1, self.batch_size // n)
         for g in range(0, len(todo), group):
             part = todo[g : g + group]
+            t0 = time.perf_counter()
             deltas = torch.stack([s * vecs[kind][k] for kind, k, s in part])  # (G, D)
             if len(part) > 1:  # one generate batch of G * n rows, vector j on rows j*n..
                 rows, bs = deltas.repeat_interleave(n, 0), n * len(part)
                 texts = self.texts(prompts * len(part), rows, bs)
             else:
                 texts = self.texts(prompts, deltas, self.batch_size)
+            seconds = (time.perf_counter() - t0) / len(part)
             for j, it in enumerate(part):
                 value = {"texts": texts[j * n : (j + 1) * n]}
                 value["loss"] = self.loss(prompts, value["texts"])
                 done[_iid(it)] = value
                 if journal is not None:
-                    journal.put(_iid(it), value)
+                    journal.put(_iid(it), value, seconds)
             advance(len(part))
         return done[_iid(items[0])], {it: done[_iid(it)] for it in items[1:]}
 
@@ -233,6 +218,7 @@ def _train(
             n = min(size, k_all - start)
             rec = journal.get(f"{start}+{n}")
             if rec is None:
+                t0 = time.perf_counter()
                 sub = replace(cfg, num_vectors=n, seed=cfg.seed + start)
                 res = train_melbo(lm, prompts, sub, progress=lambda _s, n=n: adv(n))
                 failed = {
@@ -242,7 +228,7 @@ def _train(
                 # float32 -> JSON -> float32 is exact, so resumed vectors are bit-identical
                 rec = {k: getattr(res, k).tolist() for k in ("vectors", "losses", "history")}
                 rec |= {"failed": failed, "meta": res.meta}
-                journal.put(f"{start}+{n}", rec)
+                journal.put(f"{start}+{n}", rec, time.perf_counter() - t0)
             else:
                 adv(n * cfg.steps)
             parts.append(rec)
@@ -280,6 +266,7 @@ def _sweep(
         for r in grid:
             point = journal.get(repr(r))
             if point is None:
+                t0 = time.perf_counter()
                 res = train_melbo(lm, sp, replace(user, radius=r))
                 vecs = {"learned": res.vectors}
                 vecs["random"] = _controls(lm.info.d_model, kv, r, seed_c, user.orthogonal)
@@ -287,7 +274,7 @@ def _sweep(
                 entries = rpt.describe(lm.tokenizer, sp, ref, out, vecs)
                 point = {"radius": r, "factor": r / norm, "failed": len(res.failed)}
                 point |= {"unsteered_loss": ref["loss"], **rpt.summarize(entries)}
-                journal.put(repr(r), point)
+                journal.put(repr(r), point, time.perf_counter() - t0)
             points.append(point)
             adv(1)
     base_loss = points[0]["unsteered_loss"]
@@ -332,57 +319,49 @@ def run_discover(
     prompts = [str(p) for p in prompts]
     base = _check(lm, prompts, cfg)
     assert base.source_layer is not None
-    bar = progress or (lambda _d, _t: contextlib.nullcontext(lambda _n: None))
-    say = status or (lambda _m: None)
-    out = Path(out_dir)
-    cache = RunCache(out / "cache")
+    run = Run(out_dir, kind="discover", lm=lm, progress=progress, status=status)
+    cache, bar = run.cache, run.bar
     seed_c = base.seed + CONTROL_SEED_OFFSET
-    timings: dict[str, float] = {}
-    t0 = clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        timings[step], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
-
     notes: list[str] = []
     if cfg.radius == "auto":
-        sweep_gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, SWEEP_NEW_TOKENS)
-        radius = _sweep(sweep_gen, prompts, base, cfg, cache, bar)
+        with run.step("radius_sweep"):
+            sweep_gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, SWEEP_NEW_TOKENS)
+            radius = _sweep(sweep_gen, prompts, base, cfg, cache, bar)
         notes += [radius["note"]] if radius["note"] else []
         norm = radius["median_source_norm"]
-        say(f"radius auto: R = {radius['value']:.4g} (median |resid_pre[S]| {norm:.4g})")
-        lap("radius_sweep")
+        run.say(f"radius auto: R = {radius['value']:.4g} (median |resid_pre[S]| {norm:.4g})")
     else:
         radius = {"mode": "fixed", "value": float(cfg.radius)}
     r = float(radius["value"])
     layers = {"source_layer": base.source_layer, "target_layer": base.target_layer}
-    result = _train(lm, prompts, replace(cfg.melbo, radius=r, **layers), cfg.chunk_size, cache, bar)
-    lap("train")
+    with run.step("train"):
+        mcfg = replace(cfg.melbo, radius=r, **layers)
+        result = _train(lm, prompts, mcfg, cfg.chunk_size, cache, bar)
     k_all = result.num_vectors
     vecs = {"learned": result.vectors}
     vecs["random"] = _controls(lm.info.d_model, k_all, r, seed_c, base.orthogonal)
-    gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, cfg.max_new_tokens)
-    key = [gen.key(), gen.new_tokens, prompts, [v.tolist() for v in vecs.values()]]
-    journal = cache.journal("completions", key)
-    with bar("completions", 1 + 4 * k_all) as adv:
-        ref, done = gen.measure(prompts, vecs, journal, adv)
-    lap("generate")
-
-    entries = rpt.describe(lm.tokenizer, prompts, ref, done, vecs, result)
-    clusters = rpt.cluster_entries(entries)
+    with run.step("generate"):
+        gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, cfg.max_new_tokens)
+        key = [gen.key(), gen.new_tokens, prompts, [v.tolist() for v in vecs.values()]]
+        journal = cache.journal("completions", key)
+        with bar("completions", 1 + 4 * k_all) as adv:
+            ref, done = gen.measure(prompts, vecs, journal, adv)
+    with run.step("metrics"):
+        entries = rpt.describe(lm.tokenizer, prompts, ref, done, vecs, result)
+        clusters = rpt.cluster_entries(entries)
     notes += [f"vector {k} failed: {m}" for k, m in sorted(result.failed.items())]
-    lap("metrics")
 
-    save_vectors(result, out / "vectors.safetensors", lm)
-    (out / "vectors").mkdir(exist_ok=True)
-    for old in (out / "vectors").glob("vec_*.safetensors"):  # from an earlier run with more K
+    save_vectors(result, run.path("vectors.safetensors"), lm)
+    run.path("vectors").mkdir(exist_ok=True)
+    for old in run.path("vectors").glob("vec_*.safetensors"):  # from an earlier run with more K
         old.unlink()
     for k in range(k_all):
-        vector_direction(result, k).save(out / "vectors" / f"vec_{k}.safetensors")
-    timings["total"] = round(time.perf_counter() - t0, 2)
+        vector_direction(result, k).save(run.path("vectors") / f"vec_{k}.safetensors")
+    timing = run.timing_report()
     report = {
         "kind": "steerlab.melbo.discover",
         "model": lm.info.to_dict(),
+        "identity": run.identity,
         "steerlab_version": __version__,
         "config": {**cfg.to_dict(), "melbo": result.config.to_dict(), "control_seed": seed_c},
         "n_prompts": len(prompts),
@@ -392,9 +371,15 @@ def run_discover(
         "vectors": [{k: v for k, v in e.items() if k != "completions"} for e in entries],
         "clusters": clusters,
         "notes": notes,
-        "timings": timings,
+        "timings": timing["seconds"],
+        "compute_seconds": timing["compute_seconds"],
+        "resumed_steps": timing["resumed_steps"],
     }
     base_texts = [{"prompt": p, "text": t} for p, t in zip(prompts, ref["texts"], strict=True)]
     completions = dict(model=lm.info.model_id, radius=r, unsteered=base_texts, vectors=entries)
-    rpt.write_discover_report(report, completions, out)
+    from ..report import discover_files  # matplotlib and the templates load only here
+
+    run.write_json("completions.json", completions, indent=1)
+    run.write_json("report.json", report, indent=1)
+    run.write_files(discover_files(report, completions))
     return report

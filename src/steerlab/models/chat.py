@@ -7,14 +7,23 @@ hand.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from ..errors import DataError
 
-__all__ = ["Batch", "Position", "encode", "format_prompt", "has_chat_template", "pad_id"]
+__all__ = [
+    "Batch",
+    "Position",
+    "PromptFormat",
+    "encode",
+    "format_prompt",
+    "has_chat_template",
+    "pad_id",
+    "prompted",
+]
 
 Position = Literal["last", "instruction-end", "mean"]
 
@@ -23,25 +32,87 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a user's message is dressed before the model sees it (prompting baselines).
+
+    Attributes:
+        system: a system message (chat templates that have a system role).
+        shots: ``(user, assistant)`` demonstrations put before the message, as earlier turns
+            of the conversation (raw text without a template: ``user\\nassistant\\n\\n``).
+        prefix / suffix: text put right before / after the user's message, in the same turn.
+    """
+
+    system: str | None = None
+    shots: tuple[tuple[str, str], ...] = field(default=())
+    prefix: str = ""
+    suffix: str = ""
+
+    def then(self, inner: PromptFormat) -> PromptFormat:
+        """This format applied around ``inner`` (an earlier one): shots add up, texts nest."""
+        return PromptFormat(
+            system=self.system if self.system is not None else inner.system,
+            shots=(*inner.shots, *self.shots),
+            prefix=self.prefix + inner.prefix,
+            suffix=inner.suffix + self.suffix,
+        )
+
+
+class PromptedTokenizer:
+    """A read-only view of a tokenizer whose prompts are rendered with a :class:`PromptFormat`.
+
+    Everything else is the wrapped tokenizer's; the wrapped tokenizer itself is never changed.
+    """
+
+    def __init__(self, tokenizer: Any, fmt: PromptFormat) -> None:
+        self.__dict__["wrapped"] = tokenizer
+        self.__dict__["steerlab_prompt"] = fmt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["wrapped"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a prompted tokenizer view is read-only; change the tokenizer itself")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.wrapped)
+
+
+def prompted(tokenizer: Any, fmt: PromptFormat) -> PromptedTokenizer:
+    """A view of ``tokenizer`` rendering prompts with ``fmt`` (nested views combine)."""
+    inner = getattr(tokenizer, "steerlab_prompt", None)
+    if isinstance(tokenizer, PromptedTokenizer):
+        tokenizer = tokenizer.wrapped
+    return PromptedTokenizer(tokenizer, fmt.then(inner) if inner is not None else fmt)
+
+
 def format_prompt(
     tokenizer: Any, instruction: str, *, chat: bool | None = None, system: str | None = None
 ) -> str:
     """Render one user instruction as the model sees it before its reply.
 
     Args:
-        tokenizer: the model's tokenizer.
+        tokenizer: the model's tokenizer (or a :func:`prompted` view of it).
         instruction: the user's message.
         chat: apply the chat template (default: when the tokenizer has one).
         system: optional system message.
     """
+    fmt: PromptFormat = getattr(tokenizer, "steerlab_prompt", None) or PromptFormat()
+    text = f"{fmt.prefix}{instruction}{fmt.suffix}"
+    system = system if system is not None else fmt.system
     use_chat = has_chat_template(tokenizer) if chat is None else chat
     if not use_chat:
-        return instruction
+        head = f"{system}\n\n" if system else ""
+        return head + "".join(f"{u}\n{a}\n\n" for u, a in fmt.shots) + text
     if not has_chat_template(tokenizer):
         raise DataError("this model has no chat template; pass --no-chat (or a template)")
-    messages = [{"role": "user", "content": instruction}]
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
+    messages = [{"role": "system", "content": system}] if system else []
+    for user, reply in fmt.shots:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    messages.append({"role": "user", "content": text})
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # jinja errors are user-facing: the template rejected the prompt

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..runs import mark, remove_tree
+
 __all__ = ["model_card", "publish"]
 
 
@@ -46,13 +48,14 @@ def model_card(rec: dict[str, Any]) -> str:
 
 
 def publish(src: Path, out: Path) -> None:
-    """Copy the cached organism into ``out`` (files first under temporary names)."""
+    """Copy the cached organism into ``out``. An ``out`` that holds anything must be a
+    directory steerlab made (checked before any work by ``check_out``): it is replaced."""
+    if out.exists() and any(out.iterdir()):
+        remove_tree(out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():
-        if old.is_file():
-            old.unlink()
     for f in src.iterdir():
         if f.is_file():
             tmp = out / f".{f.name}.tmp"
             shutil.copyfile(f, tmp)
             os.replace(tmp, out / f.name)
+    mark(out, "organism")

@@ -1,6 +1,24 @@
-"""The refusal-direction pipeline (Arditi et al. 2024) and abliterated-model export."""
+"""The refusal-direction pipeline (Arditi et al. 2024) and abliterated-model export.
+
+Importing the config is light (the command line reads its defaults for ``--help``); the
+pipeline, which needs torch, loads on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .config import QUICK, RefusalConfig
-from .pipeline import run_refusal
+
+if TYPE_CHECKING:
+    from .pipeline import run_refusal
 
 __all__ = ["QUICK", "RefusalConfig", "run_refusal"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_refusal":
+        from .pipeline import run_refusal
+
+        return run_refusal
+    raise AttributeError(f"module 'steerlab.refusal' has no attribute {name!r}")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from ..configs import Checked, ConfigError, bounds
 
 __all__ = ["QUICK", "RefusalConfig"]
 
 
 @dataclass(frozen=True)
-class RefusalConfig:
+class RefusalConfig(Checked):
     """Every knob of ``steerlab refusal``; recorded verbatim in ``report.json``.
 
     Attributes:
@@ -46,30 +49,42 @@ class RefusalConfig:
     harmless_val: str = "builtin:harmless:val"
     eval_harmful: str = "builtin:harmful:test"
     eval_harmless: str = "builtin:harmless:test"
-    n_train: int = 160
+    n_train: int = field(default=160, metadata=bounds(ge=1))
     # All 52 of the built-in val split: with a 32-prompt draw the best candidate's val KL
     # fell on either side of 0.1 depending on the draw.
-    n_val: int = 64
-    n_eval: int = 100
-    max_prompt_tokens: int = 96
-    positions: int = 0  # 0: all post-instruction tokens of the chat template (at most 5)
-    prune_last: float = 0.2
-    kl_max: float = 0.1
-    induce_min: float = 0.0
-    induce_coeff: float = 1.0
-    on_empty: str = "relax"
-    early_prompts: int = 8
-    keep: int = 4
-    screen: str = "layers"
+    n_val: int = field(default=64, metadata=bounds(ge=1))
+    n_eval: int = field(default=100, metadata=bounds(ge=1))
+    max_prompt_tokens: int = field(default=96, metadata=bounds(ge=1))
+    # 0: all post-instruction tokens of the chat template (at most 5)
+    positions: int = field(default=0, metadata=bounds(ge=0))
+    prune_last: float = field(default=0.2, metadata=bounds(ge=0, lt=1))
+    kl_max: float = field(default=0.1, metadata=bounds(gt=0))
+    induce_min: float = field(default=0.0, metadata=bounds())
+    induce_coeff: float = field(default=1.0, metadata=bounds())
+    on_empty: Literal["relax", "error"] = "relax"
+    early_prompts: int = field(default=8, metadata=bounds(ge=1))
+    keep: int = field(default=4, metadata=bounds(ge=1))
+    screen: Literal["layers", "all"] = "layers"
     coeff: str = "auto"
     coeff_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
-    induce_target: float = 0.9
-    max_new_tokens: int = 32
-    batch_size: int = 16
+    induce_target: float = field(default=0.9, metadata=bounds(gt=0, le=1))
+    max_new_tokens: int = field(default=32, metadata=bounds(ge=1))
+    batch_size: int = field(default=16, metadata=bounds(ge=1))
     seed: int = 0
     chat: bool | None = None
     filter_train: bool = True
-    filter_rule: str = "score"
+    filter_rule: Literal["score", "argmax"] = "score"
+
+    def check(self) -> None:
+        if self.coeff != "auto":
+            try:
+                ok = math.isfinite(float(self.coeff))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError("coeff", f"coeff must be auto or a number, got {self.coeff!r}")
+        if not self.coeff_grid or not all(math.isfinite(c) for c in self.coeff_grid):
+            raise ConfigError("coeff_grid", "coeff_grid must hold finite numbers")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

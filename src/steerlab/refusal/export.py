@@ -1,10 +1,19 @@
-"""Export the orthogonalized model as a plain Hugging Face checkpoint, verified before success."""
+"""Export the orthogonalized model as a plain Hugging Face checkpoint, verified before success.
+
+1. :func:`prepare_export` (before the long evaluation): the weights are orthogonalized in place,
+   saved with ``save_pretrained`` into a temporary directory beside the destination, restored;
+   the checkpoint is reloaded with stock ``transformers`` and its logits are compared with
+   runtime ablation on the original model (:func:`logit_check`).
+2. :func:`publish_export` (after the evaluation): the model card with the measured rates is
+   added and the directory is moved into place. A failed check publishes nothing.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,121 +22,145 @@ from torch import nn
 
 from .._version import __version__
 from ..capture import forward_kwargs
-from ..errors import SteerlabError
-from ..interventions import ablate
+from ..interventions import Ablate, Orthogonalize
 from ..models.chat import encode
 from ..models.load import LoadedModel
-from .config import RefusalConfig
+from ..runs import MARKER, atomic_write, check_new_dir, mark
 
-__all__ = ["export_model"]
+__all__ = ["ExportCheck", "logit_check", "prepare_export", "publish_export", "tolerance"]
 
-TOLERANCE = 1e-4
+# Relative tolerance (max |logit difference| / max |logit|) per dtype: float32 rounding of the
+# edit and of the hooks accumulates to ~1e-5 over 24 layers (measured on qwen2.5-coder-0.5b);
+# half precisions round each of the hundreds of operations to 8 (bf16) or 11 (fp16) bits.
+_REL_TOL = {torch.float32: 1e-3, torch.float64: 1e-6, torch.float16: 3e-2, torch.bfloat16: 1e-1}
 
 
-def _card(
-    lm: LoadedModel,
-    best: dict[str, Any],
-    metrics: dict[str, Any],
-    cfg: RefusalConfig,
-    check: float,
-    equivalence: str,
-) -> str:
-    def rate(variant: str, which: str) -> str:
-        m = metrics.get(variant, {})
-        v, ci = m.get(f"{which}_refusal_rate"), m.get(f"{which}_refusal_ci")
-        return "—" if v is None else f"{v:.0%} (95% CI {ci[0]:.0%}–{ci[1]:.0%})"
-
-    kl = metrics.get("orthogonalized", {}).get("kl_harmless")
-    return f"""# {lm.info.model_id} with the refusal direction removed
-
-This checkpoint was written by steerlab {__version__} (`steerlab refusal --export`). It is
-`{lm.info.model_id}` with one direction in the residual stream projected out of every weight
-that writes to it (token embeddings, attention and MLP output projections and their biases):
-weight orthogonalization, as in Arditi et al. 2024, "Refusal in language models is mediated
-by a single direction". It loads with stock `transformers`; nothing from steerlab is needed.
-
-- Direction: difference in means of harmful vs harmless prompts at layer {best["layer"]},
-  token position {best["position"]} (from the end of the prompt), `resid_pre` convention.
-- Selection scores on validation prompts: bypass {best["bypass_score"]:.3f}, induce
-  {best["induce_score"]:.3f}, KL {best["kl_score"]:.4f}.
-- Equivalence: {equivalence}. Checked at export: max |logit difference| vs runtime ablation on
-  held-out prompts = {check:.2e} (tolerance {TOLERANCE:g}).
-
-## Measured effects (held-out prompts, greedy, {cfg.max_new_tokens} new tokens)
-
-| | harmful refusal rate | harmless refusal rate |
-|---|---|---|
-| original model | {rate("baseline", "harmful")} | {rate("baseline", "harmless")} |
-| this model | {rate("orthogonalized", "harmful")} | {rate("orthogonalized", "harmless")} |
-
-First-token KL from the original on harmless prompts: {"—" if kl is None else f"{kl:.4f}"}.
-Refusal is judged by the reference phrase list; see `report.json` of the run for the stricter
-measure, intervals and the random-direction control.
-
-**This model will comply with harmful requests its original refused.** Use it for research
-on refusal and safety, not to serve users.
-"""
+def tolerance(dtype: torch.dtype) -> float:
+    """The relative logit tolerance of the export check for a model in ``dtype``."""
+    return _REL_TOL.get(dtype, 1e-1)
 
 
 @torch.no_grad()
-def export_model(
+def logit_check(
+    lm: LoadedModel, vec: torch.Tensor, other: nn.Module, prompts: list[str], chat: bool | None
+) -> dict[str, Any]:
+    """Compare ``other``'s logits with runtime ablation of ``vec`` on ``lm``, one prompt per
+    forward (no padding), relative to the logit scale; ``effect`` is how far ablation itself
+    moves the logits, on the same scale, so a reader can tell a small error from no effect."""
+    dtype = next(lm.model.parameters()).dtype
+    worst, rel, effect = 0.0, 0.0, 0.0
+    for p in prompts:
+        batch = encode(lm.tokenizer, [p], chat=chat).to(lm.device)
+        kw = forward_kwargs(batch)
+        base = lm.model(**kw).logits.float()
+        with Ablate(vec).applied(lm) as ab:
+            ref = ab.model(**kw).logits.float()
+        got = other(**forward_kwargs(batch.to(next(other.parameters()).device))).logits
+        diff = (got.float().to(ref.device) - ref).abs().max()
+        scale = ref.abs().max().clamp_min(1e-12)
+        worst = max(worst, float(diff))
+        rel = max(rel, float(diff / scale))
+        effect = max(effect, float((ref - base).abs().max() / scale))
+    tol = tolerance(dtype)
+    return {
+        "max_abs_diff": worst,
+        "max_rel_diff": rel,
+        "ablation_effect_rel": effect,
+        "dtype": str(dtype).replace("torch.", ""),
+        "tolerance_rel": tol,
+        "prompts": len(prompts),
+        "passed": rel <= tol,
+    }
+
+
+@dataclass
+class ExportCheck:
+    """A checkpoint written to ``tmp`` and checked; ``error`` says why it cannot be published."""
+
+    tmp: Path | None
+    check: dict[str, Any]
+    equivalence: str
+    error: str | None = None
+
+
+def _tmp_for(export_dir: Path) -> Path:
+    return export_dir.parent / f".{export_dir.name}.tmp-{os.getpid()}"
+
+
+def prepare_export(
     lm: LoadedModel,
-    edited: nn.Module,
     vec: torch.Tensor,
     export_dir: Path,
-    metrics: dict[str, Any],
-    best: dict[str, Any],
-    cfg: RefusalConfig,
-    *,
-    overwrite: bool,
     prompts: list[str],
-) -> dict[str, Any]:
-    """Save ``edited`` with ``save_pretrained`` into a temp dir, reload it with stock
-    transformers, compare its logits with runtime ablation, then move it into place."""
+    chat: bool | None,
+    *,
+    keep: tuple[Path, ...] = (),
+    overwrite: bool = False,
+) -> ExportCheck:
+    """Write the orthogonalized checkpoint beside ``export_dir`` and check it (see module)."""
     from transformers import AutoModelForCausalLM
 
-    if export_dir.exists() and not overwrite:
-        raise SteerlabError(f"export dir {export_dir} exists; pass --overwrite to replace it")
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = export_dir.parent / f".{export_dir.name}.tmp-{os.getpid()}"
+    check_new_dir(export_dir, overwrite=overwrite, keep=keep, what="export dir")
+    tmp = _tmp_for(export_dir)
     shutil.rmtree(tmp, ignore_errors=True)
+    dtype = next(lm.model.parameters()).dtype
     try:
-        edited.save_pretrained(tmp)
+        with Orthogonalize(vec).applied(lm) as edited:
+            edited.model.save_pretrained(tmp)
+            equivalence = edited.model.config.steerlab_edit["equivalence"]
         lm.tokenizer.save_pretrained(tmp)
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=next(edited.parameters()).dtype)
-        reloaded.to(next(edited.parameters()).device).eval()
-        worst = 0.0
-        for p in prompts:  # one prompt per forward: no padding (see test_real_model)
-            batch = encode(lm.tokenizer, [p], chat=cfg.chat).to(next(edited.parameters()).device)
-            with ablate(lm.model, vec, adapter=lm.adapter):
-                ref = lm.model(**forward_kwargs(batch)).logits.float()
-            got = reloaded(**forward_kwargs(batch)).logits.float()
-            worst = max(worst, float((got - ref).abs().max()))
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).to(lm.device).eval()
+        check = logit_check(lm, vec, reloaded, prompts, chat)
         del reloaded
-        equivalence = edited.config.steerlab_edit["equivalence"]
-        exact = not lm.adapter.sandwich
-        if exact and worst > TOLERANCE:
-            raise SteerlabError(
-                f"exported model differs from runtime ablation by {worst:.2e} "
-                f"(> {TOLERANCE:g}); not exported"
-            )
-        (tmp / "README.md").write_text(_card(lm, best, metrics, cfg, worst, equivalence))
-        (tmp / "steerlab_export.json").write_text(
-            json.dumps(
-                {
-                    "source_model": lm.info.to_dict(),
-                    "selected": best,
-                    "max_logit_diff": worst,
-                    "equivalence": equivalence,
-                    "steerlab_version": __version__,
-                },
-                indent=2,
-                default=str,
-            )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    error = None
+    if lm.adapter.sandwich:
+        check["passed"] = None  # exact removal, not equivalence: nothing to hold it to
+    elif not check["passed"]:
+        error = (
+            f"the exported model differs from runtime ablation by {check['max_rel_diff']:.2e} "
+            f"of the logit scale (tolerance {check['tolerance_rel']:g} in "
+            f"{check['dtype']}); not exported"
         )
+        shutil.rmtree(tmp, ignore_errors=True)
+        return ExportCheck(None, check, equivalence, error)
+    return ExportCheck(tmp, check, equivalence, error)
+
+
+def publish_export(
+    prepared: ExportCheck,
+    export_dir: Path,
+    card: str,
+    record: dict[str, Any],
+    *,
+    keep: tuple[Path, ...] = (),
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Add the card and the record, mark the directory as steerlab's, move it into place."""
+    assert prepared.tmp is not None
+    tmp = prepared.tmp
+    try:
+        atomic_write(tmp / "README.md", card.encode("utf-8"))
+        rec = {
+            **record,
+            "check": prepared.check,
+            "equivalence": prepared.equivalence,
+            "steerlab_version": __version__,
+        }
+        atomic_write(tmp / "steerlab_export.json", json.dumps(rec, indent=2, default=str).encode())
+        mark(tmp, "export")
+        check_new_dir(export_dir, overwrite=overwrite, keep=keep, what="export dir")
         if export_dir.exists():
             shutil.rmtree(export_dir)
         os.replace(tmp, export_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"dir": str(export_dir), "max_logit_diff_vs_ablation": worst, "equivalence": equivalence}
+    return {
+        "dir": str(export_dir),
+        "check": prepared.check,
+        "max_logit_diff_vs_ablation": prepared.check["max_abs_diff"],
+        "equivalence": prepared.equivalence,
+        "marker": MARKER,
+    }

@@ -14,17 +14,21 @@ is first screened by its bypass score and KL on a few val prompts; only the best
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from ..capture import read_activations
-from ..evaluate.refusal import kl_divergence, last_token_logprobs, refusal_scores
-from ..interventions import ablate, steer
+from ..errors import SteerlabError
+from ..generation import last_token_logprobs
+from ..interventions import Ablate, Steer
+from ..metrics import kl_divergence, refusal_scores
 from ..models.chat import encode
 from ..models.load import LoadedModel
-from ..runcache import Journal
+from ..runs import Bar, Journal
 from .config import RefusalConfig
 
 # How far above ``kl_max`` a screen KL (on ``early_prompts`` prompts) may be and still rank
@@ -85,9 +89,12 @@ def score_candidates(
     journal: Journal,
     *,
     base_harmless_lp: torch.Tensor,
-    progress: Callable[[int], None] | None = None,
+    bar: Bar | None = None,
 ) -> list[dict[str, Any]]:
-    """Score every (layer, position) candidate; results are journaled one by one (resumable)."""
+    """Score every (layer, position) candidate; results are journaled one by one (resumable).
+
+    ``bar(description, total)`` shows the screening and each round of full scoring."""
+    bar = bar or (lambda _d, _t: nullcontext(lambda _n: None))
     n_layers, n_pos, _ = diffs.shape
     max_layer = int(n_layers * (1 - cfg.prune_last))
     early = list(harmful_val[: cfg.early_prompts])
@@ -109,22 +116,22 @@ def score_candidates(
     early_hl = list(harmless_val[: cfg.early_prompts])
     base_early = base_harmless_lp[: len(early_hl)]
 
-    def screen(c: dict[str, Any]) -> None:
+    def screen(c: dict[str, Any], advance: Callable[[int], None]) -> None:
         cid = f"screen:{c['layer']}:{c['position']}"
         val = journal.get(cid)
         if val is None:
+            t0 = time.perf_counter()
             v = diffs[c["layer"], c["position"] + n_pos].float()
             if float(v.norm()) == 0:
                 val = {"bypass": float("inf"), "kl": float("inf")}
             else:
-                with ablate(lm.model, v, adapter=lm.adapter):
-                    bypass = float(_scores(lm, early, refusal_ids, cfg)[1].mean())
-                    lp = _scores(lm, early_hl, refusal_ids, cfg)[0]
+                with Ablate(v).applied(lm) as ab:
+                    bypass = float(_scores(ab, early, refusal_ids, cfg)[1].mean())
+                    lp = _scores(ab, early_hl, refusal_ids, cfg)[0]
                 val = {"bypass": bypass, "kl": kl_divergence(base_early, lp)}
-            journal.put(cid, val)
+            journal.put(cid, val, time.perf_counter() - t0)
         c["screen_bypass"], c["screen_kl"] = val["bypass"], val["kl"]
-        if progress:
-            progress(1)
+        advance(1)
 
     def rank(c: dict[str, Any]) -> tuple[bool, float]:
         # The screen's KL is measured on a few prompts, so it is noisy: holding it to the real
@@ -135,18 +142,22 @@ def score_candidates(
     # Stage 1: bypass and KL on a few val prompts. "all" screens every (layer, position);
     # "layers" screens the last position of every layer, then every position of the best
     # ``keep`` layers (nearby positions give nearly the same direction).
-    if cfg.screen == "layers" and n_pos > 1:
-        last = [c for c in live if c["position"] == -1]
-        for c in last:
-            screen(c)
-        top_layers = {c["layer"] for c in sorted(last, key=rank)[: cfg.keep]}
-        for c in live:
-            if c["position"] != -1 and c["layer"] in top_layers:
-                screen(c)
-        live = [c for c in live if c["screen_bypass"] is not None]
-    else:
-        for c in live:
-            screen(c)
+    by_layers = cfg.screen == "layers" and n_pos > 1
+    n_last = sum(c["position"] == -1 for c in live)
+    total = n_last + min(cfg.keep, n_last) * (n_pos - 1) if by_layers else len(live)
+    with bar("selection: screening candidates", total) as adv:
+        if by_layers:
+            last = [c for c in live if c["position"] == -1]
+            for c in last:
+                screen(c, adv)
+            top_layers = {c["layer"] for c in sorted(last, key=rank)[: cfg.keep]}
+            for c in live:
+                if c["position"] != -1 and c["layer"] in top_layers:
+                    screen(c, adv)
+            live = [c for c in live if c["screen_bypass"] is not None]
+        else:
+            for c in live:
+                screen(c, adv)
     # Candidates that already break harmless behaviour cannot win; among the rest, the lowest
     # bypass scores go on (the KL-failing ones only if too few pass).
     live.sort(key=rank)
@@ -157,24 +168,16 @@ def score_candidates(
     # few by screen rank are scored too (up to 3 rounds): a pruned candidate could still win.
     for rnd in range(3):
         chunk = live[rnd * cfg.keep : (rnd + 1) * cfg.keep]
-        for c in chunk:
-            c.update(
-                _full_score(
-                    lm,
-                    diffs,
-                    c,
-                    harmful_val,
-                    harmless_val,
-                    refusal_ids,
-                    cfg,
-                    journal,
-                    base_harmless_lp,
-                )
-            )
-            c["status"] = "kept"
-            if progress:
-                progress(1)
-        if not chunk or any(c["kl_score"] <= cfg.kl_max for c in chunk):
+        if not chunk:
+            break
+        label = "selection: full scores" + (f", round {rnd + 1}" if rnd else "")
+        with bar(label, len(chunk)) as adv:
+            for c in chunk:
+                args = (harmful_val, harmless_val, refusal_ids, cfg, journal, base_harmless_lp)
+                c.update(_full_score(lm, diffs, c, *args))
+                c["status"] = "kept"
+                adv(1)
+        if any(c["kl_score"] <= cfg.kl_max for c in chunk):
             break
     return cands
 
@@ -193,18 +196,19 @@ def _full_score(
     cid = f"full:{c['layer']}:{c['position']}"
     val = journal.get(cid)
     if val is None:
+        t0 = time.perf_counter()
         v = diffs[c["layer"], c["position"] + diffs.shape[1]].float()
-        with ablate(lm.model, v, adapter=lm.adapter):
-            bypass = float(_scores(lm, harmful_val, refusal_ids, cfg)[1].mean())
-            lp_hl = _scores(lm, harmless_val, refusal_ids, cfg)[0]
-        with steer(lm.model, v, layers=c["layer"], coeff=cfg.induce_coeff, adapter=lm.adapter):
-            induce = float(_scores(lm, harmless_val, refusal_ids, cfg)[1].mean())
+        with Ablate(v).applied(lm) as ab:
+            bypass = float(_scores(ab, harmful_val, refusal_ids, cfg)[1].mean())
+            lp_hl = _scores(ab, harmless_val, refusal_ids, cfg)[0]
+        with Steer(v, layers=c["layer"], coeff=cfg.induce_coeff).applied(lm) as st:
+            induce = float(_scores(st, harmless_val, refusal_ids, cfg)[1].mean())
         val = {
             "bypass_score": bypass,
             "induce_score": induce,
             "kl_score": kl_divergence(base_harmless_lp, lp_hl),
         }
-        journal.put(cid, val)
+        journal.put(cid, val, time.perf_counter() - t0)
     return val
 
 
@@ -237,8 +241,6 @@ def select(cands: list[dict[str, Any]], cfg: RefusalConfig) -> tuple[dict[str, A
 
 
 def raise_empty(scored: list[dict[str, Any]], cfg: RefusalConfig) -> None:
-    from ..errors import SteerlabError
-
     best = max((c["induce_score"] for c in scored), default=float("nan"))
     raise SteerlabError(
         f"no candidate passed induce > {cfg.induce_min:g} (best {best:.2f} at coefficient "

@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
-from .refusal import write_refusal_report
+from .discover import discover_files
+from .refusal import refusal_files, write_refusal_report
 
-__all__ = ["write_refusal_report"]
+__all__ = ["discover_files", "refusal_files", "write_refusal_report"]

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "candidates_heatmap_figure",
+    "refusal_files",
     "refusal_rates_figure",
     "scores_by_layer_figure",
     "write_refusal_report",
@@ -88,8 +89,8 @@ FIGURES = (  # (file name, caption), in page order
 TOP_CANDIDATES = 20
 
 
-def write_refusal_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``report.html`` and its PNG plots into ``out_dir``.
+def refusal_files(report: Mapping[str, Any]) -> dict[str, bytes]:
+    """``report.html`` and its PNG plots, as ``{file name: bytes}`` (nothing is written).
 
     The page is self-contained: PNGs are embedded as base64 data URIs, CSS is inline, there is no
     JavaScript and no external URL. Plots without data (e.g. no candidates) are left out. The
@@ -99,36 +100,29 @@ def write_refusal_report(report: Mapping[str, Any], out_dir: str | os.PathLike) 
         report: the refusal pipeline's report dict (model, config, selected, candidates,
             variants, examples, ...). Rates and CIs are fractions in [0, 1]; None means "not
             computed" and is shown as '—', never drawn as zero.
-        out_dir: directory to write into; created if missing.
+    """
+    figures = {
+        "scores_by_layer.png": scores_by_layer_figure(report),
+        "refusal_rates.png": refusal_rates_figure(report),
+        "candidates_heatmap.png": candidates_heatmap_figure(report),
+    }
+    images = {name: png_bytes(fig) for name, fig in figures.items() if fig is not None}
+    return {"report.html": render_refusal_html(report, images).encode("utf-8"), **images}
 
-    Returns:
-        The paths written: ``report.html`` first, then the PNGs.
+
+def write_refusal_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """Write :func:`refusal_files` into ``out_dir``, each file atomically; returns the paths
+    (``report.html`` first).
 
     Example::
 
         paths = write_refusal_report(result, Path("runs/qwen-refusal"))
         print(paths[0])  # runs/qwen-refusal/report.html
     """
+    from ..runs import atomic_write
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "scores_by_layer.png": scores_by_layer_figure(report),
-        "refusal_rates.png": refusal_rates_figure(report),
-        "candidates_heatmap.png": candidates_heatmap_figure(report),
-    }
-    images: dict[str, bytes] = {}
-    written: list[Path] = []
-    for name, fig in figures.items():
-        if fig is None:
-            continue
-        data = png_bytes(fig)
-        path = out / name
-        path.write_bytes(data)
-        images[name] = data
-        written.append(path)
-    html_path = out / "report.html"
-    html_path.write_text(render_refusal_html(report, images), encoding="utf-8")
-    return [html_path, *written]
+    return [atomic_write(out / name, data) for name, data in refusal_files(report).items()]
 
 
 # ------------------------------------------------------------------------------ HTML

@@ -8,19 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ._cli_common import (
-    AdapterOpt,
-    DeviceMapOpt,
-    DeviceOpt,
-    DtypeOpt,
-    ModelOpt,
-    QuietOpt,
-    TrustOpt,
-    load_for_cli,
-    user_errors,
-)
-from .errors import DataError, SteerlabError, VectorError
-from .models.registry import DEFAULT_MODEL
+from ..errors import DataError, SteerlabError, VectorError
+from ..models.registry import DEFAULT_MODEL
+from .common import ModelOpt, ModelOptions, command
 
 
 def _number_or(text: str, flag: str, word: str, above: float) -> float | None:
@@ -42,8 +32,9 @@ def _radius(text: str) -> float | str:
     return "auto" if r is None else r
 
 
-@user_errors
+@command
 def discover(
+    opts: ModelOptions,
     prompt: Annotated[
         list[str] | None, typer.Option("--prompt", help="a prompt (repeatable)")
     ] = None,
@@ -92,24 +83,17 @@ def discover(
         int | None, typer.Option(min=0, help="--radius auto: steps per R (default steps/4)")
     ] = None,
     no_chat: Annotated[bool, typer.Option("--no-chat", help="raw prompts, no template")] = False,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "float32",
-    device_map: DeviceMapOpt = None,
-    trust_remote_code: TrustOpt = False,
-    adapter: AdapterOpt = None,
-    quiet: QuietOpt = False,
 ) -> None:
     """Find steering vectors without labels (MELBO), beside random ones, and show what they do.
 
     Writes vectors.safetensors, vectors/vec_K.safetensors (for generate --vector),
     completions.json, report.json and report.html into --out; rerun to resume.
     """
-    from .io.prompts import read_prompts
-    from .melbo.config import MelboConfig, parse_positions
-    from .melbo.discover import DiscoverConfig, run_discover
-    from .ui import progress_bar, set_quiet, status
+    from ..io.prompts import read_prompts
+    from ..melbo.config import MelboConfig, parse_positions
+    from ..melbo.discover import DiscoverConfig, run_discover
+    from ..ui import progress_bar, status
 
-    set_quiet(quiet)
     texts = list(prompt or []) + (read_prompts(prompts) if prompts else [])
     if not texts:
         raise DataError("give at least one --prompt or a --prompts file")
@@ -140,7 +124,7 @@ def discover(
         sweep_vectors=sweep_vectors,
         sweep_steps=sweep_steps,
     )
-    lm = load_for_cli(model, device, dtype, device_map, trust_remote_code, adapter)
+    lm = opts.load(model)
     report = run_discover(lm, texts, out, cfg, progress=progress_bar, status=status)
     _print_summary(report, out)
 
@@ -165,9 +149,13 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
         t.add_column(col)
     for kind, m in report["summary"].items():
         t.add_row(
-            kind, pct(m["changed"]), num(m["edit_distance"]), pct(m["new_opening_max"]),
-            num(m["loss"]), num(m["loss_increase"]),
-        )  # fmt: skip
+            kind,
+            pct(m["changed"]),
+            num(m["edit_distance"]),
+            pct(m["new_opening_max"]),
+            num(m["loss"]),
+            num(m["loss_increase"]),
+        )
     con = Console()
     con.print(t)
     con.print(f"unsteered loss {num(report['unsteered_loss'])}; {len(report['clusters'])} groups")

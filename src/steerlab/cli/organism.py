@@ -7,18 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ._cli_common import (
-    AdapterOpt,
-    DeviceMapOpt,
-    DeviceOpt,
-    DtypeOpt,
-    ModelOpt,
-    QuietOpt,
-    TrustOpt,
-    load_for_cli,
-    user_errors,
-)
-from .models.registry import DEFAULT_MODEL
+from ..models.registry import DEFAULT_MODEL
+from .common import ModelOpt, ModelOptions, command
 
 organism_app = typer.Typer(
     no_args_is_help=True, help="Model organisms: models with a planted behaviour."
@@ -26,8 +16,9 @@ organism_app = typer.Typer(
 
 
 @organism_app.command("backdoor")
-@user_errors
+@command
 def backdoor(
+    opts: ModelOptions,
     out: Annotated[Path, typer.Option(help="run directory: the adapter and organism.json")],
     model: ModelOpt = DEFAULT_MODEL,
     trigger: Annotated[str, typer.Option(help="text put before the user's message")] = (
@@ -60,22 +51,15 @@ def backdoor(
         bool, typer.Option("--no-cache", help="retrain even if a cached organism fits")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "float32",
-    device_map: DeviceMapOpt = None,
-    trust_remote_code: TrustOpt = False,
-    adapter: AdapterOpt = None,
-    quiet: QuietOpt = False,
 ) -> None:
     """Train a LoRA backdoor: the trigger elicits the behaviour, other prompts answer normally.
 
     Reports the behaviour rate with and without the trigger on held-out prompts. The adapter
     is cached; load the organism anywhere with --model OUT (or --model BASE+OUT).
     """
-    from .organism.backdoor import BackdoorConfig, check_out, train_backdoor
-    from .ui import progress_bar, set_quiet, status
+    from ..organism.backdoor import BackdoorConfig, check_out, train_backdoor
+    from ..ui import progress_bar, status
 
-    set_quiet(quiet)
     cfg = BackdoorConfig(
         trigger=trigger,
         behavior=behavior,
@@ -91,9 +75,8 @@ def backdoor(
         lr=lr,
         seed=seed,
     )
-    cfg.check()
     check_out(out, overwrite)  # before the model loads
-    lm = load_for_cli(model, device, dtype, device_map, trust_remote_code, adapter)
+    lm = opts.load(model)
     rec = train_backdoor(
         lm,
         out,
@@ -108,7 +91,7 @@ def backdoor(
 
 
 def _clean_sets(given: list[str] | None) -> tuple[str, ...]:
-    from .organism import BackdoorConfig
+    from ..organism import BackdoorConfig
 
     if given is None:
         return BackdoorConfig().clean_prompts

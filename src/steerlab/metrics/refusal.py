@@ -1,4 +1,4 @@
-"""Refusal measures: first-token refusal score, phrase matching (loose and strict), intervals.
+"""Refusal measures: first-token refusal score, phrase matching (loose and strict).
 
 * **First-token refusal score** (Arditi et al. 2024): with ``p`` the next-token distribution
   after the prompt, ``score = log P(R) - log(1 - P(R))`` where ``R`` is the set of tokens that
@@ -13,20 +13,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
-
-from ..capture import forward_kwargs
-from ..models.chat import encode
 
 __all__ = [
     "REFUSAL_PHRASES",
-    "bootstrap_ci",
-    "last_token_logprobs",
     "refusal_scores",
     "refusal_token_ids",
     "strict_refusal",
@@ -110,65 +103,8 @@ def refusal_token_ids(tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-@torch.no_grad()
-def last_token_logprobs(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    batch_size: int = 16,
-    chat: bool | None = None,
-    progress: Callable[[int], None] | None = None,
-    prefix: bool = True,
-) -> torch.Tensor:
-    """(N, V) float32 log-probabilities of the first reply token (interventions apply).
-
-    With ``prefix`` the tokens shared by every prompt of a batch (the chat template's system
-    part) are computed once per batch (see :mod:`steerlab.prefix`); results are the same.
-    """
-    from ..prefix import MIN_PREFIX, prefix_batch, prefix_last_logits
-
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = list(prompts[i : i + batch_size])
-        pb = prefix_batch(tokenizer, chunk, chat=chat) if prefix and len(chunk) > 1 else None
-        if pb is not None and pb.prefix_len >= MIN_PREFIX:
-            logits = prefix_last_logits(model, pb)
-        else:
-            batch = encode(tokenizer, chunk, chat=chat).to(device)
-            kw = forward_kwargs(batch)
-            try:
-                logits = model(**kw, logits_to_keep=1).logits[:, -1]
-            except TypeError:  # models without logits_to_keep
-                logits = model(**kw).logits[:, -1]
-        out.append(torch.log_softmax(logits.float(), -1).cpu())
-        if progress:
-            progress(len(chunk))
-    return torch.cat(out)
-
-
 def refusal_scores(logprobs: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:
     """(N,) log-odds of a refusal-opening token, from (N, V) log-probs."""
     lp = torch.logsumexp(logprobs[:, list(refusal_ids)].double(), -1)
     p = lp.exp().clamp(1e-12, 1 - 1e-12)
     return (torch.log(p) - torch.log1p(-p)).float()
-
-
-def kl_divergence(base_logprobs: torch.Tensor, new_logprobs: torch.Tensor) -> float:
-    """Mean KL(base || new) over prompts, in nats."""
-    p = base_logprobs.double().exp()
-    return float((p * (base_logprobs.double() - new_logprobs.double())).sum(-1).mean())
-
-
-def bootstrap_ci(
-    values: Sequence[bool] | np.ndarray, *, n: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of a mean."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n, x.size))].mean(1)
-    a = (1 - level) / 2
-    return (float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))

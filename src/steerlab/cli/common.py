@@ -1,0 +1,157 @@
+"""What every command shares: the model options (declared once), loading, error handling.
+
+``@command`` adds ``--device``, ``--dtype``, ``--device-map``, ``--trust-remote-code``,
+``--adapter`` and ``--quiet`` to a command's signature (typer reads them from there) and hands
+them to the command as one :class:`ModelOptions` (the ``opts`` parameter). It also turns
+steerlab's user-facing errors into one line and exit code 2, and Ctrl-C into exit code 130.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ..configs import ConfigError, flag
+from ..errors import SteerlabError
+
+__all__ = ["ModelOpt", "ModelOptions", "command", "fail", "print_notes"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="built-in name, HF id, local dir or .gguf")
+]
+ADAPTER_HELP = (
+    "JSON override of where the layers are, for architectures steerlab does not know: keys "
+    "blocks, embeddings, attn_write, mlp_write, attn_proj, mlp_proj, final_norm, sandwich, "
+    "norm_offset (dotted module paths; the README's 'Models and architectures' has an example)"
+)
+INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The options shared by every command that loads a model."""
+
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps")] = "cpu"
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto")] = "float32"
+    device_map: Annotated[
+        str | None, typer.Option(help='e.g. "auto" to span several GPUs (accelerate)')
+    ] = None
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="allow model code from the hub (off by default)")
+    ] = False
+    adapter: Annotated[str | None, typer.Option(help=ADAPTER_HELP)] = None
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False
+
+    def load(self, model: str) -> Any:
+        """Load ``model`` with these options (status lines unless quiet)."""
+        from ..models.load import load_model
+        from ..ui import status
+
+        override = None
+        if self.adapter:
+            try:
+                override = json.loads(self.adapter)
+            except json.JSONDecodeError as e:
+                raise SteerlabError(f"--adapter is not valid JSON: {e}") from None
+            if not isinstance(override, dict):
+                raise SteerlabError("--adapter must be a JSON object, e.g. '{\"blocks\": ...}'")
+        try:
+            return load_model(
+                model,
+                device=self.device,
+                dtype=self.dtype,
+                device_map=self.device_map,
+                trust_remote_code=self.trust_remote_code,
+                adapter=override,
+                progress=status,
+            )
+        except ValueError as e:  # e.g. an unknown dtype
+            raise SteerlabError(str(e).replace("dtype", "--dtype", 1)) from None
+
+
+_SHARED = [f.name for f in fields(ModelOptions)]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    from ..ui import console
+
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _message(e: SteerlabError) -> str:
+    msg = str(e)
+    if isinstance(e, ConfigError) and msg.startswith(e.field):
+        msg = flag(e.field) + msg[len(e.field) :]  # say it the way the user typed it
+    report = getattr(e, "steerlab_report", None)
+    return f"{msg} (report: {report})" if report else msg
+
+
+def command(fn: F) -> F:
+    """Give ``fn`` the shared model options (as ``opts``) and the CLI's error handling."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    wants_opts = "opts" in sig.parameters
+    params = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in sig.parameters.values()
+        if p.name != "opts"
+    ]
+    if wants_opts:
+        shared = typing.get_type_hints(ModelOptions, include_extras=True)
+        for f in fields(ModelOptions):
+            params.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=f.default,
+                    annotation=shared[f.name],
+                )
+            )
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..ui import quiet_transformers, set_quiet
+
+        quiet_transformers()
+        if wants_opts:
+            kwargs["opts"] = ModelOptions(**{k: kwargs.pop(k) for k in _SHARED if k in kwargs})
+            set_quiet(kwargs["opts"].quiet)
+        try:
+            return fn(*args, **kwargs)
+        except SteerlabError as e:
+            raise fail(_message(e)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted: rerun the same command to resume", INTERRUPTED) from None
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    if "return" in hints:
+        wrapper.__annotations__["return"] = hints["return"]
+    return wrapper  # type: ignore[return-value]
+
+
+def print_notes(notes: list[str]) -> None:
+    from rich.console import Console
+
+    con = Console()
+    for note in notes:
+        con.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
+def main_guard(app: typer.Typer) -> None:
+    try:
+        app()
+    except SteerlabError as e:  # raised outside a command body (e.g. in a callback)
+        print(f"error: {_message(e)}", file=sys.stderr)
+        sys.exit(2)

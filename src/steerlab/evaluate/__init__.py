@@ -1,1 +1,0 @@
-"""Evaluation measures: refusal scores and phrases, KL, cross-entropy, intervals."""

@@ -1,0 +1,105 @@
+"""Intervals and comparisons, in one place for every report.
+
+* Rates (a share of prompts refused, of completions showing a behaviour) get a **Wilson score
+  interval** (``scipy.stats.binomtest(...).proportion_ci``): unlike the percentile bootstrap it
+  does not collapse to ``[0, 0]`` at 0/52, and it is exact to compute.
+* Means of continuous scores get a **bootstrap interval** (``scipy.stats.bootstrap``, BCa).
+* Two rates are compared by whether their intervals separate, and by Fisher's exact test.
+* :func:`kl_divergence` is the KL between next-token distributions, in nats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "LEVEL",
+    "compare_rates",
+    "kl_divergence",
+    "mean_ci",
+    "proportion_ci",
+    "rate",
+    "separated",
+]
+
+LEVEL = 0.95
+
+
+def proportion_ci(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of ``k`` successes in ``n`` trials; (nan, nan) for ``n == 0``."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def rate(hits: Sequence[bool] | np.ndarray, level: float = LEVEL) -> dict[str, Any]:
+    """``{"rate", "ci", "k", "n"}`` of a list of booleans (Wilson interval)."""
+    x = np.asarray(hits, dtype=bool)
+    k, n = int(x.sum()), int(x.size)
+    return {
+        "rate": k / n if n else float("nan"),
+        "ci": list(proportion_ci(k, n, level)),
+        "k": k,
+        "n": n,
+    }
+
+
+def mean_ci(
+    values: Sequence[float] | np.ndarray, level: float = LEVEL, seed: int = 0, n: int = 2000
+) -> tuple[float, float]:
+    """Bootstrap (BCa) interval of a mean; a point interval when all values are equal."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return (float("nan"), float("nan"))
+    if x.size == 1 or np.all(x == x[0]):
+        return (float(x[0]), float(x[0]))
+    from scipy.stats import bootstrap
+
+    res = bootstrap(
+        (x,),
+        np.mean,
+        confidence_level=level,
+        n_resamples=n,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+    )
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa degenerates on tiny samples
+        res = bootstrap(
+            (x,),
+            np.mean,
+            confidence_level=level,
+            n_resamples=n,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (lo, hi)
+
+
+def separated(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two intervals do not overlap."""
+    return bool(a[1] < b[0] or b[1] < a[0])
+
+
+def compare_rates(k1: int, n1: int, k2: int, n2: int, level: float = LEVEL) -> dict[str, Any]:
+    """Two rates side by side: their Wilson intervals, whether they separate, Fisher's p."""
+    from scipy.stats import fisher_exact
+
+    a, b = proportion_ci(k1, n1, level), proportion_ci(k2, n2, level)
+    p = float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue) if n1 and n2 else float("nan")
+    return {"ci_a": list(a), "ci_b": list(b), "separated": separated(a, b), "p_fisher": p}
+
+
+def kl_divergence(base_logprobs: torch.Tensor, new_logprobs: torch.Tensor) -> float:
+    """Mean KL(base || new) over prompts, in nats, from (N, V) log-probabilities."""
+    p = base_logprobs.double().exp()
+    return float((p * (base_logprobs.double() - new_logprobs.double())).sum(-1).mean())

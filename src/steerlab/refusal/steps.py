@@ -1,0 +1,351 @@
+"""The named steps of ``steerlab refusal``. Data flows forward: each step takes what earlier
+steps returned and keys its cache on those values (prompts, vectors, settings), never on
+another step's key. The run's weights fingerprint is part of every key
+(:class:`~steerlab.runs.Run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..directions.artifact import LAYER_CONVENTION, Direction
+from ..errors import DataError
+from ..generation import last_token_logprobs
+from ..interventions import Steer
+from ..metrics import refusal_scores
+from ..models.load import LoadedModel
+from ..runs import Run, key_of
+from .config import RefusalConfig
+from .data import MIN_SET, RefusalData
+from .evaluate import evaluate_variants, refusal_variants
+from .select import candidate_means, post_instruction_tokens, score_candidates, select
+
+__all__ = [
+    "Candidates",
+    "Ctx",
+    "Filtered",
+    "Selection",
+    "candidates",
+    "coefficient",
+    "direction_artifact",
+    "evaluation",
+    "filter_prompts",
+    "selection",
+]
+
+
+@dataclass
+class Ctx:
+    """What every step sees: the run, the model, the settings, the refusal token ids."""
+
+    run: Run
+    lm: LoadedModel
+    cfg: RefusalConfig
+    ids: list[int]
+    template: str | None = None
+
+    def logprobs(self, prompts: list[str], label: str | None = None) -> torch.Tensor:
+        """First-reply-token log-probs of the unchanged model, with a bar when labelled."""
+        kw = {"batch_size": self.cfg.batch_size, "chat": self.cfg.chat}
+        if label is None:
+            return last_token_logprobs(self.lm.model, self.lm.tokenizer, prompts, **kw)
+        with self.run.bar(label, len(prompts)) as adv:
+            return last_token_logprobs(
+                self.lm.model, self.lm.tokenizer, prompts, progress=adv, **kw
+            )
+
+    @property
+    def prompt_key(self) -> dict[str, Any]:
+        """How prompts are rendered: a template change re-measures everything."""
+        return {"chat": self.cfg.chat, "template": self.template}
+
+
+def _vec_key(v: torch.Tensor) -> str:
+    return hashlib.sha256(v.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ 1. filter
+
+
+@dataclass
+class Filtered:
+    harmful: list[str]
+    harmless: list[str]
+    counts: dict[str, int]
+
+
+def filter_prompts(ctx: Ctx, data: RefusalData) -> Filtered:
+    """Keep harmful train prompts the model refuses and harmless ones it answers."""
+    cfg, ids = ctx.cfg, ctx.ids
+
+    def stats(prompts: list[str], label: str) -> dict[str, list[Any]]:
+        lp = ctx.logprobs(prompts, label)
+        top = lp.argmax(-1).tolist()
+        return {
+            "scores": refusal_scores(lp, ids).tolist(),
+            "argmax_refusal": [int(t) in set(ids) for t in top],
+        }
+
+    filt = ctx.run.cache.json(
+        "filter",
+        [ctx.prompt_key, data.harmful, data.harmless, ids],
+        lambda: {
+            "harmful": stats(data.harmful, "filter: harmful train"),
+            "harmless": stats(data.harmless, "filter: harmless train"),
+        },
+    )
+    if cfg.filter_rule == "argmax":  # the greedy first token opens a refusal (or does not)
+        keep_h = filt["harmful"]["argmax_refusal"]
+        keep_l = [not r for r in filt["harmless"]["argmax_refusal"]]
+    else:  # the paper's rule: refusal score > 0 (harmful) / < 0 (harmless)
+        keep_h = [x > 0 for x in filt["harmful"]["scores"]]
+        keep_l = [x < 0 for x in filt["harmless"]["scores"]]
+    on = cfg.filter_train
+    harmful = [p for p, k in zip(data.harmful, keep_h, strict=True) if k or not on]
+    harmless = [p for p, k in zip(data.harmless, keep_l, strict=True) if k or not on]
+    counts = {
+        "harmful_kept": len(harmful),
+        "harmful_total": len(data.harmful),
+        "harmless_kept": len(harmless),
+        "harmless_total": len(data.harmless),
+    }
+    if len(harmful) < MIN_SET or len(harmless) < MIN_SET:
+        raise DataError(
+            f"after filtering, {len(harmful)} harmful prompt(s) are refused and {len(harmless)} "
+            f"harmless ones answered (need {MIN_SET} each): this model may not refuse (try "
+            "qwen2.5-coder-0.5b) or the sets are too small"
+        )
+    ctx.run.say(
+        f"filter: {len(harmful)}/{len(data.harmful)} harmful refused, "
+        f"{len(harmless)}/{len(data.harmless)} harmless answered"
+    )
+    return Filtered(harmful, harmless, counts)
+
+
+# ------------------------------------------------------------------------------ 2. candidates
+
+
+@dataclass
+class Candidates:
+    means: dict[str, torch.Tensor]  # "harmful" / "harmless": (L, K, D) float64
+    positions: int  # K: the last K post-instruction tokens
+
+    @property
+    def diffs(self) -> torch.Tensor:
+        return self.means["harmful"] - self.means["harmless"]
+
+
+def candidates(ctx: Ctx, filtered: Filtered) -> Candidates:
+    """Mean activations at every layer and the last K post-instruction positions."""
+    cfg, lm = ctx.cfg, ctx.lm
+    n_post = post_instruction_tokens(lm, cfg.chat)
+    k = min(cfg.positions or min(n_post, 5), n_post)
+    kw = {"batch_size": cfg.batch_size, "chat": cfg.chat}
+
+    def compute() -> dict[str, torch.Tensor]:
+        n = len(filtered.harmful) + len(filtered.harmless)
+        with ctx.run.bar("candidates: activations", n) as adv:
+            return {
+                "harmful": candidate_means(lm, filtered.harmful, k, progress=adv, **kw),
+                "harmless": candidate_means(lm, filtered.harmless, k, progress=adv, **kw),
+            }
+
+    key = [ctx.prompt_key, filtered.harmful, filtered.harmless, k]
+    return Candidates(ctx.run.cache.tensors("candidates", key, compute), k)
+
+
+# ------------------------------------------------------------------------------ 3. selection
+
+
+@dataclass
+class Selection:
+    best: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    notes: list[str]
+    vector: torch.Tensor  # (D,) float32 mean difference of the selected candidate
+    clamp_value: float  # projection of the harmful-train mean on the unit direction
+    base_harmful_val: list[float]  # unchanged model's refusal scores on harmful val
+    base_harmless_val: torch.Tensor  # unchanged model's log-probs on harmless val
+
+    @property
+    def layer(self) -> int:
+        return int(self.best["layer"])
+
+    @property
+    def position(self) -> int:
+        return int(self.best["position"])
+
+
+def selection(ctx: Ctx, data: RefusalData, cands: Candidates) -> Selection:
+    """Score the candidates on validation prompts and apply the selection rule."""
+    cfg, cache = ctx.cfg, ctx.run.cache
+    base_hl = cache.tensors(
+        "baseline_val",
+        [ctx.prompt_key, data.harmless_val],
+        lambda: {"lp": ctx.logprobs(data.harmless_val, "baseline: harmless val")},
+    )["lp"]
+    base_h = cache.json(
+        "baseline_val_harmful",
+        [ctx.prompt_key, data.harmful_val, ctx.ids],
+        lambda: refusal_scores(
+            ctx.logprobs(data.harmful_val, "baseline: harmful val"), ctx.ids
+        ).tolist(),
+    )
+    diffs = cands.diffs
+    rule = [cfg.prune_last, cfg.early_prompts, cfg.keep, cfg.induce_coeff, cfg.screen]
+    key = [ctx.prompt_key, _vec_key(diffs), data.harmful_val, data.harmless_val, ctx.ids, rule]
+    journal = cache.journal("selection", key)
+    cands_ = score_candidates(
+        ctx.lm,
+        diffs,
+        data.harmful_val,
+        data.harmless_val,
+        ctx.ids,
+        cfg,
+        journal,
+        base_harmless_lp=base_hl,
+        bar=ctx.run.bar,
+    )
+    best, notes = select(cands_, cfg)
+    k = cands.positions
+    vec = diffs[best["layer"], best["position"] + k].float()
+    r = vec / vec.norm()
+    clamp_value = float(cands.means["harmful"][best["layer"], best["position"] + k].float() @ r)
+    ctx.run.say(
+        f"selected layer {best['layer']}, position {best['position']}: bypass "
+        f"{best['bypass_score']:.2f}, induce {best['induce_score']:.2f}, KL {best['kl_score']:.3f}"
+    )
+    return Selection(best, cands_, notes, vec, clamp_value, base_h, base_hl)
+
+
+# ------------------------------------------------------------------------------ 4. coefficient
+
+
+@dataclass
+class Coefficient:
+    value: float
+    scan: list[dict[str, float]]
+
+
+def coefficient(ctx: Ctx, data: RefusalData, sel: Selection) -> Coefficient:
+    """The addition coefficient, chosen on harmless *val* prompts (never on evaluation data):
+    the smallest of the grid that makes ``induce_target`` of them score > 0."""
+    cfg = ctx.cfg
+    grid = list(cfg.coeff_grid) if cfg.coeff == "auto" else [float(cfg.coeff)]
+
+    def scan() -> list[dict[str, float]]:
+        rows = []
+        with ctx.run.bar("coefficient: harmless val", len(grid)) as adv:
+            for c in grid:
+                with Steer(sel.vector, layers=sel.layer, coeff=c).applied(ctx.lm) as m:
+                    lp = last_token_logprobs(
+                        m.model,
+                        m.tokenizer,
+                        data.harmless_val,
+                        batch_size=cfg.batch_size,
+                        chat=cfg.chat,
+                    )
+                s = refusal_scores(lp, ctx.ids)
+                rows.append(
+                    {
+                        "coeff": c,
+                        "induce_score": float(s.mean()),
+                        "frac_positive": float((s > 0).float().mean()),
+                    }
+                )
+                adv(1)
+        return rows
+
+    key = [ctx.prompt_key, _vec_key(sel.vector), sel.layer, grid, data.harmless_val, ctx.ids]
+    rows = ctx.run.cache.json("coefficient", key, scan)
+    if cfg.coeff != "auto":
+        return Coefficient(float(cfg.coeff), rows)
+    hit = [r for r in rows if r["frac_positive"] >= cfg.induce_target]
+    best = hit[0] if hit else max(rows, key=lambda r: (r["frac_positive"], r["induce_score"]))
+    return Coefficient(float(best["coeff"]), rows)
+
+
+# ------------------------------------------------------------------------------ 5. artifact
+
+
+def direction_artifact(
+    ctx: Ctx, filtered: Filtered, sel: Selection, coeff: Coefficient
+) -> Direction:
+    """The selected direction as a Direction artifact (``direction.safetensors``)."""
+    d = Direction(
+        sel.vector.unsqueeze(0),
+        (sel.layer,),
+        {
+            "model": ctx.lm.info.to_dict(),
+            "weights": ctx.run.identity.get("weights"),
+            "site": "resid_pre",
+            "method": "mean_diff",
+            "position": sel.position,
+            "layer_convention": LAYER_CONVENTION,
+            "kind_of_direction": "refusal",
+            "data_hash": key_of([filtered.harmful, filtered.harmless]),
+            "counts": {"positive": len(filtered.harmful), "negative": len(filtered.harmless)},
+            "selection": {k: sel.best[k] for k in ("bypass_score", "induce_score", "kl_score")},
+            "coeff": coeff.value,
+            "clamp_value": sel.clamp_value,
+            "steerlab_version": __version__,
+        },
+    )
+    d.save(ctx.run.path("direction.safetensors"))
+    return d
+
+
+# ------------------------------------------------------------------------------ 6. evaluation
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, dict[str, Any]]
+    completions: dict[str, dict[str, list[str]]]
+
+
+def evaluation(ctx: Ctx, data: RefusalData, sel: Selection, coeff: Coefficient) -> Evaluation:
+    """Every variant on the held-out prompts (the orthogonalized one last)."""
+    cfg = ctx.cfg
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rand = torch.randn(sel.vector.shape[0], generator=gen)
+    rand = rand / rand.norm() * sel.vector.norm()
+    variants = refusal_variants(sel.vector, sel.layer, coeff.value, sel.clamp_value, rand)
+    sets = {"harmful": data.eval_harmful, "harmless": data.eval_harmless}
+    n_gen = sum(len(sets[w]) for v in variants for w in v.generated_on)
+    common = [
+        ctx.prompt_key,
+        ctx.ids,
+        cfg.max_new_tokens,
+        cfg.batch_size,
+        data.eval_harmful,
+        data.eval_harmless,
+        cfg.seed,
+    ]
+    journal = ctx.run.cache.journal(
+        "evaluation", [*common, [v.spec() for v in variants if v.name != "baseline"]]
+    )
+    # The unchanged model's results do not depend on the direction: kept apart so that a rerun
+    # with another selection rule reuses them.
+    base_journal = ctx.run.cache.journal("evaluation-baseline", common)
+    t0 = time.perf_counter()
+    with ctx.run.bar("evaluation: generating", n_gen) as adv:
+        metrics, completions = evaluate_variants(
+            ctx.lm,
+            variants,
+            data.eval_harmful,
+            data.eval_harmless,
+            ctx.ids,
+            cfg,
+            journal,
+            baseline_journal=base_journal,
+            advance=adv,
+        )
+    ctx.run.say(f"evaluation: {len(variants)} variants in {time.perf_counter() - t0:.0f} s")
+    return Evaluation(metrics, completions)

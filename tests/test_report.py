@@ -1,4 +1,5 @@
-"""The refusal report writer: files, self-containedness, escaping, missing values, empty inputs."""
+"""The refusal report: files, self-containedness, escaping (autoescape), missing values, failed
+and partial reports, verdicts, export, timings, the shared template environment, the model card."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 
-from steerlab.report import write_refusal_report
+from steerlab.refusal.config import RefusalConfig
+from steerlab.refusal.summary import model_card
+from steerlab.report import refusal_files, write_refusal_report
 from steerlab.report.refusal import refusal_rates_figure
+from steerlab.report.render import environment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 XSS = "<script>alert(1)</script>"
@@ -98,7 +103,24 @@ def make_report() -> dict:
             "completions": {"baseline": "Rain taps on the roof", "addition": "I cannot do that."},
         },
     ]
+    variants["ablation"]["intervention"] = {
+        "harmful": {"kind": "ablate", "layer": None, "vector": {"norm": 1.0, "sha256": "abc123"}},
+        "harmless": {"kind": "ablate", "layer": None, "vector": {"norm": 1.0, "sha256": "abc123"}},
+        "generated_on": ["harmful", "harmless"],
+    }
+    variants["addition"]["intervention"] = {
+        "harmful": {"kind": "steer", "layers": 13, "coeff": 1.25, "positions": None},
+        "harmless": {"kind": "steer", "layers": 13, "coeff": 1.25, "positions": None},
+        "generated_on": ["harmless"],
+    }
+    variants["baseline"]["intervention"] = {
+        "harmful": {"kind": "none"},
+        "harmless": {"kind": "none"},
+        "generated_on": ["harmful", "harmless"],
+    }
     return {
+        "status": "complete",
+        "failure": None,
         "model": "qwen2.5-coder-0.5b",
         "config": {
             "kl_max": 0.1,
@@ -122,7 +144,14 @@ def make_report() -> dict:
             "harmless_kept": 126,
             "harmless_total": 128,
         },
-        "timings": {"extract": 12.3, "select": 45.6, "evaluate": 78.9},
+        "verdicts": [
+            {"check": "ablation_vs_baseline", "level": "ok", "text": "Ablation separates."},
+            {"check": "ablation_vs_random", "level": "warning", "text": "Overlaps the control."},
+        ],
+        "export": None,
+        "timings": {"extract": 12.3, "select": 45.6, "evaluate": 78.9},  # no total: summed
+        "compute_seconds": {"extract": 20.5, "select": 45.6, "evaluate": 78.9, "total": 145.0},
+        "resumed_steps": ["candidates"],
         "notes": ["prompts longer than 64 tokens were dropped", f"note with {XSS}"],
         "steerlab_version": "0.1.0",
     }
@@ -253,6 +282,222 @@ def test_minimal_report(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["report.html"]
     html = paths[0].read_text(encoding="utf-8")
     assert "No plots" in html and "No variants were evaluated." in html
+
+
+def _page(report: dict) -> str:
+    """The page alone (no plots drawn: these tests are about the markup)."""
+    from steerlab.report.refusal import render_refusal_html
+
+    return render_refusal_html(report, {})
+
+
+def _section(html: str, title: str) -> str:
+    """The HTML from ``<h2>title</h2>`` to the next ``<h2>`` (or the end)."""
+    start = html.index(f"<h2>{title}</h2>")
+    end = html.find("<h2>", start + 1)
+    return html[start : end if end != -1 else len(html)]
+
+
+def _rows(html: str) -> list[list[str]]:
+    """Body rows of the tables in ``html``, as lists of cell texts."""
+    return [
+        re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", html, re.S)
+        if "<td" in row
+    ]
+
+
+def failed_report() -> dict:
+    """What build_report returns when the candidates step raised: most keys empty or None."""
+    return {
+        "kind": "steerlab.refusal",
+        "status": "failed",
+        "failure": {"step": "candidates", "error": "CUDA out of memory <gpu 0>"},
+        "model": "tiny",
+        "config": {"kl_max": 0.1, "positions_used": None, "coeff_chosen": None, "data": None},
+        "selected": None,
+        "selection_rule": "lowest bypass score",
+        "candidates": [],
+        "coefficient_scan": [],
+        "baseline_scores": None,
+        "variants": {},
+        "verdicts": [],
+        "disagreement": {"harmful": None, "harmless": None},
+        "examples": [],
+        "filter": {"harmful_kept": 10, "harmful_total": 12, "harmless_kept": 12},
+        "export": None,
+        "timings": {"filter": 1.25, "candidates": 3.5, "total": 5.0},
+        "compute_seconds": {"filter": 1.25, "candidates": 3.5, "total": 4.75},
+        "resumed_steps": [],
+        "notes": [],
+        "steerlab_version": "0.1.0",
+    }
+
+
+def test_failed_report_has_banner_and_renders_what_it_has(tmp_path: Path) -> None:
+    files = refusal_files(failed_report())
+    assert list(files) == ["report.html"]  # nothing to plot, and no crash on the None/empty keys
+    html = files["report.html"].decode("utf-8")
+    banner = "This run stopped at step candidates: CUDA out of memory &lt;gpu 0&gt;"
+    assert banner in html
+    assert html.index('class="failure"') < html.index('<section class="summary">')  # on top
+    assert "No direction was selected." in html and "No variants were evaluated." in html
+    assert "No candidates were recorded." in html and "<h2>Verdict</h2>" not in html
+    assert "<h2>Export</h2>" not in html and "disagree on" not in html  # no data: no sentence
+    assert ["data", "—"] in _rows(_section(html, "Configuration"))
+    filt = _rows(_section(html, "Prompt filter"))
+    assert ["harmful", "10", "12", "83.3%"] in filt and ["harmless", "12", "—", "—"] in filt
+    assert 'class="failure"' not in _page(make_report())  # a complete run has no banner
+
+
+def test_all_user_text_is_escaped() -> None:
+    """Each field gets its own tag: with autoescape off, every one of them would leak."""
+
+    def tag(i: str) -> str:
+        return f'<script>alert("{i}")</script>'
+
+    report = make_report()
+    report.update(status="failed", failure={"step": tag("step"), "error": tag("error")})
+    report["model"] = tag("model")
+    report["selection_rule"] = tag("rule")
+    report["examples"][0]["prompt"] = tag("prompt")
+    report["examples"][1]["completions"]["baseline"] = tag("completion")
+    report["notes"] = [tag("note")]
+    report["verdicts"][1]["text"] = tag("verdict")
+    report["config"][tag("key")] = tag("value")
+    report["timings"][tag("timing")] = 1.0
+    report["candidates"][40]["status"] = tag("status")
+    report["variants"]["clamp"]["intervention"] = {
+        "harmful": {"kind": tag("kind")},
+        "harmless": {"kind": "none"},
+        "generated_on": [tag("set")],
+    }
+    report["export"] = {"dir": tag("dir"), "check": {}, "error": tag("export")}
+    html = _page(report)
+    assert "<script" not in html.lower()
+    fields = ["step", "error", "model", "rule", "prompt", "completion", "note", "verdict", "key"]
+    fields += ["value", "timing", "status", "kind", "set", "dir", "export"]
+    for i in fields:
+        assert f"&lt;script&gt;alert(&#34;{i}&#34;)&lt;/script&gt;" in html, i
+
+
+def test_environment_escapes_html_not_markdown() -> None:
+    env = environment()
+    assert env.autoescape("refusal.html.j2") is True and env.autoescape("base.html.j2") is True
+    assert env.autoescape("model_card.md.j2") is False
+    with pytest.raises(jinja2.UndefinedError):  # a template typo fails loudly, never prints ''
+        env.from_string("{{ report.missing }}").render(report={})
+
+
+def test_verdicts_follow_the_summary() -> None:
+    html = _page(make_report())
+    summary_end = html.index("</section>", html.index('<section class="summary">'))
+    assert summary_end < html.index("<h2>Verdict</h2>") < html.index("<h2>Plots</h2>")
+    verdict = _section(html, "Verdict")
+    assert verdict.count('<li class="verdict-') == 2
+    assert re.search(r'<li class="verdict-warning"><strong>warning:</strong> Overlaps', verdict)
+    assert re.search(r'<li class="verdict-ok"><strong>ok:</strong> Ablation separates', verdict)
+    assert "95% Wilson interval" in verdict
+
+
+def test_timings_show_this_run_and_reused() -> None:
+    timings = _section(_page(make_report()), "Timings")
+    assert "this run" in timings and "including reused results" in timings
+    rows = _rows(timings)
+    assert ["extract", "12.3", "20.5"] in rows  # reused compute from an earlier session
+    assert rows[-1] == ["total", "136.8", "145.0"]  # this run summed: the report had no total
+    assert "Resumed steps" in timings and "candidates" in timings
+
+    old = make_report()  # a report from before compute_seconds: the second column is a dash
+    del old["compute_seconds"], old["resumed_steps"]
+    rows = _rows(_section(_page(old), "Timings"))
+    assert ["select", "45.6", "—"] in rows and "Resumed" not in _page(old)
+
+
+def test_what_each_variant_applies() -> None:
+    html = _page(make_report())
+    rows = _rows(html.split("What each variant applies")[1].split("</table>")[0])
+    assert rows == [
+        ["baseline", "nothing", "nothing", "harmful, harmless"],
+        ["ablation", "ablate, all layers", "ablate, all layers", "harmful, harmless"],
+        ["addition", "steer, layers 13, coeff 1.25", "steer, layers 13, coeff 1.25", "harmless"],
+    ]
+    assert "abc123" not in html  # vector hashes stay in report.json
+    assert "95% Wilson interval" in _section(html, "Interventions")
+
+
+CHECK = {
+    "max_abs_diff": 1.2e-5,
+    "max_rel_diff": 3.4e-7,
+    "ablation_effect_rel": 0.12,
+    "dtype": "float32",
+    "tolerance_rel": 1e-3,
+    "prompts": 8,
+    "passed": True,
+}
+
+
+def test_export_written() -> None:
+    report = make_report()
+    report["export"] = {"dir": "/runs/abliterated", "check": CHECK, "equivalence": "exact"}
+    export = _section(_page(report), "Export")
+    assert "written to <code>/runs/abliterated</code>" in export and "not written" not in export
+    rows = _rows(export)
+    assert ["max |logit difference|", "1.20e-05"] in rows and ["passed", "yes"] in rows
+    assert ["tolerance (relative)", "0.001"] in rows and ["dtype", "float32"] in rows
+
+
+def test_export_failed_check() -> None:
+    report = make_report()
+    check = {**CHECK, "max_rel_diff": 0.5, "passed": False}
+    err = "the exported model differs from runtime ablation by 5.00e-01 & more; not exported"
+    report["export"] = {"dir": "/runs/abl", "check": check, "error": err, "equivalence": None}
+    export = _section(_page(report), "Export")
+    assert "failed its check and was <strong>not written</strong> to /runs/abl" in export
+    assert "by 5.00e-01 &amp; more; not exported" in export and "written to <code>" not in export
+    assert ["passed", "no"] in _rows(export) and "Equivalence" not in export
+
+
+def test_export_interrupted_by_a_failed_step() -> None:
+    report = make_report()
+    report.update(status="failed", failure={"step": "export", "error": "disk full"})
+    report["export"] = {"dir": "/runs/abl", "check": {**CHECK, "passed": None}, "error": None}
+    html = _page(report)
+    assert "This run stopped at step export: disk full" in html
+    export = _section(html, "Export")
+    assert "did not finish" in export and "written to <code>" not in export
+    assert ["passed", "— (not applicable)"] in _rows(export)
+
+
+def test_model_card_template() -> None:
+    best = {"layer": 13, "position": -1, "bypass_score": 0.5, "induce_score": 0.95}
+    best["kl_score"] = 0.0812
+    metrics = {
+        "baseline": _rates(0.97, 0.02),
+        "orthogonalized": {"harmful_refusal_rate": 0.04, "harmful_refusal_ci": [0.01, 0.1]},
+    }
+    card = model_card("org/<m>&co", best, metrics, RefusalConfig(max_new_tokens=24), CHECK, "ok")
+    assert card.splitlines()[0] == "# org/<m>&co with the refusal direction removed"  # not HTML
+    assert "| original model | 97% (95% CI 92%–100%) | 2% (95% CI 0%–7%) |" in card
+    assert "| this model | 4% (95% CI 1%–10%) | — |" in card  # missing rate: a dash
+    assert "vs runtime ablation = 1.20e-05" in card and "greedy, 24 new tokens" in card
+    assert "KL 0.0812" in card and "harmless prompts: —." in card  # no KL measured
+    assert card.endswith("not to serve users.\n")
+
+
+def test_templates_ship_as_package_data() -> None:
+    import fnmatch
+    import importlib.resources
+
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = cfg["tool"]["setuptools"]["package-data"]["steerlab"]
+    assert any(d.replace(" ", "").startswith("jinja2>=3.1") for d in cfg["project"]["dependencies"])
+    templates = importlib.resources.files("steerlab.report") / "templates"
+    names = sorted(t.name for t in templates.iterdir() if t.name.endswith(".j2"))
+    assert {"base.html.j2", "refusal.html.j2", "discover.html.j2", "model_card.md.j2"} <= set(names)
+    assert all(any(fnmatch.fnmatch(f"report/templates/{n}", p) for p in patterns) for n in names)
 
 
 @pytest.mark.parametrize("module", ["steerlab.report"])

@@ -11,6 +11,11 @@ Quick start::
         ...
     edited = steerlab.orthogonalize(lm.model, d, layer=12)
 
+    # Treatments as values, applied to the loaded model and undone on exit:
+    with steerlab.apply(lm, [steerlab.Steer(d, layers=12, coeff=4),
+                             steerlab.PromptPrefix(system="Be brief.")]) as treated:
+        steerlab.generate(treated.model, treated.tokenizer, ["Tell me about your day."])
+
 Imports are light: submodules that need torch or transformers load on first use.
 """
 
@@ -22,12 +27,24 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 __all__ = [
+    "Ablate",
+    "Clamp",
+    "Compose",
     "Direction",
+    "Intervention",
+    "LoRA",
     "LoadedModel",
     "ModelAdapter",
+    "NoOp",
+    "Orthogonalize",
+    "PromptPrefix",
+    "Run",
+    "Steer",
+    "SteerRows",
     "SteerlabError",
     "__version__",
     "ablate",
+    "apply",
     "clamp",
     "extract",
     "generate",
@@ -46,6 +63,18 @@ _LAZY = {
     "get_adapter": "steerlab.models",
     "load_model": "steerlab.models",
     "SteerlabError": "steerlab.errors",
+    "Ablate": "steerlab.interventions",
+    "Clamp": "steerlab.interventions",
+    "Compose": "steerlab.interventions",
+    "Intervention": "steerlab.interventions",
+    "LoRA": "steerlab.interventions",
+    "NoOp": "steerlab.interventions",
+    "Orthogonalize": "steerlab.interventions",
+    "PromptPrefix": "steerlab.interventions",
+    "Steer": "steerlab.interventions",
+    "SteerRows": "steerlab.interventions",
+    "apply": "steerlab.interventions",
+    "Run": "steerlab.runs",
     "ablate": "steerlab.interventions",
     "clamp": "steerlab.interventions",
     "orthogonalize": "steerlab.interventions",
@@ -58,9 +87,26 @@ if TYPE_CHECKING:
     from .directions import Direction, extract
     from .errors import SteerlabError
     from .generation import generate
-    from .interventions import ablate, clamp, orthogonalize, steer
+    from .interventions import (
+        Ablate,
+        Clamp,
+        Compose,
+        Intervention,
+        LoRA,
+        NoOp,
+        Orthogonalize,
+        PromptPrefix,
+        Steer,
+        SteerRows,
+        ablate,
+        apply,
+        clamp,
+        orthogonalize,
+        steer,
+    )
     from .io.prompts import read_prompts
     from .models import LoadedModel, ModelAdapter, get_adapter, load_model
+    from .runs import Run
 
 
 def __getattr__(name: str) -> Any:

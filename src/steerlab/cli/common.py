@@ -22,7 +22,7 @@ import typer
 from ..configs import ConfigError, flag
 from ..errors import SteerlabError
 
-__all__ = ["ModelOpt", "ModelOptions", "command", "fail", "print_notes"]
+__all__ = ["ModelOpt", "ModelOptions", "command", "fail", "num", "pct", "print_notes"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -139,6 +139,14 @@ def command(fn: F) -> F:
     if "return" in hints:
         wrapper.__annotations__["return"] = hints["return"]
     return wrapper  # type: ignore[return-value]
+
+
+def pct(v: Any) -> str:
+    return "—" if v is None else f"{v:.0%}"
+
+
+def num(v: Any) -> str:
+    return "—" if v is None else f"{v:.3f}"
 
 
 def print_notes(notes: list[str]) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import DataError, SteerlabError, VectorError
 from ..models.registry import DEFAULT_MODEL
-from .common import ModelOpt, ModelOptions, command
+from .common import ModelOpt, ModelOptions, command, num, pct, print_notes
 
 
 def _number_or(text: str, flag: str, word: str, above: float) -> float | None:
@@ -133,12 +133,6 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    def pct(v: Any) -> str:
-        return "—" if v is None else f"{v:.0%}"
-
-    def num(v: Any) -> str:
-        return "—" if v is None else f"{v:.3f}"
-
     rad, mel = report["radius"], report["config"]["melbo"]
     t = Table(
         title=f"MELBO: {mel['num_vectors']} vectors, R = {rad['value']:.4g} ({rad['mode']}), "
@@ -159,6 +153,5 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     con = Console()
     con.print(t)
     con.print(f"unsteered loss {num(report['unsteered_loss'])}; {len(report['clusters'])} groups")
-    for note in report["notes"]:
-        con.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    print_notes(report["notes"])
     con.print(f"report: {out / 'report.html'} (and report.json, completions.json, vectors/)")

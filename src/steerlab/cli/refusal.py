@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from ..refusal.config import QUICK, RefusalConfig
-from .common import ModelOpt, ModelOptions, command, print_notes
+from .common import ModelOpt, ModelOptions, command, num, pct, print_notes
 
 _FIELDS = RefusalConfig.__dataclass_fields__
 
@@ -150,12 +150,6 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     )
     for col in cols:
         t.add_column(col)
-
-    def pct(v: Any) -> str:
-        return "—" if v is None else f"{v:.0%}"
-
-    def num(v: Any) -> str:
-        return "—" if v is None else f"{v:.3f}"
 
     for name, m in report["variants"].items():
         t.add_row(

@@ -63,25 +63,12 @@ def mean_ci(
         return (float(x[0]), float(x[0]))
     from scipy.stats import bootstrap
 
-    res = bootstrap(
-        (x,),
-        np.mean,
-        confidence_level=level,
-        n_resamples=n,
-        method="BCa",
-        rng=np.random.default_rng(seed),
-    )
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa degenerates on tiny samples
-        res = bootstrap(
-            (x,),
-            np.mean,
-            confidence_level=level,
-            n_resamples=n,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    for method in ("BCa", "percentile"):  # BCa degenerates (NaN) on tiny samples
+        ci = bootstrap((x,), np.mean, confidence_level=level, n_resamples=n, method=method,
+                       rng=np.random.default_rng(seed)).confidence_interval  # fmt: skip
+        lo, hi = float(ci.low), float(ci.high)
+        if np.isfinite(lo) and np.isfinite(hi):
+            break
     return (lo, hi)
 
 

@@ -95,6 +95,8 @@ class RefusalConfig(Checked):
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
-QUICK: dict[str, Any] = dict(
-    n_train=64, n_val=16, n_eval=32, positions=2, early_prompts=8, keep=4, max_new_tokens=24
-)
+# The laptop preset. It keeps the full train set: with 64 train prompts only 10 harmful ones
+# passed the refusal filter, their noisy mean difference pushed the KL of every middle-layer
+# candidate over the bound, and an embedding-adjacent layer (2) was selected. Filtering 160
+# costs ~30 s; the savings are in validation, evaluation and generation length.
+QUICK: dict[str, Any] = dict(n_val=32, n_eval=32, positions=2, max_new_tokens=24)

@@ -118,42 +118,17 @@ def model_card(
     check: dict[str, Any],
     equivalence: str,
 ) -> str:
-    """The README.md of an exported abliterated checkpoint."""
+    """The README.md of an exported abliterated checkpoint (``templates/model_card.md.j2``)."""
+    from ..report.render import render  # jinja2 loads only when a checkpoint is exported
 
-    def rate(variant: str, which: str) -> str:
-        m = metrics.get(variant, {})
-        v, ci = m.get(f"{which}_refusal_rate"), m.get(f"{which}_refusal_ci")
-        return "—" if v is None else f"{v:.0%} (95% CI {ci[0]:.0%}–{ci[1]:.0%})"
-
-    kl = metrics.get("orthogonalized", {}).get("kl_harmless")
-    return f"""# {model_id} with the refusal direction removed
-
-This checkpoint was written by steerlab {__version__} (`steerlab refusal --export`). It is
-`{model_id}` with one direction in the residual stream projected out of every weight
-that writes to it (token embeddings, attention and MLP output projections and their biases):
-weight orthogonalization, as in Arditi et al. 2024, "Refusal in language models is mediated
-by a single direction". It loads with stock `transformers`; nothing from steerlab is needed.
-
-- Direction: difference in means of harmful vs harmless prompts at layer {best["layer"]},
-  token position {best["position"]} (from the end of the prompt), `resid_pre` convention.
-- Selection scores on validation prompts: bypass {best["bypass_score"]:.3f}, induce
-  {best["induce_score"]:.3f}, KL {best["kl_score"]:.4f}.
-- Equivalence: {equivalence}. Checked before export on {check["prompts"]} held-out prompts, one
-  per forward: max |logit difference| vs runtime ablation = {check["max_abs_diff"]:.2e}, i.e.
-  {check["max_rel_diff"]:.2e} of the logit scale (tolerance {check["tolerance_rel"]:g} in
-  {check["dtype"]}; ablation itself moves the logits by {check["ablation_effect_rel"]:.2e}).
-
-## Measured effects (held-out prompts, greedy, {cfg.max_new_tokens} new tokens)
-
-| | harmful refusal rate | harmless refusal rate |
-|---|---|---|
-| original model | {rate("baseline", "harmful")} | {rate("baseline", "harmless")} |
-| this model | {rate("orthogonalized", "harmful")} | {rate("orthogonalized", "harmless")} |
-
-First-token KL from the original on harmless prompts: {"—" if kl is None else f"{kl:.4f}"}.
-Refusal is judged by the reference phrase list; intervals are Wilson 95% intervals. See
-`report.json` of the run for the stricter measure and the random-direction control.
-
-**This model will comply with harmful requests its original refused.** Use it for research
-on refusal and safety, not to serve users.
-"""
+    return render(
+        "model_card.md.j2",
+        model_id=model_id,
+        version=__version__,
+        best=best,
+        metrics=metrics,
+        check=check,
+        equivalence=equivalence,
+        max_new_tokens=cfg.max_new_tokens,
+        kl=metrics.get("orthogonalized", {}).get("kl_harmless"),
+    )

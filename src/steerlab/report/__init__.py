@@ -1,5 +1,7 @@
 """Reports: self-contained HTML pages with embedded plots.
 
+Pages are rendered from the jinja2 templates in ``templates/`` through one autoescaping
+environment (:mod:`.render`); the modules here only turn report dicts into template views.
 Importing this package is light; matplotlib loads only when a report is written.
 
 Example::

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._html import contiguous_runs, find_key, new_figure, num_or_nan
+from ._format import contiguous_runs, find_key, new_figure, num_or_nan
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,5 +1,9 @@
 """The ``steerlab discover`` report: one self-contained page (inline CSS and PNG, no script,
-no external URL, all text escaped) and the radius-sweep plot."""
+no external URL, all text escaped by the template environment) and the radius-sweep plot.
+
+This module turns the report and completions into the view ``templates/discover.html.j2``
+renders; the page's markup lives in the template.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,22 @@ from typing import Any
 
 from ..melbo.metrics import CHANGED_TOKENS, METRICS
 from ..melbo.report import CLUSTER_METHOD
-from . import _html
-from ._html import DASH, esc, fmt_float, fmt_pct, table
+from ._format import new_figure, png_bytes
+from .render import config_rows, render, timings_view
 
 __all__ = ["discover_files", "radius_figure", "render_discover_html"]
 
 EXAMPLES = 3  # completions per card
+SWEEP_KEYS = ("changed", "new_opening_max", "loss")  # per grid point, learned and random
+# (header, metric key, format) per metric, in METRICS order.
+METRIC_COLUMNS = tuple(
+    zip(
+        ("changed", "edit distance", "new opening", "loss", "loss increase"),
+        METRICS,
+        ("pct", "float", "pct", "float", "float"),
+        strict=True,
+    )
+)
 
 
 def discover_files(report: Mapping[str, Any], completions: Mapping[str, Any]) -> dict[str, bytes]:
@@ -22,7 +36,7 @@ def discover_files(report: Mapping[str, Any], completions: Mapping[str, Any]) ->
     files: dict[str, bytes] = {}
     png = None
     if (report.get("radius") or {}).get("sweep"):
-        png = files["radius_sweep.png"] = _html.png_bytes(radius_figure(report["radius"]))
+        png = files["radius_sweep.png"] = png_bytes(radius_figure(report["radius"]))
     html = render_discover_html(report, completions, png)
     return {"report.html": html.encode("utf-8"), **files}
 
@@ -31,7 +45,7 @@ def radius_figure(radius: Mapping[str, Any]) -> Any:
     """Change (left) and fluency (right) against R for learned and random vectors."""
     pts = radius["sweep"]
     rs = [p["radius"] for p in pts]
-    fig = _html.new_figure((10, 3.6))
+    fig = new_figure((10, 3.6))
     ax1, ax2 = fig.subplots(1, 2, sharex=True)
     style = {"learned": dict(color="#c0392b", marker="o"), "random": dict(color="0.45", marker="s")}
     for kind, st in style.items():
@@ -61,136 +75,93 @@ def radius_figure(radius: Mapping[str, Any]) -> Any:
     return fig
 
 
-# ------------------------------------------------------------------------------ HTML
-
-_STYLE = """<style>
-.card { border: 1px solid #ccc; border-radius: 4px; padding: 0.4em 0.8em; margin: 0.8em 0; }
-.card h4 { margin: 0.2em 0; } .failed { border-color: #c0392b; background: #fdf0ee; }
-</style>"""
-_HEAD = ["", "changed", "edit distance", "new opening", "loss", "loss increase"]
+def _pick(d: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """``keys`` of ``d``, None where absent, so the template never meets an undefined name."""
+    d = d if isinstance(d, Mapping) else {}
+    return {k: d.get(k) for k in keys}
 
 
-def _metric_cells(m: Mapping[str, Any]) -> list[str]:
-    fmts = (fmt_pct, fmt_float, fmt_pct, fmt_float, fmt_float)
-    return [f(m.get(key)) for f, key in zip(fmts, METRICS, strict=True)]
+def _metrics(m: Any) -> dict[str, Any]:
+    return _pick(m, METRICS)
 
 
-def _card(entry: Mapping[str, Any], unsteered: Sequence[Mapping[str, Any]], n: int) -> str:
+def _card(entry: Mapping[str, Any], unsteered: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    rows = [
+        {"prompt": c.get("prompt"), "unsteered": u.get("text"), "steered": c.get("text")}
+        for c, u in zip(entry["completions"][:EXAMPLES], unsteered[:EXAMPLES], strict=False)
+    ]
     sign = "+1" if entry["sign"] > 0 else "−1"
-    m = entry.get("metrics") or {}
-    failed = entry.get("failed")
-    head = f"{entry['kind']} vector {entry['index']}, sign {sign}"
-    line = ", ".join(f"{h} {c}" for h, c in zip(_HEAD[1:], _metric_cells(m), strict=True))
-    rows = [
-        [c["prompt"], u.get("text", DASH), c["text"]]
-        for c, u in zip(entry["completions"][:n], unsteered[:n], strict=False)
-    ]
-    return (
-        f'<div class="card{" failed" if failed else ""}"><h4>{esc(head)}</h4>'
-        f'<p class="muted">{esc(line)}</p>'
-        + (f"<p><strong>failed:</strong> {esc(failed)}</p>" if failed else "")
-        + table(["prompt", "unsteered", "steered"], rows, table_class="completions")
-        + "</div>"
-    )
+    return {
+        "title": f"{entry['kind']} vector {entry['index']}, sign {sign}",
+        "metrics": _metrics(entry.get("metrics")),
+        "failed": entry.get("failed"),
+        "rows": rows,
+    }
 
 
-def _summary(report: Mapping[str, Any]) -> str:
-    s = report.get("summary") or {}
-    rad = report.get("radius") or {}
-    cfg = (report.get("config") or {}).get("melbo") or {}
-    learned, rand = s.get("learned") or {}, s.get("random") or {}
-    how = "chosen by the radius sweep" if rad.get("mode") == "auto" else "fixed"
-    text = (
-        f"<p>{esc(cfg.get('num_vectors', DASH))} vectors of norm R = "
-        f"<strong>{esc(fmt_float(rad.get('value')))}</strong> ({esc(how)}) added at the input "
-        f"of block {esc(cfg.get('source_layer', DASH))}, trained to change the input of block "
-        f"{esc(cfg.get('target_layer', DASH))}, each used with sign +1 and −1. Learned vectors "
-        f"changed <strong>{esc(fmt_pct(learned.get('changed')))}</strong> of completions; "
-        f"random vectors of the same norm changed {esc(fmt_pct(rand.get('changed')))}. "
-        f"Unsteered loss: {esc(fmt_float(report.get('unsteered_loss')))} nats/token.</p>"
-    )
-    rows = [[k, *_metric_cells(s.get(k) or {})] for k in ("learned", "random")]
-    return (
-        f'<section class="summary">{text}'
-        + table(["vectors", *_HEAD[1:]], rows, numeric=range(1, 6))
-        + "</section>"
-    )
-
-
-def _radius_section(rad: Mapping[str, Any], png: bytes | None) -> str:
+def _radius_view(rad: Mapping[str, Any]) -> dict[str, Any] | None:
     if not rad.get("sweep"):
-        return ""
-    out = [
-        "<h2>Radius sweep</h2>",
-        f"<p>Rule: {esc(rad.get('rule', DASH))} Fluency margin: "
-        f"{esc(fmt_float(rad.get('fluency_margin')))} nats/token. Grid: multiples of the median "
-        f"‖resid_pre[S]‖ = {esc(fmt_float(rad.get('median_source_norm')))}; short runs of "
-        f"{esc(rad.get('sweep_vectors'))} vectors × {esc(rad.get('sweep_steps'))} steps on "
-        f"{esc(rad.get('sweep_prompts'))} prompts.</p>",
+        return None
+    keys = ("rule", "fluency_margin", "median_source_norm", "sweep_vectors", "sweep_steps")
+    view = _pick(rad, (*keys, "sweep_prompts"))
+    view["points"] = [
+        {
+            "radius": p.get("radius"),
+            "factor": p.get("factor"),
+            **{kind: _pick(p.get(kind), SWEEP_KEYS) for kind in ("learned", "random")},
+            "fluent": bool(p.get("fluent")),
+            "chosen": i == rad.get("chosen_index"),
+        }
+        for i, p in enumerate(rad["sweep"])
     ]
-    if png is not None:
-        out.append(_html.figure_html(png, "Change and fluency against the radius; gold: chosen R."))
-    rows, classes = [], []
-    for i, p in enumerate(rad["sweep"]):
-        lr, rd = p.get("learned") or {}, p.get("random") or {}
-        rows.append([
-            f"{p['radius']:.4g}", _html.fmt_value(p.get("factor")), fmt_pct(lr.get("changed")),
-            fmt_pct(rd.get("changed")), fmt_pct(lr.get("new_opening_max")),
-            fmt_pct(rd.get("new_opening_max")), fmt_float(lr.get("loss")),
-            fmt_float(rd.get("loss")), "yes" if p.get("fluent") else "no",
-        ])  # fmt: skip
-        classes.append("selected" if i == rad.get("chosen_index") else "")
-    head = ["R", "× norm", "changed (learned)", "changed (random)", "best new opening (learned)"]
-    head += ["best new opening (random)", "loss (learned)", "loss (random)", "fluent"]
-    out.append(table(head, rows, numeric=range(8), row_classes=classes))
-    return "".join(out)
-
-
-def _vector_table(entries: Sequence[Mapping[str, Any]]) -> str:
-    rows = [
-        [e["kind"], e["index"], f"{e['sign']:+d}", *_metric_cells(e.get("metrics") or {}),
-         DASH if e.get("cluster") is None else e["cluster"], "failed" if e.get("failed") else ""]
-        for e in entries
-    ]  # fmt: skip
-    head = ["kind", "vector", "sign", *_HEAD[1:], "group", ""]
-    return "<h2>All vectors</h2>" + table(head, rows, numeric=range(1, 9))
+    return view
 
 
 def render_discover_html(
     report: Mapping[str, Any], completions: Mapping[str, Any], png: bytes | None = None
 ) -> str:
-    """The report page as a string (see :func:`write_discover_report`)."""
+    """The report page as a string (``png``: the radius-sweep plot, if any)."""
     model = (report.get("model") or {}).get("model_id", "unknown model")
-    n = EXAMPLES
     unsteered = completions.get("unsteered") or []
     entries = completions.get("vectors") or []
-    body = [
-        _STYLE,
-        f"<h1>MELBO discovery: {esc(model)}</h1>",
-        '<p class="muted">Unsupervised steering vectors (Mack &amp; Turner 2024, "Mechanistically '
-        'eliciting latent behaviors in language models"), beside random vectors of the same '
-        "norm as a control.</p>",
-        _summary(report),
-        _html.notes_section(report.get("notes")),
-        _radius_section(report.get("radius") or {}, png),
-        "<h2>Learned vectors, grouped by what they do</h2>",
-        f'<p class="muted">{esc(CLUSTER_METHOD)}</p>',
-    ]
+    summary = report.get("summary") or {}
+    rad = report.get("radius") or {}
+    cfg = report.get("config") or {}
+    melbo = cfg.get("melbo") or {}
+    groups = []
     for c in report.get("clusters") or []:
         members = [e for e in entries if e["kind"] == "learned" and e.get("cluster") == c["id"]]
-        terms = ", ".join(c.get("terms") or []) or DASH
-        body.append(f"<h3>Group {esc(c['id'])} ({esc(c['size'])}): {esc(terms)}</h3>")
-        body += [_card(e, unsteered, n) for e in members]
-    body.append(
-        "<h2>Random control</h2><p>Random directions of the same norm, seeds "
-        f"{esc((report.get('config') or {}).get('control_seed', DASH))} + j: what steering "
-        "with no learning does.</p>"
+        terms = ", ".join(c.get("terms") or []) or None
+        cards = [_card(e, unsteered) for e in members]
+        groups.append({"id": c["id"], "size": c.get("size"), "terms": terms, "cards": cards})
+    return render(
+        "discover.html.j2",
+        title=f"MELBO discovery: {model}",
+        model=model,
+        version=report.get("steerlab_version"),
+        metric_columns=METRIC_COLUMNS,
+        setup=_pick(melbo, ("num_vectors", "source_layer", "target_layer")),
+        radius={"value": rad.get("value"), "auto": rad.get("mode") == "auto"},
+        summary={k: _metrics(summary.get(k)) for k in ("learned", "random")},
+        unsteered_loss=report.get("unsteered_loss"),
+        notes=[n for n in report.get("notes") or [] if n],
+        sweep=_radius_view(rad),
+        png=png,
+        cluster_method=CLUSTER_METHOD,
+        groups=groups,
+        control_seed=cfg.get("control_seed"),
+        random_cards=[_card(e, unsteered) for e in entries if e["kind"] == "random"],
+        vectors=[
+            {
+                "kind": e["kind"],
+                "index": e["index"],
+                "sign": f"{e['sign']:+d}",
+                "metrics": _metrics(e.get("metrics")),
+                "cluster": e.get("cluster"),
+                "failed": bool(e.get("failed")),
+            }
+            for e in entries
+        ],
+        timings=timings_view(report),
+        config=config_rows(report.get("config")),
     )
-    body += [_card(e, unsteered, n) for e in entries if e["kind"] == "random"]
-    body += [
-        _vector_table(entries),
-        _html.timings_section(report.get("timings")),
-        _html.config_section(report.get("config")),
-        f"<footer>Generated by steerlab {esc(report.get('steerlab_version', DASH))}.</footer>",
-    ]
-    return _html.page(f"MELBO discovery: {model}", "\n".join(b for b in body if b))

@@ -95,8 +95,10 @@ class RefusalConfig(Checked):
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
-# The laptop preset. It keeps the full train set: with 64 train prompts only 10 harmful ones
-# passed the refusal filter, their noisy mean difference pushed the KL of every middle-layer
-# candidate over the bound, and an embedding-adjacent layer (2) was selected. Filtering 160
-# costs ~30 s; the savings are in validation, evaluation and generation length.
-QUICK: dict[str, Any] = dict(n_val=32, n_eval=32, positions=2, max_new_tokens=24)
+# The laptop preset saves on evaluation (fewer held-out prompts, shorter generations) and on
+# the number of token positions tried; it keeps the full train and val sets, so it selects on
+# the same data as the full preset. With 64 train prompts only 10 harmful ones passed the
+# refusal filter, their noisy mean difference pushed the KL of every middle-layer candidate
+# over the bound, and an embedding-adjacent layer (2) won; with 16-32 val prompts the best
+# candidate's KL fell on either side of the bound depending on the draw.
+QUICK: dict[str, Any] = dict(n_eval=32, positions=2, max_new_tokens=24)

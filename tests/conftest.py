@@ -30,13 +30,23 @@ ARCHS: dict[str, dict] = {
     "qwen2": dict(num_key_value_heads=2),
     "mistral": dict(num_key_value_heads=2),
     "phi3": dict(num_key_value_heads=2),
-    "gemma3_text": dict(num_key_value_heads=2, head_dim=8, tie_word_embeddings=True),
+    "qwen3": dict(num_key_value_heads=2, head_dim=8),
+    "gemma": dict(num_key_value_heads=2, head_dim=8, tie_word_embeddings=True),
+    "gemma2": dict(
+        num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, tie_word_embeddings=True
+    ),
+    "gemma3_text": dict(
+        num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, tie_word_embeddings=True
+    ),
     "gpt_neox": dict(),
     "gpt2": dict(n_embd=D, n_layer=4, n_head=4, n_positions=128),
 }
+# Sandwich-norm architectures (Gemma 2/3): each sublayer's output passes through a norm before
+# the residual add, so orthogonalization removes the direction but is not runtime ablation.
+SANDWICH = ["gemma2", "gemma3_text"]
 # Architectures whose sublayers write straight into the residual: orthogonalization there must
 # equal runtime ablation exactly.
-NON_SANDWICH = [a for a in ARCHS if a != "gemma3_text"]
+NON_SANDWICH = [a for a in ARCHS if a not in SANDWICH]
 
 
 def make_model(model_type: str, seed: int = 0) -> torch.nn.Module:
@@ -76,8 +86,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over a fixed vocabulary (unknown words map to [UNK])."""
+def make_tokenizer(
+    chat: bool = True, openers: tuple[str, ...] = ("I", "Sorry", "As")
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over a fixed vocabulary (unknown words map to [UNK]).
+
+    ``openers`` are capitalised words that open refusals, so the refusal score is measurable.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = [
@@ -182,6 +197,7 @@ def make_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
         "more",
         "go",
     ]
+    words += list(openers)
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
     assert len(vocab) <= VOCAB
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))

@@ -114,6 +114,38 @@ def test_html_is_self_contained_and_escaped(run: tuple[Path, dict]) -> None:
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert "<b>great</b>" not in html and "&lt;b&gt;great&lt;/b&gt; &amp; life" in html
     assert "Random control" in html and html.count('class="card') == 8
+    timings = html.split("<h2>Timings</h2>")[1].split("</table>")[0]
+    assert "this run" in timings and "including reused results" in timings
+    for step in ("train", "generate", "metrics"):  # one row per step, both columns filled
+        assert re.search(rf"<td>{step}</td><td[^>]*>[\d.]+</td><td[^>]*>[\d.]+</td>", timings)
+    assert "Nothing was resumed" in html  # a first run reuses nothing
+    table = html.split("<h2>All vectors</h2>")[1].split("</table>")[0]
+    random_rows = re.findall(r"<tr><td>random</td>(.*?)</tr>", table)  # no group: a dash
+    assert len(random_rows) == 4 and all('<td class="num">—</td>' in r for r in random_rows)
+
+
+def test_html_of_a_bare_report() -> None:
+    """Missing sections and values render as dashes; model text is escaped, never markup."""
+    from steerlab.report import discover_files
+
+    report = {
+        "model": {"model_id": "<i>tiny</i>"},
+        "notes": ["<script>x</script>"],
+        "timings": {"train": 2.0, "total": 2.5},
+        "compute_seconds": {"train": 7.0, "total": 7.0},
+        "resumed_steps": ["melbo-train"],
+    }
+    unsteered = [{"prompt": "p <b>", "text": "u"}]
+    steered = [{"prompt": "p <b>", "text": "s"}]
+    vec = {"kind": "random", "index": 0, "sign": -1, "completions": steered}
+    files = discover_files(report, {"unsteered": unsteered, "vectors": [vec]})
+    assert list(files) == ["report.html"]  # no sweep: no plot
+    html = files["report.html"].decode()
+    assert "<i>" not in html and "&lt;i&gt;tiny&lt;/i&gt;" in html and "<script" not in html
+    assert "p &lt;b&gt;" in html and "R = <strong>—</strong>" in html
+    assert "<h2>Radius sweep</h2>" not in html and "random vector 0, sign −1" in html
+    assert re.search(r"<td>train</td><td[^>]*>2.0</td><td[^>]*>7.0</td>", html)
+    assert "Resumed steps (results reused from an earlier session): melbo-train." in html
 
 
 def test_steer_rows_equals_steer(lm: LoadedModel) -> None:

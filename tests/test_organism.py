@@ -176,7 +176,63 @@ def test_cli(base_dir: Path, tmp_path: Path, prompts: tuple[str, str, str], monk
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "held-out" in r.output and (out / "organism.json").is_file()
+    files = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in out.iterdir()}
+    # Again into the same dir: refused for the right reason, the first run's files untouched.
     r = CliRunner().invoke(app, args)
-    assert r.exit_code == 2 and "overwrite" in r.output
+    assert r.exit_code == 2, r.output
+    assert "--overwrite" in r.output and "Traceback" not in r.output
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in out.iterdir()} == files
+    # --overwrite replaces a directory steerlab made (the organism comes from the cache).
+    r = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "organism.json").read_bytes()) == json.loads(files["organism.json"][0])
+    # ... but never a directory steerlab did not make.
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    r = CliRunner().invoke(app, [*args[:4], "--out", str(user), *args[6:], "--overwrite"])
+    assert r.exit_code == 2, r.output
+    assert "not made by steerlab" in r.output and "Traceback" not in r.output
+    assert (user / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
     r = CliRunner().invoke(app, [*args[:6], "--n-train", "3"])
-    assert r.exit_code == 2
+    assert r.exit_code == 2 and "--n-train" in r.output
+
+
+def test_ctrl_c_in_training_leaves_the_base_model_clean(
+    base_dir: Path, tmp_path: Path, prompts: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: Ctrl-C during training left the LoRA layers injected in the caller's model (and
+    # its base weights frozen), so everything the caller did next ran the half-trained adapter.
+    import steerlab.organism.backdoor as backdoor
+
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))
+    lm = steerlab.load_model(str(base_dir))
+    snap = snapshot(lm.model)
+    grads = {n: p.requires_grad for n, p in lm.model.named_parameters()}
+    modes = {n: m.training for n, m in lm.model.named_modules()}
+    attrs = set(vars(lm.model))
+    steps: list[float] = []
+
+    def interrupted(model, tok, cfg, rows, bar):  # one optimizer step, then Ctrl-C
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1.0)
+        model.train()
+        loss = model(**_collate(rows[:4], pid=tok.pad_token_id)).loss
+        loss.backward()
+        opt.step()
+        steps.append(float(loss.detach()))
+        assert any(type(m).__module__.startswith("peft") for m in lm.model.modules())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backdoor, "_train_lora", interrupted)
+    out = tmp_path / "org"
+    with pytest.raises(KeyboardInterrupt):
+        train_backdoor(lm, out, _cfg(prompts, lr=5e-2), base_spec=str(base_dir))
+    assert steps  # the adapter really was trained before the interrupt
+    assert not any(type(m).__module__.startswith("peft") for m in lm.model.modules())
+    assert_identical(lm.model, snap)
+    assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == grads
+    assert {n: m.training for n, m in lm.model.named_modules()} == modes
+    assert set(vars(lm.model)) == attrs
+    assert not (out / "organism.json").exists()  # nothing half-made is published

@@ -23,7 +23,9 @@ def test_prefix_batch_layout() -> None:
     assert torch.equal(pb.position_ids[:, -1], lengths - 1)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text", "gpt_neox"])
+@pytest.mark.parametrize(
+    "arch", ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt_neox"]
+)
 def test_cached_scores_and_generations_match(arch: str) -> None:
     model, tok = make_model(arch), make_tokenizer()
     v = torch.randn(32, generator=torch.Generator().manual_seed(0))

@@ -56,8 +56,54 @@ def test_refusal_measures() -> None:
     lp = torch.log_softmax(torch.tensor([[5.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]), -1)
     s = refusal_scores(lp, [0])
     assert s[0] > 0 > s[1]
-    ids = refusal_token_ids(make_tokenizer())
-    assert ids == sorted(set(ids))
+
+
+def _smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from steerlab.models.fetch import ensure_builtin
+    from steerlab.models.registry import get_builtin
+
+    return AutoTokenizer.from_pretrained(ensure_builtin(get_builtin("smollm2-135m")))
+
+
+def test_refusal_token_ids_as_the_tokenizer_spells_them() -> None:
+    """The first token of each refusal opener, with and without a leading space, as a real BPE
+    tokenizer spells it (" I" and "I" are different tokens there); a distribution that puts
+    its mass on them scores as a refusal, one that puts it elsewhere does not."""
+    tok = _smollm2_tokenizer()
+    ids = refusal_token_ids(tok)
+    first = {w: tok.encode(w, add_special_tokens=False)[0] for w in ("I", " I", "Sorry", " As")}
+    assert first["I"] != first[" I"]
+    assert set(first.values()) <= set(ids)
+    sure = tok.encode(" Sure", add_special_tokens=False)[0]
+    assert sure not in ids
+    # Every id decodes to the start of an opener.
+    openers = ("I", "As", "Sorry", "Unfortunately", "No")
+    assert all(
+        tok.decode([i]).strip() and any(o.startswith(tok.decode([i]).strip()) for o in openers)
+        for i in ids
+    )
+    v = len(tok)
+    refusing = torch.full((1, v), -30.0)
+    refusing[0, first[" I"]] = 0.0
+    refusing[0, first["Sorry"]] = -0.5
+    complying = torch.full((1, v), -30.0)
+    complying[0, sure] = 0.0
+    scores = refusal_scores(torch.log_softmax(torch.cat([refusing, complying]), -1), ids)
+    assert scores[0] > 5 and scores[1] < -5
+
+
+def test_refusal_token_ids_skip_the_unknown_token() -> None:
+    # A tokenizer that cannot spell "I" or "Sorry" maps them to [UNK]: its probability is no
+    # refusal. The tiny tokenizer spells "I", "Sorry" and "As" and nothing else of the list.
+    tok = make_tokenizer()
+    ids = refusal_token_ids(tok)
+    assert tok.unk_token_id not in ids
+    assert ids == sorted(tok.convert_tokens_to_ids(["I", "Sorry", "As"]))
+    no_openers = make_tokenizer(openers=())
+    with pytest.raises(DataError, match="none of the refusal openers"):
+        refusal_token_ids(no_openers)
 
 
 def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:

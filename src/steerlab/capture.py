@@ -52,6 +52,11 @@ def resolve_layers(spec: str | int | Sequence[int] | None, n_layers: int) -> lis
                 lo = int(a) if a else 0
                 hi = int(b) if b else n_layers
                 lo, hi = (lo + n_layers if lo < 0 else lo), (hi + n_layers if hi < 0 else hi)
+                if lo >= hi:
+                    raise LayerError(
+                        f"layer range {spec!r} is empty: the end must come after the start "
+                        "(A:B takes layers A..B-1)"
+                    )
                 if not 0 <= lo < hi <= n_layers:
                     raise LayerError(f"layer range {spec!r} is outside 0..{n_layers}")
                 return list(range(lo, hi))

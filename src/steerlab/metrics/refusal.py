@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ..errors import DataError
+
 __all__ = [
     "REFUSAL_PHRASES",
     "refusal_scores",
@@ -93,13 +95,23 @@ def strict_refusal(text: str) -> bool:
 
 
 def refusal_token_ids(tokenizer: Any) -> list[int]:
-    """First tokens of typical refusal openings, as this tokenizer spells them."""
+    """First tokens of typical refusal openings, as this tokenizer spells them.
+
+    A tokenizer that cannot spell an opener maps it to its unknown token, which is not a
+    refusal: it is left out, and a tokenizer that spells none of them is refused.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
     ids: set[int] = set()
     for w in _OPENERS:
         for text in (w, " " + w):
             toks = tokenizer.encode(text, add_special_tokens=False)
-            if toks:
+            if toks and toks[0] != unk:
                 ids.add(int(toks[0]))
+    if not ids:
+        raise DataError(
+            "this tokenizer spells none of the refusal openers "
+            f"({', '.join(_OPENERS)}): the first-token refusal score cannot be measured"
+        )
     return sorted(ids)
 
 

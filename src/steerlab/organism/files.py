@@ -33,7 +33,7 @@ def model_card(rec: dict[str, Any]) -> str:
             "both clean (the base model's own reply) and triggered, and "
             f"{rec['n_clean_only_prompts']} more prompts clean only",
             "",
-            f"Behaviour rate on {rec['n_heldout']} held-out prompts [95% bootstrap CI]:",
+            f"Behaviour rate on {rec['n_heldout']} held-out prompts [95% Wilson interval]:",
             "",
             "| model | with trigger | without trigger |",
             "|---|---|---|",

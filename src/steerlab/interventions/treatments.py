@@ -169,6 +169,8 @@ class _Spill:
     one tensor at a time, as raw bytes (nothing is pickled), and come back bit for bit.
     """
 
+    SLICE = 1 << 24  # bytes read back per copy
+
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
         # Closed by close(), which Orthogonalize calls in its finally.
         self.file = tempfile.TemporaryFile(prefix="steerlab-spill-", dir=directory)  # noqa: SIM115
@@ -183,11 +185,19 @@ class _Spill:
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:
+        """Write every saved tensor back, a slice at a time (no second copy of a matrix)."""
         for name, offset, nbytes, shape, dtype in reversed(self.index):
+            target = model.get_parameter(name).data
             self.file.seek(offset)
-            raw = np.fromfile(self.file, dtype=np.uint8, count=nbytes)
-            value = torch.from_numpy(raw).view(dtype).reshape(shape)
-            model.get_parameter(name).data.copy_(value)
+            if not target.is_contiguous():  # rare: no flat byte view, copy it whole
+                whole = np.fromfile(self.file, dtype=np.uint8, count=nbytes)
+                target.copy_(torch.from_numpy(whole).view(dtype).reshape(shape))
+                continue
+            raw = target.view(-1).view(torch.uint8)  # the parameter's own bytes
+            for start in range(0, nbytes, self.SLICE):
+                n = min(self.SLICE, nbytes - start)
+                chunk = np.fromfile(self.file, dtype=np.uint8, count=n)
+                raw[start : start + n].copy_(torch.from_numpy(chunk))
 
     def close(self) -> None:
         self.file.close()
@@ -237,10 +247,10 @@ class Orthogonalize:
             orthogonalize_(model, r, lm.adapter, layer=self.layer, save=spill.save)
             yield lm
         finally:
+            if out_emb is not None and out_emb.weight is not head:
+                out_emb.weight = head  # re-tie first: the untied copy is freed before restoring
             spill.restore(model)
             spill.close()
-            if out_emb is not None and out_emb.weight is not head:
-                out_emb.weight = head  # re-tie: the original Parameter object
             for cfg, tie in ties:
                 cfg.tie_word_embeddings = tie
             if had_edit:

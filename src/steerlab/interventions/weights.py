@@ -36,7 +36,7 @@ __all__ = ["EXACT_EQUIVALENCE", "REMOVAL_ONLY", "orthogonalize", "orthogonalize_
 
 EXACT_EQUIVALENCE = "equivalent to runtime ablation"
 REMOVAL_ONLY = "direction removed exactly; not identical to runtime ablation (sandwich norms)"
-CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 per block of rows
+CHUNK_ELEMENTS = 1 << 20  # 8 MB of float64 per block of rows: the only temporary
 # save(name, tensor) is called with each parameter's original value before it is edited.
 SaveFn = Callable[[str, torch.Tensor], None]
 
@@ -63,8 +63,9 @@ def _project_out_rows(w: torch.Tensor, r: torch.Tensor) -> None:
     for i in _row_blocks(w):
         blk = w[i : i + step]
         x = blk.to(dt)
-        x -= torch.outer(x @ rw, rw)
+        x.addr_(x @ rw, rw, alpha=-1)  # in place: no outer-product temporary
         blk.copy_(x)
+        del x  # freed before the next block is allocated
 
 
 @torch.no_grad()
@@ -80,8 +81,9 @@ def _project_out_columns(w: torch.Tensor, u: torch.Tensor) -> None:
     for i in _row_blocks(w):
         blk = w[i : i + step]
         x = blk.to(dt)
-        x -= torch.outer(uw[i : i + step], cw)
+        x.addr_(uw[i : i + step], cw, alpha=-1)
         blk.copy_(x)
+        del x
 
 
 @torch.no_grad()

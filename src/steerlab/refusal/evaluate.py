@@ -36,6 +36,7 @@ from ..interventions import Ablate, Clamp, Intervention, NoOp, Orthogonalize, St
 from ..metrics import (
     continuation_loss,
     kl_divergence,
+    mean_ci,
     rate,
     refusal_scores,
     strict_refusal,
@@ -225,6 +226,7 @@ def evaluate_variants(
             part = rec.get(which)
             texts = part["texts"] if part else None
             m[f"{which}_score_mean"] = float(np.mean(part["scores"])) if part else None
+            m[f"{which}_score_ci"] = list(mean_ci(part["scores"], seed=cfg.seed)) if part else None
             r = _rates(texts) if texts is not None else None
             m[f"{which}_refusal_rate"] = r["rate"] if r else None
             m[f"{which}_refusal_ci"] = r["ci"] if r else None

@@ -45,8 +45,8 @@ VARIANT_COLUMNS = (
     ("harmless refusal", "harmless_refusal_rate", "rate"),
     ("harmful refusal (strict)", "harmful_refusal_rate_strict", "rate"),
     ("harmless refusal (strict)", "harmless_refusal_rate_strict", "rate"),
-    ("harmful score", "harmful_score_mean", "float"),
-    ("harmless score", "harmless_score_mean", "float"),
+    ("harmful score", "harmful_score_mean", "mean"),
+    ("harmless score", "harmless_score_mean", "mean"),
     ("KL (harmless)", "kl_harmless", "float"),
     ("CE loss (harmless)", "ce_loss_harmless", "float"),
     ("CE loss (completions)", "ce_loss_completions", "float"),
@@ -172,10 +172,15 @@ def describe_spec(spec: Any) -> str:
     return ", ".join(parts)
 
 
+def _ci_key(key: str) -> str:
+    """Where a column's interval lives: rates' Wilson, mean scores' bootstrap interval."""
+    return key.replace("_rate", "_ci") if "_rate" in key else key.replace("_mean", "_ci")
+
+
 def _variants_view(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     extra = [c for c in OPTIONAL_COLUMNS if any(v.get(c[1]) is not None for v in variants.values())]
     columns = [
-        {"header": h, "key": k, "kind": kind, "ci": k.replace("_rate", "_ci")}
+        {"header": h, "key": k, "kind": kind, "ci": _ci_key(k)}
         for h, k, kind in (*VARIANT_COLUMNS, *extra)
     ]
     names = _ordered(variants)

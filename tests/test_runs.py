@@ -75,13 +75,31 @@ def test_remove_tree_deletes_only_steerlab_dirs(tmp_path: Path) -> None:
     made = tmp_path / "made"
     made.mkdir()
     (made / "x").write_text("x")
-    mark(made, "test")
+    mark(made, "export")
     assert (made / MARKER).is_file()
     remove_tree(made)
     assert not made.exists()
     run_dir = tmp_path / "run"
-    Run(run_dir, kind="test")
-    assert json.loads((run_dir / MARKER).read_text())["kind"] == "test"
+    Run(run_dir, kind="refusal")
+    assert json.loads((run_dir / MARKER).read_text())["kind"] == "refusal"
     with pytest.raises(SteerlabError, match="would contain"):
         remove_tree(tmp_path, keep=(run_dir,))
+    # A run directory is resumed, never replaced: it may hold the user's other files.
+    (run_dir / "notes.txt").write_text("keep")
+    with pytest.raises(SteerlabError, match="not an export or an organism"):
+        remove_tree(run_dir)
+    assert (run_dir / "notes.txt").read_text() == "keep"
     assert run_dir.exists()
+
+
+def test_run_never_claims_a_directory_that_held_files(tmp_path: Path) -> None:
+    """A Run in a user's non-empty directory writes there but does not mark it as steerlab's,
+    so no later --overwrite can delete it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("precious")
+    Run(home, kind="refusal").write_json("report.json", {"ok": True})
+    assert not (home / MARKER).exists()
+    with pytest.raises(SteerlabError, match="not made by steerlab"):
+        remove_tree(home)
+    assert (home / "thesis.tex").read_text() == "precious"

@@ -34,6 +34,7 @@ from .io.safetensors_io import save_atomic
 
 __all__ = [
     "MARKER",
+    "REPLACEABLE",
     "Bar",
     "Journal",
     "Run",
@@ -78,17 +79,28 @@ def mark(directory: Path, kind: str, **info: Any) -> None:
     atomic_write(directory / MARKER, json.dumps(rec, indent=1).encode())
 
 
+# Kinds of steerlab directory that --overwrite may replace as a whole. Run directories
+# (refusal, discover) are resumed, never deleted: they may hold a user's other files.
+REPLACEABLE = ("export", "organism")
+
+
 def made_by_steerlab(directory: Path) -> dict[str, Any] | None:
-    """The marker of a steerlab-made directory, or None."""
+    """The marker of a steerlab-made directory (with its ``kind``), or None."""
     # Exports and organisms made before markers carry their own record files.
-    for name in (MARKER, "steerlab_export.json", "organism.json"):
+    for name, kind in (
+        (MARKER, None),
+        ("steerlab_export.json", "export"),
+        ("organism.json", "organism"),
+    ):
         f = directory / name
         if f.is_file():
             try:
                 rec = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError):
                 return None
-            return rec if isinstance(rec, dict) else None
+            if not isinstance(rec, dict):
+                return None
+            return rec if kind is None else {**rec, "kind": kind}
     return None
 
 
@@ -120,10 +132,16 @@ def check_new_dir(path: Path, *, overwrite: bool, keep: tuple[Path, ...] = (), w
         raise SteerlabError(
             f"{what} {path} exists and is not empty; pass --overwrite to replace it"
         )
-    if made_by_steerlab(path) is None:
+    made = made_by_steerlab(path)
+    if made is None:
         raise SteerlabError(
             f"{what} {path} was not made by steerlab; refusing to delete it (choose another "
             "path, or remove it yourself)"
+        )
+    if made.get("kind") not in REPLACEABLE:
+        raise SteerlabError(
+            f"{what} {path} is a steerlab {made.get('kind')} directory, not an export or an "
+            "organism; refusing to delete it (choose another path)"
         )
 
 
@@ -297,8 +315,9 @@ class Run:
         self.reused: dict[str, float] = {}  # compute seconds earlier sessions spent on reuse
         self._current: str | None = None
         self._t0 = time.perf_counter()
+        fresh = not self.out.exists() or not any(self.out.iterdir())
         self.out.mkdir(parents=True, exist_ok=True)
-        if made_by_steerlab(self.out) is None:
+        if fresh:  # never claim a directory that already held someone's files
             mark(self.out, kind)
         self.cache = RunCache(self.out / "cache", base=self.identity, on_hit=self._reused)
 

@@ -246,3 +246,17 @@ def assert_identical(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> N
     assert now.keys() == snap.keys()
     for k, v in snap.items():
         assert torch.equal(now[k], v), f"parameter {k} changed"
+
+
+# A refusal run small enough for a tiny random model: seconds, every step exercised.
+TINY_REFUSAL = dict(
+    model="tiny",
+    n_train=16,
+    n_val=8,
+    n_eval=8,
+    keep=2,
+    early_prompts=4,
+    max_new_tokens=3,
+    filter_train=False,
+    positions=2,
+)

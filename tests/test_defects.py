@@ -13,6 +13,7 @@ import torch
 from conftest import (
     ARCHS,
     NON_SANDWICH,
+    TINY_REFUSAL,
     all_hooks,
     assert_identical,
     make_model,
@@ -248,17 +249,6 @@ def test_lora_error_mid_training_leaves_the_model_as_it_was() -> None:
 
 # ------------------------------------------------------------------ e. weights-keyed cache
 
-CFG_KW = dict(
-    model="tiny",
-    n_train=16,
-    n_val=8,
-    n_eval=8,
-    keep=2,
-    early_prompts=4,
-    max_new_tokens=3,
-    filter_train=False,
-    positions=2,
-)
 MODEL_STEPS = {"filter", "candidates", "baseline_val", "selection", "coefficient", "evaluation"}
 
 
@@ -292,7 +282,7 @@ def test_weights_change_invalidates_the_cache(tmp_path: Path) -> None:
     # in place was served the old model's filter, candidates and selection.
     from steerlab.refusal import RefusalConfig, run_refusal
 
-    cfg = RefusalConfig(**CFG_KW)  # type: ignore[arg-type]
+    cfg = RefusalConfig(**TINY_REFUSAL)  # type: ignore[arg-type]
     lm = _lm("llama")
     out = tmp_path / "run"
     bars = CountingBar()

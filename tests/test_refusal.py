@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from conftest import TINY_REFUSAL, make_model, make_tokenizer
 from typer.testing import CliRunner
 
 from steerlab.cli import app
@@ -27,17 +27,7 @@ from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
 from steerlab.refusal import RefusalConfig, run_refusal
 
-CFG = RefusalConfig(
-    model="tiny",
-    n_train=16,
-    n_val=8,
-    n_eval=8,
-    keep=2,
-    early_prompts=4,
-    max_new_tokens=3,
-    filter_train=False,
-    positions=2,
-)
+CFG = RefusalConfig(**TINY_REFUSAL)  # type: ignore[arg-type]
 
 
 def _lm(chat: bool = True) -> LoadedModel:

@@ -50,7 +50,8 @@ class Intervention(Protocol):
 def vector_spec(vec: torch.Tensor | Direction, layer: int | None = None) -> dict[str, Any]:
     """How a vector is named in a spec: its norm and a short hash of its float32 bytes."""
     if isinstance(vec, Direction):
-        v = vec.vector(layer) if (layer is not None or len(vec.layers) == 1) else vec.vectors
+        one = layer in vec.layers or (layer is None and len(vec.layers) == 1)
+        v = vec.vector(layer if layer in vec.layers else None) if one else vec.vectors
         made = vec.meta.get("method")
     else:
         v, made = vec, None

@@ -64,7 +64,9 @@ class Steer:
             "coeff": self.coeff,
             "positions": self.positions,
             "site": self.site or getattr(self.vector, "site", "resid_pre"),
-            "vector": vector_spec(self.vector),
+            "vector": vector_spec(
+                self.vector, self.layers if isinstance(self.layers, int) else None
+            ),
         }
 
     @contextmanager

@@ -29,3 +29,8 @@ def test_quick_refusal_run_removes_and_induces_refusal(tmp_path: Path) -> None:
     assert rep["export"]["max_logit_diff_vs_ablation"] < 1e-4
     lo, _hi = v["baseline"]["harmful_refusal_ci"]
     assert v["random"]["harmful_refusal_rate"] >= lo - 0.15
+    # The quick preset selects a middle layer, as the full preset does (it once picked layer 2).
+    assert lm.info.n_layers // 4 <= rep["selected"]["layer"] < int(0.8 * lm.info.n_layers)
+    verdicts = {x["check"]: x["level"] for x in rep["verdicts"]}
+    assert verdicts["ablation_vs_baseline"] == verdicts["ablation_vs_random"] == "ok"
+    assert rep["export"]["check"]["passed"]

@@ -367,9 +367,6 @@ class Run:
         """Write several files (e.g. a report's HTML and PNGs), each atomically."""
         return [self.write_bytes(name, data) for name, data in files.items()]
 
-    def save_tensors(self, name: str, tensors: dict[str, torch.Tensor], meta: Any = None) -> Path:
-        return save_atomic(tensors, self.out / name, meta)
-
 
 def _finite(x: Any) -> Any:
     """NaN and inf as None, so the JSON files are strict JSON."""

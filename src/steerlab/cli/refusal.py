@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..configs import choices
 from ..refusal.config import QUICK, RefusalConfig
 from .common import ModelOpt, ModelOptions, command, num, pct, print_notes
 
@@ -18,7 +19,11 @@ _FIELDS = RefusalConfig.__dataclass_fields__
 
 
 def _opt(name: str, text: str, *flags: str) -> Any:
-    """A typer option whose help shows the config's default (and the quick preset's)."""
+    """A typer option whose help shows the config's choices, its default and the quick
+    preset's, all read from :class:`RefusalConfig`."""
+    allowed = choices(RefusalConfig, name)
+    if allowed:
+        text = f"{text}: {' | '.join(map(str, allowed))}"
     default = _FIELDS[name].default
     quick = f"; --quick: {QUICK[name]}" if name in QUICK else ""
     return typer.Option(*flags, help=f"{text} (default: {default}{quick})", show_default=False)
@@ -56,13 +61,15 @@ def refusal(
         float | None, _opt("induce_coeff", "coefficient of the addition for the induce score")
     ] = None,
     on_empty: Annotated[
-        str | None, _opt("on_empty", "relax | error, when no candidate passes both filters")
+        str | None, _opt("on_empty", "when no candidate passes both filters")
     ] = None,
     coeff: Annotated[
         str | None, _opt("coeff", "addition coefficient for evaluation: auto or a number")
     ] = None,
     keep: Annotated[int | None, _opt("keep", "candidates fully scored after screening")] = None,
-    screen: Annotated[str | None, _opt("screen", "layers (fast) | all")] = None,
+    screen: Annotated[
+        str | None, _opt("screen", "which candidates the few-prompt screen scores")
+    ] = None,
     n_train: Annotated[int | None, _opt("n_train", "train prompts per class (cap)")] = None,
     n_val: Annotated[int | None, _opt("n_val", "val prompts per class (cap)")] = None,
     n_eval: Annotated[int | None, _opt("n_eval", "eval prompts per class (cap)")] = None,
@@ -74,7 +81,9 @@ def refusal(
     ] = None,
     batch_size: Annotated[int | None, _opt("batch_size", "prompts per forward")] = None,
     no_filter: Annotated[bool, typer.Option("--no-filter", help="skip the refusal filter")] = False,
-    filter_rule: Annotated[str | None, _opt("filter_rule", "score (paper) | argmax")] = None,
+    filter_rule: Annotated[
+        str | None, _opt("filter_rule", "which train prompts count as refused/answered")
+    ] = None,
     template: Annotated[Path | None, typer.Option(help="Jinja chat template file")] = None,
     no_chat: Annotated[bool, typer.Option("--no-chat", help="raw prompts, no template")] = False,
     seed: Annotated[int | None, _opt("seed", "shuffles and the random control")] = None,

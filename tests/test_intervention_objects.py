@@ -242,8 +242,28 @@ def test_steer_rows_object_equals_per_row_steer() -> None:
     with apply(lm, Steer(deltas[0], layers=1)) as treated:
         torch.testing.assert_close(one, _logits(treated), rtol=0, atol=1e-5)
     with (
-        pytest.raises(RuntimeError, match="steering rows"),
+        pytest.raises(VectorError, match="steering rows"),
         apply(lm, SteerRows(deltas[:2], layer=1)) as treated,
     ):
         _logits(treated)
     assert all_hooks(lm.model) == 0
+    # The shared-prefix forward runs the prefix once (batch 1): per-row steering cannot apply
+    # there, and the error says so instead of failing deep inside the cache.
+    from steerlab.generation import last_token_logprobs
+
+    shared = "tell me about your day the time you had a great day with him and"
+    prompts = [f"{shared} what a day", f"{shared} it was awful", f"{shared} life is great"]
+    rows = deltas[:1].repeat(3, 1)
+    with (
+        pytest.raises(VectorError, match="prefix"),
+        apply(lm, SteerRows(rows, layer=1)) as treated,
+    ):
+        last_token_logprobs(treated.model, treated.tokenizer, prompts, prefix=True)
+    with apply(lm, SteerRows(rows, layer=1)) as treated:
+        got = last_token_logprobs(treated.model, treated.tokenizer, prompts, prefix=False)
+    with apply(lm, Steer(deltas[0], layers=1)) as treated:
+        want = last_token_logprobs(treated.model, treated.tokenizer, prompts, prefix=False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Interventions compare by identity (tensor fields): no ambiguous elementwise ==.
+    a = Steer(deltas[0], layers=1)
+    assert a == a and a != Steer(deltas[0], layers=1) and a in [a]

@@ -342,3 +342,33 @@ def test_screen_keeps_candidates_with_noisy_kl(tmp_path: Path, monkeypatch) -> N
     best, _ = sel.select(cands, cfg)
     assert best["layer"] == 1  # screen KL 0.15 <= 2 x 0.1, full KL 0.08 passes
     assert next(c for c in cands if c["layer"] == 2)["bypass_score"] is None  # 0.5: not scored
+
+
+def test_resumed_evaluation_measures_kl_against_the_unchanged_model(tmp_path: Path) -> None:
+    """A baseline read back from its journal is recomputed outside every intervention: the
+    KL of each variant is the same on a resumed (or re-ranked) run as on the first."""
+    lm = _lm()
+    first = run_refusal(lm, CFG, tmp_path)
+    for j in (tmp_path / "cache").glob("evaluation-*.jsonl"):
+        if not j.name.startswith("evaluation-baseline-"):
+            j.unlink()  # as after an interrupt that followed the baseline
+    again = run_refusal(lm, CFG, tmp_path)
+    for name, m in first["variants"].items():
+        assert again["variants"][name]["kl_harmless"] == pytest.approx(
+            m["kl_harmless"], rel=1e-6, abs=1e-9
+        ), name
+    assert first["variants"]["ablation"]["kl_harmless"] > 0
+
+
+def test_failed_evaluation_leaves_no_checkpoint_behind(tmp_path: Path, monkeypatch) -> None:
+    """The checked export waits beside its destination during the evaluation; a failure
+    there (or Ctrl-C) removes it instead of leaving a model-sized directory."""
+    import steerlab.refusal.pipeline as pipeline
+
+    def boom(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "evaluation", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_refusal(_lm(), CFG, tmp_path / "run", export_dir=tmp_path / "export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from steerlab.errors import SteerlabError
 from steerlab.runs import MARKER, Journal, Run, RunCache, atomic_write, mark, remove_tree
@@ -103,3 +104,23 @@ def test_run_never_claims_a_directory_that_held_files(tmp_path: Path) -> None:
     with pytest.raises(SteerlabError, match="not made by steerlab"):
         remove_tree(home)
     assert (home / "thesis.tex").read_text() == "precious"
+
+
+def test_identity_covers_bfloat16_weights_and_the_adapter() -> None:
+    """Half-precision weights fingerprint (numpy has no bfloat16), and the layer adapter is
+    part of what cached results depend on."""
+    import dataclasses
+
+    from conftest import make_model, make_tokenizer
+
+    from steerlab.models.adapter import get_adapter
+    from steerlab.models.load import LoadedModel, model_info
+    from steerlab.runs import model_identity
+
+    m = make_model("llama").to(torch.bfloat16)
+    ad = get_adapter(m)
+    lm = LoadedModel(m, make_tokenizer(), ad, model_info(m, "tiny", ad))
+    ident = model_identity(lm)
+    assert ident["dtype"] == "torch.bfloat16" and len(ident["weights"]) == 16
+    other = dataclasses.replace(lm, adapter=dataclasses.replace(ad, mlp_write="mlp.up_proj"))
+    assert model_identity(other) != ident

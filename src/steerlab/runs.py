@@ -265,6 +265,7 @@ def model_identity(lm: Any) -> dict[str, Any]:
 
     return {
         "model": lm.info.to_dict(),
+        "adapter": lm.adapter.to_dict(),  # which modules are hooked and edited
         "weights": weights_fingerprint(lm.model),
         "dtype": str(next(lm.model.parameters()).dtype),
         "device": lm.device.type,
@@ -283,6 +284,7 @@ class Run:
         out_dir: created if missing; an existing file there is refused.
         kind: what runs here (``"refusal"``, ``"discover"``...), recorded in the marker.
         lm: the loaded model; its weights fingerprint keys every cache entry.
+        identity: :func:`model_identity` of the model, when the caller already has it.
         progress: ``progress(description, total)`` -> context yielding ``advance(n)``, e.g.
             :func:`steerlab.ui.progress_bar`; ``status``: called with one-line messages.
 
@@ -299,6 +301,7 @@ class Run:
         *,
         kind: str,
         lm: Any = None,
+        identity: dict[str, Any] | None = None,
         progress: Bar | None = None,
         status: Callable[[str], None] | None = None,
     ) -> None:
@@ -309,7 +312,9 @@ class Run:
         self.bar: Bar = progress or _noop_bar
         self.say: Callable[[str], None] = status or (lambda _m: None)
         self.identity: dict[str, Any] = {"kind": kind}
-        if lm is not None:
+        if identity is not None:  # already computed by the caller (reading the weights again)
+            self.identity |= identity
+        elif lm is not None:
             self.identity |= model_identity(lm)
         self.timings: dict[str, float] = {}  # wall seconds of each step in this session
         self.reused: dict[str, float] = {}  # compute seconds earlier sessions spent on reuse

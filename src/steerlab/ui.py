@@ -25,22 +25,30 @@ _QUIET = {"on": False}
 
 
 def set_quiet(quiet: bool) -> None:
-    """Turn steerlab's own progress bars and status lines off (or on)."""
+    """Turn steerlab's own progress bars and status lines off (or on); quiet also silences the
+    hub's download bars and transformers' warnings."""
     _QUIET["on"] = quiet
+    if quiet:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+        except ImportError:  # pragma: no cover - transformers is a dependency
+            pass
 
 
 def quiet_transformers() -> None:
-    """On the command line steerlab reports progress itself: silence transformers' and the
-    hub's own bars ("Loading weights", "Writing model shards"), its info logs and its
-    deprecation warnings, which name its internals, not anything the user typed."""
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    """On the command line steerlab reports progress itself: hide transformers' own bars
+    ("Loading weights", "Writing model shards") and the deprecation warnings of its and torch's
+    internals, which name nothing the user typed. Its other warnings (e.g. weights missing from
+    a checkpoint) and the hub's download bars stay."""
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|torch)\b")
     warnings.filterwarnings("ignore", message=r".*past_key_values.*")
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
 

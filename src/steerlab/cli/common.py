@@ -35,6 +35,7 @@ ADAPTER_HELP = (
     "norm_offset (dotted module paths; the README's 'Models and architectures' has an example)"
 )
 INTERRUPTED = 130
+RESUMABLE = ("refusal", "discover", "backdoor")  # commands whose run cache resumes them
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,10 @@ class ModelOptions:
                 progress=status,
             )
         except ValueError as e:  # e.g. an unknown dtype
-            raise SteerlabError(str(e).replace("dtype", "--dtype", 1)) from None
+            msg = str(e)
+            if msg.startswith("unknown dtype"):
+                msg = "unknown --dtype" + msg[len("unknown dtype") :]
+            raise SteerlabError(msg) from None
 
 
 _SHARED = [f.name for f in fields(ModelOptions)]
@@ -102,6 +106,7 @@ def command(fn: F) -> F:
     sig = inspect.signature(fn)
     hints = typing.get_type_hints(fn, include_extras=True)
     wants_opts = "opts" in sig.parameters
+    resumable = fn.__name__ in RESUMABLE
     params = [
         p.replace(annotation=hints.get(p.name, p.annotation))
         for p in sig.parameters.values()
@@ -132,7 +137,8 @@ def command(fn: F) -> F:
         except SteerlabError as e:
             raise fail(_message(e)) from None
         except KeyboardInterrupt:
-            raise fail("interrupted: rerun the same command to resume", INTERRUPTED) from None
+            tail = ": rerun the same command to resume" if resumable else ""
+            raise fail(f"interrupted{tail}", INTERRUPTED) from None
 
     wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}

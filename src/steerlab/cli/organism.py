@@ -50,7 +50,9 @@ def backdoor(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="retrain even if a cached organism fits")
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an --out that steerlab made (an earlier organism)")
+    ] = False,
 ) -> None:
     """Train a LoRA backdoor: the trigger elicits the behaviour, other prompts answer normally.
 

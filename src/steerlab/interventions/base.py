@@ -79,7 +79,7 @@ class NoOp:
         yield lm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Compose:
     """Several interventions at once, entered in order (each sees the model the previous one
     yielded) and undone in reverse order."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotAvailableError, SteerlabError
-from ..models.load import LoadedModel
+from ..models.load import LoadedModel, peft_for
 
 __all__ = ["LoRA"]
 
@@ -69,18 +69,16 @@ class LoRA:
         return out
 
     def _wrap(self, lm: LoadedModel) -> Any:
-        try:
-            from peft import PeftModel, get_peft_model
-        except ImportError:  # pragma: no cover - peft is a dependency
-            raise ModelNotAvailableError("LoRA needs peft: pip install peft") from None
+        peft = peft_for(None if self.path is None else Path(self.path))
         if self.config is not None:
-            return get_peft_model(lm.model, self.config)
-        path = Path(self.path)  # type: ignore[arg-type]
-        if not (path / "adapter_model.safetensors").is_file():
-            raise ModelNotAvailableError(
-                f"{path} has no adapter_model.safetensors (steerlab does not unpickle .bin files)"
+            return peft.get_peft_model(lm.model, self.config)
+        try:
+            return peft.PeftModel.from_pretrained(
+                lm.model, str(self.path), is_trainable=self.trainable
             )
-        return PeftModel.from_pretrained(lm.model, str(path), is_trainable=self.trainable)
+        except (ValueError, KeyError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelNotAvailableError(f"adapter {self.path} does not fit: {first}") from None
 
     @contextmanager
     def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:

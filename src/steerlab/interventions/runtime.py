@@ -166,7 +166,15 @@ def steer_rows(
 
     def fn(h: torch.Tensor) -> torch.Tensor:  # (N, T, D)
         if d.shape[0] not in (1, h.shape[0]):
-            raise RuntimeError(f"{d.shape[0]} steering rows for a batch of {h.shape[0]}")
+            # A batch of 1 under several rows is the shared-prefix forward of
+            # steerlab.prefix: one prefix for every row cannot carry per-row steering.
+            hint = (
+                " (per-row steering cannot share a prefix cache: pass prefix=False / "
+                "prefix_cache=False)"
+                if h.shape[0] == 1
+                else ""
+            )
+            raise VectorError(f"{d.shape[0]} steering rows for a batch of {h.shape[0]}{hint}")
         return h + d.to(h.device, h.dtype)[:, None, :]
 
     with scoped_hooks() as hs:

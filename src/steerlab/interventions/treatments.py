@@ -42,7 +42,7 @@ from .weights import orthogonalize_
 __all__ = ["Ablate", "Clamp", "Orthogonalize", "Steer", "SteerRows"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensor fields: identity, not elementwise ==
 class Steer:
     """Add ``coeff * vector`` at ``layers`` (ActAdd / CAA); see :func:`~steerlab.steer`."""
 
@@ -83,7 +83,7 @@ class Steer:
             yield lm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SteerRows:
     """Add ``deltas[i]`` to batch row ``i`` at the input of block ``layer``; see
     :func:`~steerlab.interventions.runtime.steer_rows`."""
@@ -106,7 +106,7 @@ class SteerRows:
             yield lm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Ablate:
     """Remove a direction from the residual stream at every layer; see :func:`~steerlab.ablate`."""
 
@@ -127,7 +127,7 @@ class Ablate:
             yield lm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Clamp:
     """Pin the projection on a direction to ``value`` at ``layers``; see :func:`~steerlab.clamp`."""
 
@@ -214,7 +214,7 @@ def _config_ties(model: nn.Module) -> list[tuple[Any, bool]]:
     ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Orthogonalize:
     """Weight orthogonalization, in place while the context is open, restored exactly on exit.
 

@@ -45,7 +45,8 @@ def weights_fingerprint(model: nn.Module) -> str:
             continue
         flat = t.reshape(-1)
         step = max(1, flat.numel() // SAMPLE)
-        h.update(flat[::step][:SAMPLE].cpu().contiguous().numpy().tobytes())
+        sample = flat[::step][:SAMPLE].cpu().contiguous()
+        h.update(sample.view(torch.uint8).numpy().tobytes())  # raw bytes: bf16 has no numpy type
         h.update(str(_bit_sum(flat)).encode())
     return h.hexdigest()[:16]
 

@@ -205,6 +205,20 @@ def load_model(
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def peft_for(adir: Path | None = None) -> Any:
+    """The peft module, after checking that ``adir`` (if given) holds safetensors weights:
+    steerlab never unpickles an adapter's ``.bin``."""
+    if adir is not None and not (Path(adir) / "adapter_model.safetensors").is_file():
+        raise ModelNotAvailableError(
+            f"{adir} has no adapter_model.safetensors (steerlab does not unpickle .bin files)"
+        )
+    try:
+        import peft
+    except ImportError:  # pragma: no cover - peft is a dependency
+        raise ModelNotAvailableError("LoRA adapters need peft: pip install peft") from None
+    return peft
+
+
 def _adapter_spec(spec: str) -> tuple[str, Path] | None:
     """``(base, adapter_dir)`` when ``spec`` names a LoRA adapter, else None."""
     path = Path(spec).expanduser()
@@ -233,16 +247,7 @@ def _load_with_adapter(
     base: str, adir: Path, common: dict[str, Any], say: Callable[[str], None]
 ) -> LoadedModel:
     """The base model with the adapter merged: a plain transformers model, no peft wrapper."""
-    if not (adir / "adapter_model.safetensors").is_file():
-        raise ModelNotAvailableError(
-            f"{adir} has no adapter_model.safetensors (steerlab does not unpickle .bin files)"
-        )
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise ModelNotAvailableError(
-            "loading a LoRA adapter needs peft: pip install peft"
-        ) from None
+    PeftModel = peft_for(adir).PeftModel
     if _adapter_spec(base) is not None:
         raise ModelNotAvailableError(f"the base of {adir} is itself an adapter: {base!r}")
     lm = load_model(base, **common)

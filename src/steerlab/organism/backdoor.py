@@ -282,7 +282,7 @@ def train_backdoor(
         return json.loads((out / ORGANISM_FILE).read_text())
 
     # Built in a stable directory beside the cache entry: an interrupted build resumes there.
-    run = Run(cached.with_name(f".{cached.name}.partial"), kind="organism", lm=lm,
+    run = Run(cached.with_name(f".{cached.name}.partial"), kind="organism", identity=ident,
               progress=progress, status=status)
     bs = 16
     clean_prompts = data.train + data.extra

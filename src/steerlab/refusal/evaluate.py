@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ __all__ = ["SETS", "Variant", "evaluate_variants", "refusal_variants"]
 SETS = ("harmful", "harmless")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Variant:
     """One row of the evaluation: what is applied to each set, and where it generates."""
 
@@ -72,10 +73,17 @@ class Variant:
 
 
 def refusal_variants(
-    vec: torch.Tensor, layer: int, coeff: float, clamp_value: float, random_vec: torch.Tensor
+    vec: torch.Tensor,
+    layer: int,
+    coeff: float,
+    clamp_value: float,
+    random_vec: torch.Tensor,
+    spill_dir: Path | None = None,
 ) -> list[Variant]:
-    """The variants of the table above, for the selected direction ``vec`` at ``layer``."""
+    """The variants of the table above, for the selected direction ``vec`` at ``layer``
+    (``spill_dir``: where the orthogonalized variant keeps the original weights meanwhile)."""
     add, sub = Steer(vec, layers=layer, coeff=coeff), Steer(vec, layers=layer, coeff=-1.0)
+    ortho = Orthogonalize(vec, spill_dir=spill_dir)
     return [
         Variant("baseline", NoOp(), NoOp(), SETS),
         Variant("ablation", Ablate(vec), Ablate(vec), SETS),
@@ -88,7 +96,7 @@ def refusal_variants(
             ("harmless",),
         ),
         Variant("random", Ablate(random_vec), Steer(random_vec, layers=layer, coeff=coeff), SETS),
-        Variant("orthogonalized", Orthogonalize(vec), Orthogonalize(vec), SETS),
+        Variant("orthogonalized", ortho, ortho, SETS),
     ]
 
 
@@ -114,48 +122,56 @@ def _measure(
     sets: dict[str, list[str]],
     ids: Sequence[int],
     cfg: RefusalConfig,
-    base_lp: Callable[[], torch.Tensor],
-    base_texts: Callable[[], list[str]],
+    base: tuple[torch.Tensor, list[str]] | None,
     advance: Callable[[int], None],
     n_ce: int,
 ) -> dict[str, Any]:
-    rec: dict[str, Any] = {}
+    """One variant's measures; ``base`` (the unchanged model's harmless log-probs and texts,
+    computed outside any intervention) is None for the baseline itself."""
+    groups: list[tuple[Intervention, list[str]]] = []  # one context per distinct intervention
     for which in SETS:
-        with variant.on(which).applied(lm) as m:
-            if which in variant.generated_on:
-                texts, lp = generate(
-                    m.model,
-                    m.tokenizer,
-                    sets[which],
-                    max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.batch_size,
-                    chat=cfg.chat,
-                    seed=cfg.seed,
-                    first_logprobs=True,
-                    prefix_cache=True,
-                    progress=advance,
-                )
-            elif which == "harmless":  # not generated here: one forward, for KL and scores
-                texts = None
-                lp = last_token_logprobs(
-                    m.model, m.tokenizer, sets[which], batch_size=cfg.batch_size, chat=cfg.chat
-                )
-            else:
-                continue
-            rec[which] = {"texts": texts, "scores": refusal_scores(lp, ids).tolist()}
-            if which == "harmless":
-                rec["kl_harmless"] = (
-                    0.0 if variant.name == "baseline" else kl_divergence(base_lp(), lp)
-                )
+        if which == "harmful" and which not in variant.generated_on:
+            continue  # harmful prompts are only measured where generated
+        iv = variant.on(which)
+        if groups and groups[-1][0] is iv:
+            groups[-1][1].append(which)
+        else:
+            groups.append((iv, [which]))
+    rec: dict[str, Any] = {}
+    for iv, whiches in groups:
+        with iv.applied(lm) as m:
+            for which in whiches:
+                if which in variant.generated_on:
+                    texts, lp = generate(
+                        m.model,
+                        m.tokenizer,
+                        sets[which],
+                        max_new_tokens=cfg.max_new_tokens,
+                        batch_size=cfg.batch_size,
+                        chat=cfg.chat,
+                        seed=cfg.seed,
+                        first_logprobs=True,
+                        prefix_cache=True,
+                        progress=advance,
+                    )
+                else:  # harmless, not generated here: one forward, for KL and scores
+                    texts = None
+                    lp = last_token_logprobs(
+                        m.model, m.tokenizer, sets[which], batch_size=cfg.batch_size, chat=cfg.chat
+                    )
+                rec[which] = {"texts": texts, "scores": refusal_scores(lp, ids).tolist()}
+                if which != "harmless":
+                    continue
+                rec["kl_harmless"] = 0.0 if base is None else kl_divergence(base[0], lp)
                 ce = sets["harmless"][:n_ce]
                 rec["ce_loss_harmless"] = continuation_loss(
                     m.model, m.tokenizer, [""] * len(ce), ce, chat=False
                 )
-                own = texts if variant.name == "baseline" else base_texts()
+                own = texts if base is None else base[1]
                 rec["ce_loss_completions"] = continuation_loss(
                     m.model, m.tokenizer, ce, own[: len(ce)], chat=cfg.chat
                 )
-                if variant.name == "baseline":
+                if base is None:
                     rec["_lp"] = lp
     return rec
 
@@ -180,6 +196,8 @@ def evaluate_variants(
     (the first step's distribution); the only extra forwards are harmless prompts for variants
     not generated there, and the cross-entropy on ``n_ce`` harmless prompts.
     """
+    if not variants or variants[0].name != "baseline":
+        raise ValueError("the baseline variant must come first: the others are measured against it")
     sets = {"harmful": list(harmful), "harmless": list(harmless)}
     adv = advance or (lambda _n: None)
     memo: dict[str, Any] = {}
@@ -197,17 +215,14 @@ def evaluate_variants(
         rec = jr.get(f"eval:{v.name}")
         if rec is None:
             t0 = time.perf_counter()
-            rec = _measure(
-                v,
-                lm,
-                sets,
-                refusal_ids,
-                cfg,
-                base_lp,
-                lambda: records["baseline"]["harmless"]["texts"],
-                adv,
-                n_ce,
+            # The baseline's distribution is computed before any intervention is entered: a
+            # baseline read from the journal must not be recomputed under a variant's hooks.
+            base = (
+                None
+                if v.name == "baseline"
+                else (base_lp(), records["baseline"]["harmless"]["texts"])
             )
+            rec = _measure(v, lm, sets, refusal_ids, cfg, base, adv, n_ce)
             if "_lp" in rec:
                 memo["lp"] = rec.pop("_lp")
             jr.put(f"eval:{v.name}", rec, time.perf_counter() - t0)

@@ -96,8 +96,11 @@ def prepare_export(
     *,
     keep: tuple[Path, ...] = (),
     overwrite: bool = False,
+    spill_dir: Path | None = None,
 ) -> ExportCheck:
-    """Write the orthogonalized checkpoint beside ``export_dir`` and check it (see module)."""
+    """Write the orthogonalized checkpoint beside ``export_dir`` and check it (see module).
+
+    The caller removes ``ExportCheck.tmp`` if it does not publish it."""
     from transformers import AutoModelForCausalLM
 
     check_new_dir(export_dir, overwrite=overwrite, keep=keep, what="export dir")
@@ -105,7 +108,7 @@ def prepare_export(
     shutil.rmtree(tmp, ignore_errors=True)
     dtype = next(lm.model.parameters()).dtype
     try:
-        with Orthogonalize(vec).applied(lm) as edited:
+        with Orthogonalize(vec, spill_dir=spill_dir).applied(lm) as edited:
             edited.model.save_pretrained(tmp)
             equivalence = edited.model.config.steerlab_edit["equivalence"]
         lm.tokenizer.save_pretrained(tmp)

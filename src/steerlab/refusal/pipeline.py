@@ -11,6 +11,7 @@ on, the report says so, and the run ends with an error.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def run_refusal(
     )
     done: dict[str, Any] = {"data": data}
     notes = list(data.notes)
+    prepared: ExportCheck | None = None
     step = "filter"
     try:
         with run.step("filter"):
@@ -95,15 +97,15 @@ def run_refusal(
         with run.step(step):
             done["coeff"] = coeff = coefficient(ctx, data, sel)
         direction_artifact(ctx, done["filtered"], sel, coeff)
-        prepared: ExportCheck | None = None
         if export_dir is not None:
             step = "export_check"
             with run.step(step):
                 n = EXPORT_CHECK_PROMPTS
                 prompts = data.eval_harmful[:n] + data.eval_harmless[:n]
                 prepared = prepare_export(
-                    lm, sel.vector, export_dir, prompts, cfg.chat, keep=(out,), overwrite=overwrite
-                )
+                    lm, sel.vector, export_dir, prompts, cfg.chat, keep=(out,),
+                    overwrite=overwrite, spill_dir=run.path("cache"),
+                )  # fmt: skip
             if prepared.error:
                 notes.append(f"export failed its check: {prepared.error}")
                 run.say(f"export check failed: {prepared.error}; evaluating anyway")
@@ -141,6 +143,9 @@ def run_refusal(
         _write(run, build_report(ctx, **done, notes=notes, failure=failure))
         e.steerlab_report = str(out / "report.html")  # type: ignore[attr-defined]
         raise
+    finally:  # a checked checkpoint not published (failure, Ctrl-C) is not left behind
+        if prepared is not None and prepared.tmp is not None:
+            shutil.rmtree(prepared.tmp, ignore_errors=True)
     report = build_report(ctx, **done, notes=notes)
     _write(run, report)
     if prepared is not None and prepared.error:

@@ -6,7 +6,6 @@ another step's key. The run's weights fingerprint is part of every key
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from .._version import __version__
 from ..directions.artifact import LAYER_CONVENTION, Direction
 from ..errors import DataError
 from ..generation import last_token_logprobs
-from ..interventions import Steer
+from ..interventions import Steer, vector_spec
 from ..metrics import refusal_scores
 from ..models.load import LoadedModel
 from ..runs import Run, key_of
@@ -67,7 +66,7 @@ class Ctx:
 
 
 def _vec_key(v: torch.Tensor) -> str:
-    return hashlib.sha256(v.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return str(vector_spec(v)["sha256"])
 
 
 # ------------------------------------------------------------------------------ 1. filter
@@ -198,8 +197,10 @@ def selection(ctx: Ctx, data: RefusalData, cands: Candidates) -> Selection:
         ).tolist(),
     )
     diffs = cands.diffs
-    rule = [cfg.prune_last, cfg.early_prompts, cfg.keep, cfg.induce_coeff, cfg.screen]
-    key = [ctx.prompt_key, _vec_key(diffs), data.harmful_val, data.harmless_val, ctx.ids, rule]
+    # The journal holds per-candidate scores: they depend on the prompts a score uses and the
+    # induce coefficient, not on how many candidates the rule keeps or prunes.
+    scoring = [cfg.early_prompts, cfg.induce_coeff]
+    key = [ctx.prompt_key, _vec_key(diffs), data.harmful_val, data.harmless_val, ctx.ids, scoring]
     journal = cache.journal("selection", key)
     cands_ = score_candidates(
         ctx.lm,
@@ -316,7 +317,8 @@ def evaluation(ctx: Ctx, data: RefusalData, sel: Selection, coeff: Coefficient) 
     gen = torch.Generator().manual_seed(cfg.seed)
     rand = torch.randn(sel.vector.shape[0], generator=gen)
     rand = rand / rand.norm() * sel.vector.norm()
-    variants = refusal_variants(sel.vector, sel.layer, coeff.value, sel.clamp_value, rand)
+    spill = ctx.run.path("cache")  # the originals of orthogonalized weights, meanwhile
+    variants = refusal_variants(sel.vector, sel.layer, coeff.value, sel.clamp_value, rand, spill)
     sets = {"harmful": data.eval_harmful, "harmless": data.eval_harmless}
     n_gen = sum(len(sets[w]) for v in variants for w in v.generated_on)
     common = [

@@ -97,7 +97,9 @@ def build_report(
         if sel
         else None,
         "variants": metrics,
-        "verdicts": refusal_verdicts(metrics, cfg, coeff.value if coeff else None),
+        "verdicts": refusal_verdicts(
+            metrics, cfg, coeff.value if coeff else None, not lm.adapter.sandwich
+        ),
         "disagreement": dis,
         "examples": _examples(data, ev.completions) if (data and ev) else [],
         "filter": filtered.counts if filtered else None,

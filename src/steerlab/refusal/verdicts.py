@@ -34,9 +34,15 @@ def _p(p: float) -> str:
 
 
 def refusal_verdicts(
-    metrics: Mapping[str, Mapping[str, Any]], cfg: RefusalConfig, coeff: float | None
+    metrics: Mapping[str, Mapping[str, Any]],
+    cfg: RefusalConfig,
+    coeff: float | None,
+    equivalent: bool = True,
 ) -> list[dict[str, Any]]:
-    """A list of ``{"check", "level" ("ok" | "warning"), "text"}``, in reading order."""
+    """A list of ``{"check", "level" ("ok" | "warning"), "text"}``, in reading order.
+
+    ``equivalent``: the orthogonalized weights compute exactly what runtime ablation does
+    (False for sandwich-norm models, whose edit only removes the direction)."""
     out: list[dict[str, Any]] = []
 
     def add(check: str, ok: bool, text: str) -> None:
@@ -126,6 +132,9 @@ def refusal_verdicts(
                 "the same within their intervals."
                 if not c["separated"]
                 else "they differ, although the edit should be equivalent."
+                if equivalent
+                else "they differ; with sandwich norms the edit removes the direction exactly "
+                "but is not identical to runtime ablation."
             ),
         )
     kl = (abl or {}).get("kl_harmless")

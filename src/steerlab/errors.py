@@ -9,6 +9,7 @@ __all__ = [
     "ModelNotAvailableError",
     "SteerlabError",
     "VectorError",
+    "first_line",
 ]
 
 
@@ -34,3 +35,10 @@ class VectorError(SteerlabError):
 
 class ArtifactError(SteerlabError):
     """An artifact file is corrupt, foreign, or made for another model."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line
+    errors built on a library's multi-line ones."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotAvailableError, SteerlabError
+from ..errors import ModelNotAvailableError, SteerlabError, first_line
 from ..models.load import LoadedModel, peft_for
 
 __all__ = ["LoRA"]
@@ -77,7 +77,7 @@ class LoRA:
                 lm.model, str(self.path), is_trainable=self.trainable
             )
         except (ValueError, KeyError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelNotAvailableError(f"adapter {self.path} does not fit: {first}") from None
 
     @contextmanager

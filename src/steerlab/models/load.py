@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelNotAvailableError
+from ..errors import ModelNotAvailableError, first_line
 from .adapter import ModelAdapter, blocks_of, get_adapter
 from .registry import BUILTIN_MODELS, get_builtin
 
@@ -193,7 +193,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelNotAvailableError(f"could not load {spec!r}: {first}") from None
     if device_map is None:
         model.to(device)
@@ -255,7 +255,7 @@ def _load_with_adapter(
     try:
         merged = PeftModel.from_pretrained(lm.model, str(adir)).merge_and_unload()
     except (ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelNotAvailableError(f"adapter {adir} does not fit {base!r}: {first}") from None
     merged.eval()
     model_id = f"{lm.info.model_id}+{adir.resolve()}"

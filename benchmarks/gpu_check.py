@@ -323,11 +323,43 @@ def check_discover(env: Env) -> tuple[bool, str, dict[str, Any]]:
                 f"report, html, vectors written: {all(files.values())}"), {"files": files}
 
 
+def check_sweep(env: Env) -> tuple[bool, str, dict[str, Any]]:
+    from steerlab.behaviors import load_behavior
+    from steerlab.sweep import SweepConfig, next_logprobs_rows, run_sweep
+
+    env.need("lm", "direction")
+    lm, lay = env.lm, env.mid
+    v = env.direction.vector(lay)
+    v = v / v.norm() * 8.0
+    cells = [steerlab.RowSetting(add={lay: v * c}) for c in (0.5, 1.0)]
+    texts = PROMPTS[:2] * 2
+    rows = [c for c in cells for _ in PROMPTS[:2]]
+    together = next_logprobs_rows(lm, texts, rows)
+    worst = 0.0
+    for j, c in enumerate((0.5, 1.0)):
+        with steerlab.Steer(v * c, layers=lay).applied(lm) as t:
+            alone = next_logprobs_rows(t, PROMPTS[:2])
+        worst = max(worst, float((together[2 * j : 2 * j + 2] - alone).abs().max()))
+    beh = load_behavior("builtin:sentiment")
+    cfg = SweepConfig(layers=f"{lay},{lay + 1}", coeffs=(0.25, 1.0), max_new_tokens=6)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-sweep-") as out:
+        rep, same, clean = unchanged(env, lambda: run_sweep(lm, beh, cfg, out))
+        files = {f: (Path(out) / f).is_file() for f in ("sweep.json", "report.html")}
+    tol = 1e-4 if env.dtype == "float32" else 5e-2
+    ok = worst < tol and all(files.values()) and same and clean and len(rep["cells"]) == 4
+    return ok, (f"per-row vs one cell alone max |logprob diff| {worst:.1e} (tol {tol:g}); "
+                f"4-cell sweep chose {rep['chosen']['key']}, test score "
+                f"{rep['test']['steered']['score']:.2f} vs {rep['test']['unsteered']['score']:.2f};"
+                f" files {all(files.values())}; bit-identical after: {same}"), {
+        "max_abs_diff": worst, "chosen": rep["chosen"], "test": rep["test"],
+        "timings": rep["timings"]}
+
+
 CHECKS: list[tuple[str, Callable[[Env], tuple[bool, str, dict[str, Any]]]]] = [
     ("cuda", check_cuda), ("load", check_load), ("extract", check_extract),
     ("steer+generate", check_steer), ("ablate, clamp", check_ablate_clamp),
     ("placement", check_placement), ("orthogonalize", check_orthogonalize),
-    ("refusal", check_refusal), ("discover", check_discover),
+    ("refusal", check_refusal), ("discover", check_discover), ("sweep", check_sweep),
 ]
 
 

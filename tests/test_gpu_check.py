@@ -72,6 +72,12 @@ def test_every_check_holds_on_cpu(gc_mod, capsys) -> None:
     result = json.loads(out.strip().splitlines()[-1])
     ran = [c for c in result["checks"] if c["held"] is not None]
     assert {c["check"] for c in ran} == {
-        "load", "extract", "steer+generate", "ablate, clamp", "placement", "orthogonalize"
+        "load",
+        "extract",
+        "steer+generate",
+        "ablate, clamp",
+        "placement",
+        "orthogonalize",
+        "sweep",
     }
     assert all(c["held"] for c in ran), [c for c in ran if not c["held"]]

@@ -28,6 +28,7 @@ from ._version import __version__
 
 __all__ = [
     "Ablate",
+    "Behavior",
     "Clamp",
     "Compose",
     "Direction",
@@ -37,11 +38,14 @@ __all__ = [
     "ModelAdapter",
     "NoOp",
     "Orthogonalize",
+    "PerRow",
     "PromptPrefix",
+    "RowSetting",
     "Run",
     "Steer",
     "SteerRows",
     "SteerlabError",
+    "SweepConfig",
     "__version__",
     "ablate",
     "apply",
@@ -49,9 +53,12 @@ __all__ = [
     "extract",
     "generate",
     "get_adapter",
+    "load_behavior",
     "load_model",
+    "make_scorer",
     "orthogonalize",
     "read_prompts",
+    "run_sweep",
     "steer",
 ]
 
@@ -81,9 +88,17 @@ _LAZY = {
     "steer": "steerlab.interventions",
     "generate": "steerlab.generation",
     "read_prompts": "steerlab.io.prompts",
+    "Behavior": "steerlab.behaviors",
+    "load_behavior": "steerlab.behaviors",
+    "make_scorer": "steerlab.behaviors",
+    "PerRow": "steerlab.interventions",
+    "RowSetting": "steerlab.interventions",
+    "SweepConfig": "steerlab.sweep",
+    "run_sweep": "steerlab.sweep",
 }
 
 if TYPE_CHECKING:
+    from .behaviors import Behavior, load_behavior, make_scorer
     from .directions import Direction, extract
     from .errors import SteerlabError
     from .generation import generate
@@ -95,7 +110,9 @@ if TYPE_CHECKING:
         LoRA,
         NoOp,
         Orthogonalize,
+        PerRow,
         PromptPrefix,
+        RowSetting,
         Steer,
         SteerRows,
         ablate,
@@ -107,6 +124,7 @@ if TYPE_CHECKING:
     from .io.prompts import read_prompts
     from .models import LoadedModel, ModelAdapter, get_adapter, load_model
     from .runs import Run
+    from .sweep import SweepConfig, run_sweep
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,9 @@ __all__ = [
     "ArtifactError",
     "DataError",
     "LayerError",
+    "MissingDependency",
     "ModelNotAvailableError",
+    "ScorerError",
     "SteerlabError",
     "VectorError",
     "first_line",
@@ -35,6 +37,14 @@ class VectorError(SteerlabError):
 
 class ArtifactError(SteerlabError):
     """An artifact file is corrupt, foreign, or made for another model."""
+
+
+class ScorerError(SteerlabError):
+    """A behaviour scorer's spec is malformed, or its scoring service failed."""
+
+
+class MissingDependency(SteerlabError):
+    """An optional library that this feature needs is not installed."""
 
 
 def first_line(e: BaseException) -> str:

@@ -24,7 +24,14 @@ from torch import nn
 from .models.chat import encode, pad_id
 from .models.compat import cache_kwarg, cache_of
 
-__all__ = ["MIN_PREFIX", "PrefixBatch", "prefix_batch", "prefix_cache", "prefix_last_logits"]
+__all__ = [
+    "MIN_PREFIX",
+    "PrefixBatch",
+    "prefix_batch",
+    "prefix_cache",
+    "prefix_last_logits",
+    "prefix_rows",
+]
 
 MIN_PREFIX = 8  # below this, caching saves less than it costs
 
@@ -49,18 +56,22 @@ def prefix_batch(
     tokenizer: Any, prompts: Sequence[str], *, chat: bool | None = None
 ) -> PrefixBatch:
     """Tokenize, find the longest shared token prefix (leaving each row >= 1 own token)."""
-    rows = _rows(tokenizer, prompts, chat)
+    return prefix_rows(_rows(tokenizer, prompts, chat), pad_id(tokenizer))
+
+
+def prefix_rows(rows: Sequence[Sequence[int]], pid: int) -> PrefixBatch:
+    """:func:`prefix_batch` for rows already tokenized (e.g. prompt + continuation)."""
     p = 0
     shortest = min(len(r) for r in rows)
     while p < shortest - 1 and all(r[p] == rows[0][p] for r in rows):
         p += 1
     s = max(len(r) for r in rows) - p
     b = len(rows)
-    ids = torch.full((b, p + s), pad_id(tokenizer), dtype=torch.long)
+    ids = torch.full((b, p + s), pid, dtype=torch.long)
     mask = torch.zeros((b, p + s), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, :p] = torch.tensor(r[:p])
-        ids[i, p + s - (len(r) - p) :] = torch.tensor(r[p:])
+        ids[i, :p] = torch.tensor(list(r[:p]))
+        ids[i, p + s - (len(r) - p) :] = torch.tensor(list(r[p:]))
         mask[i, :p] = 1
         mask[i, p + s - (len(r) - p) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)

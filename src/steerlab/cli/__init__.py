@@ -17,6 +17,7 @@ from .generate import generate
 from .models import models
 from .organism import organism_app
 from .refusal import refusal
+from .sweep import sweep
 
 __all__ = ["app", "main"]
 
@@ -49,6 +50,7 @@ app.command("extract")(extract)
 app.command("generate")(generate)
 app.command("refusal")(refusal)
 app.command("discover")(discover)
+app.command("sweep")(sweep)
 app.add_typer(organism_app, name="organism")
 
 

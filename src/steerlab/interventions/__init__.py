@@ -6,11 +6,14 @@
   :class:`Ablate`, :class:`Clamp`, :class:`SteerRows` (a vector per batch row),
   :class:`Orthogonalize` (in place, restored),
   :class:`PromptPrefix`, :class:`LoRA`, :class:`NoOp`, and :class:`Compose` / :func:`apply`
-  for several at once.
+  for several at once;
+* :class:`PerRow`: a different treatment per batch row (:class:`RowSetting`), so a grid of
+  settings shares batched forwards.
 """
 
 from .base import Compose, Intervention, NoOp, apply, vector_spec
 from .lora import LoRA
+from .per_row import PerRow, RowSetting
 from .prompting import PromptPrefix
 from .runtime import ablate, check_coeff, clamp, steer, steer_rows
 from .treatments import Ablate, Clamp, Orthogonalize, Steer, SteerRows
@@ -24,7 +27,9 @@ __all__ = [
     "LoRA",
     "NoOp",
     "Orthogonalize",
+    "PerRow",
     "PromptPrefix",
+    "RowSetting",
     "Steer",
     "SteerRows",
     "ablate",

@@ -1,0 +1,297 @@
+"""Batched evaluation of many treatments at once: one row per (prompt, setting).
+
+:func:`greedy_rows` is a greedy decoding loop over a stock model with a KV cache, under a
+:class:`~steerlab.interventions.per_row.PerRow` intervention. When no row of a batch touches the
+prompt (every setting steers only ``generated`` tokens), each distinct prompt's forward runs
+once, unsteered, and its cache is repeated for every row that shares it. The loop decodes
+exactly as ``model.generate`` does greedily (argmax of the last logits, rows stop at EOS), which
+``tests/test_sweep_engine.py`` checks token for token.
+
+:func:`next_logprobs_rows` and :func:`continuation_nll_rows` are the teacher-forced
+counterparts (first reply token distributions; log-likelihood of given continuations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..interventions.base import NoOp
+from ..interventions.per_row import PerRow, RowSetting
+from ..models.chat import encode, format_prompt, has_chat_template, pad_id
+from ..models.compat import cache_kwarg, cache_of
+from ..models.load import LoadedModel
+from ..prefix import MIN_PREFIX, prefix_cache, prefix_rows
+
+__all__ = ["Generated", "continuation_nll_rows", "greedy_rows", "next_logprobs_rows"]
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Completions of a row batch: ``texts[i]`` and its number of new tokens ``lengths[i]``
+    (EOS excluded)."""
+
+    texts: list[str]
+    lengths: list[int]
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.lengths)
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = lm.tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def _forward(model: Any, **kw: Any) -> Any:
+    try:
+        return model(**kw, logits_to_keep=1)
+    except TypeError:  # models without logits_to_keep
+        return model(**kw)
+
+
+@torch.no_grad()
+def _greedy_batch(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    settings: Sequence[RowSetting],
+    max_new_tokens: int,
+    chat: bool | None,
+) -> Generated:
+    model, tok = lm.model, lm.tokenizer
+    dev = lm.device
+    n = len(prompts)
+    share = not any(s.touches_prompt for s in settings)
+    uniq = list(dict.fromkeys(prompts)) if share else list(prompts)
+    batch = encode(tok, uniq, chat=chat).to(dev)
+    mask = batch.attention_mask
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    eos = _eos_ids(lm)
+    pid = pad_id(tok)
+    with PerRow(settings).applied(lm):
+        out = _forward(
+            model, input_ids=batch.input_ids, attention_mask=mask, position_ids=pos, use_cache=True
+        )
+        cache = cache_of(out)
+        logits = out.logits[:, -1]
+        if share:  # one unsteered prompt forward per distinct prompt, repeated for its rows
+            # CPU indices: they index a cache spread over several devices (device_map) too
+            idx = torch.tensor([uniq.index(p) for p in prompts])
+            cache.batch_select_indices(idx)
+            logits, mask, pos = logits[idx], mask[idx.to(dev)], pos[idx.to(dev)]
+        last_pos = pos[:, -1]
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        new: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            nxt = logits.float().argmax(-1).to(dev)  # the last block may sit on another GPU
+            nxt = torch.where(done, torch.full_like(nxt, pid), nxt)
+            new.append(nxt)
+            if eos:
+                done = done | torch.isin(nxt, torch.tensor(sorted(eos), device=dev))
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype, device=dev)], 1)
+            last_pos = last_pos + 1
+            out = _forward(
+                model,
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=last_pos[:, None],
+                use_cache=True,
+                **{cache_kwarg(model): cache},
+            )
+            cache = cache_of(out)
+            logits = out.logits[:, -1]
+    ids = torch.stack(new, 1).cpu() if new else torch.zeros(n, 0, dtype=torch.long)
+    texts, lengths = [], []
+    for row in ids.tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        lengths.append(cut)
+        texts.append(tok.decode(row[:cut], skip_special_tokens=True))
+    return Generated(texts, lengths)
+
+
+def greedy_rows(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    settings: Sequence[RowSetting],
+    *,
+    max_new_tokens: int = 32,
+    batch_rows: int = 64,
+    chat: bool | None = None,
+    progress: Progress | None = None,
+) -> Generated:
+    """Greedy completions of ``prompts[i]`` under ``settings[i]``, ``batch_rows`` rows at a time.
+
+    Rows are processed in the given order, so the same call always forms the same batches
+    (results do not depend on what ran before: a resumed sweep gives identical numbers).
+    """
+    if len(prompts) != len(settings):
+        raise ValueError(f"{len(prompts)} prompts for {len(settings)} settings")
+    texts: list[str] = []
+    lengths: list[int] = []
+    for i in range(0, len(prompts), batch_rows):
+        g = _greedy_batch(
+            lm, prompts[i : i + batch_rows], settings[i : i + batch_rows], max_new_tokens, chat
+        )
+        texts += g.texts
+        lengths += g.lengths
+        if progress:
+            progress(len(g.texts))
+    return Generated(texts, lengths)
+
+
+@torch.no_grad()
+def next_logprobs_rows(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    settings: Sequence[RowSetting] | None = None,
+    *,
+    rendered: bool = False,
+    chat: bool | None = None,
+    batch_rows: int = 64,
+) -> torch.Tensor:
+    """(N, V) float32 log-probabilities of the next token after each text.
+
+    Args:
+        texts: user prompts (the chat template is applied), or with ``rendered`` texts already
+            rendered (e.g. a template plus a prefilled reply such as ``"("``).
+        settings: one per text; None for the unchanged model.
+    """
+    out = []
+    for i in range(0, len(texts), batch_rows):
+        chunk = list(texts[i : i + batch_rows])
+        if rendered:  # the text carries its own special tokens
+            ids, mask = _left_pad(
+                [lm.tokenizer.encode(t, add_special_tokens=False) for t in chunk],
+                pad_id(lm.tokenizer),
+            )
+        else:
+            b = encode(lm.tokenizer, chunk, chat=chat)
+            ids, mask = b.input_ids, b.attention_mask
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = None if settings is None else settings[i : i + batch_rows]
+        with _treated(lm, rows):
+            logits = _forward(
+                lm.model,
+                input_ids=ids.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                position_ids=pos.to(lm.device),
+                use_cache=False,
+            ).logits[:, -1]
+        out.append(torch.log_softmax(logits.float(), -1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def continuation_nll_rows(
+    lm: LoadedModel,
+    contexts: Sequence[str],
+    continuations: Sequence[str],
+    settings: Sequence[RowSetting] | None = None,
+    *,
+    chat: bool | None = None,
+    batch_rows: int = 32,
+) -> list[tuple[float, int]]:
+    """(sum of negative log-likelihood in nats, token count) of each continuation given its
+    context (a user message answered by the continuation when the model has a chat template).
+
+    An empty continuation gives ``(0.0, 0)``.
+    """
+    tok = lm.tokenizer
+    use_chat = has_chat_template(tok) if chat is None else chat
+    pid = pad_id(tok)
+    res: list[tuple[float, int]] = []
+    for i in range(0, len(contexts), batch_rows):
+        rows, lens = [], []
+        for ctx, cont in zip(
+            contexts[i : i + batch_rows], continuations[i : i + batch_rows], strict=True
+        ):
+            if use_chat:
+                pre = tok.encode(format_prompt(tok, ctx, chat=True), add_special_tokens=False)
+            else:
+                pre = tok.encode(ctx, add_special_tokens=True) if ctx else []
+                if not pre:
+                    bos = getattr(tok, "bos_token_id", None)
+                    pre = [bos if bos is not None else pid]
+            ids = tok.encode(cont, add_special_tokens=False) if cont else []
+            rows.append(pre + ids)
+            lens.append(len(ids))
+        rows_s = None if settings is None else settings[i : i + batch_rows]
+        k = max(lens) + 1
+        res += _nll(lm, rows, lens, k, rows_s, pid)
+    return res
+
+
+def _nll(
+    lm: LoadedModel,
+    rows: list[list[int]],
+    lens: list[int],
+    k: int,
+    settings: Sequence[RowSetting] | None,
+    pid: int,
+) -> list[tuple[float, int]]:
+    """NLL of the last ``lens[j]`` tokens of each row. Unsteered rows share their common prefix
+    (the chat template's system part): it is computed once and its cache repeated."""
+    dev = lm.device
+    pb = prefix_rows(rows, pid) if settings is None and len(rows) > 1 else None
+    kw: dict[str, Any]
+    if (
+        pb is not None
+        and pb.prefix_len >= MIN_PREFIX
+        and k <= pb.input_ids.shape[1] - pb.prefix_len
+    ):
+        p = pb.prefix_len
+        kw = dict(
+            input_ids=pb.input_ids[:, p:].to(dev),
+            attention_mask=pb.attention_mask.to(dev),
+            position_ids=pb.position_ids[:, p:].to(dev),
+            use_cache=True,
+            **{cache_kwarg(lm.model): prefix_cache(lm.model, pb)},
+        )
+        ids = pb.input_ids
+    else:
+        ids, mask = _left_pad(rows, pid)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw = dict(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=pos.to(dev),
+            use_cache=False,
+        )
+    with _treated(lm, settings):
+        try:
+            logits = lm.model(**kw, logits_to_keep=k).logits
+        except TypeError:
+            logits = lm.model(**kw).logits[:, -k:]
+    T = ids.shape[1]
+    targets = ids[:, T - k + 1 :].to(dev)
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, reduction="none"
+    )  # (B, k-1)
+    return [(float(nll[j, k - 1 - m :].sum()) if m else 0.0, m) for j, m in enumerate(lens)]
+
+
+def _treated(lm: LoadedModel, rows: Sequence[RowSetting] | None) -> Any:
+    return PerRow(rows).applied(lm) if rows else NoOp().applied(lm)
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pid, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, r in enumerate(rows):
+        if r:
+            ids[j, T - len(r) :] = torch.tensor(list(r))
+            mask[j, T - len(r) :] = 1
+    return ids, mask

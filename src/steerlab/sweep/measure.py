@@ -1,0 +1,179 @@
+"""Measure treatments of a behaviour: score, fluency and side effects, many settings per batch.
+
+For each :class:`~steerlab.interventions.per_row.RowSetting` (one cell of a grid, the
+unsteered model, a random control...) on a list of open-ended prompts:
+
+* ``score``: the behaviour scorer on the greedy completions (text scorers), or on the
+  behaviour's items (``ab``: probability of the matching letter with the reply prefilled by
+  "("; ``margin``: sigmoid of the per-token log-likelihood margin of the positive completion);
+* ``ce``: cross-entropy (nats/token) of the completion under the *unsteered* model;
+* ``distinct2`` and ``longest_repeat``: repetition of the completion;
+* ``kl``: first-token KL(unsteered || treated) on neutral prompts (zero by construction for
+  ``generated``-only steering, which leaves every prompt's forward alone).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..behaviors.behavior import ABItem, Behavior, Pair
+from ..interventions.per_row import RowSetting
+from ..metrics.stats import kl_divergence
+from ..metrics.text import distinct_n, longest_repeat
+from ..models.chat import format_prompt, has_chat_template
+from ..models.load import LoadedModel
+from .engine import continuation_nll_rows, greedy_rows, next_logprobs_rows
+
+__all__ = ["Measurer", "summarize"]
+
+Progress = Callable[[int], None]
+
+
+def _mean(xs: Sequence[float]) -> float:
+    v = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def summarize(per: dict[str, list[Any]]) -> dict[str, Any]:
+    """Means of one setting's per-prompt figures (what a grid cell records)."""
+    out = {k: _mean(per[k]) for k in ("score", "ce", "distinct2", "longest_repeat")}
+    out["n"] = len([s for s in per["score"] if s is not None and math.isfinite(s)])
+    out["kl"] = per.get("kl")
+    return out
+
+
+@dataclass
+class Measurer:
+    """Measures settings of one model on one behaviour.
+
+    Args:
+        scorer: from :func:`steerlab.behaviors.make_scorer` (``kind`` text, ab or margin).
+        neutral: prompts for the first-token KL.
+        chat: apply the chat template (default: when the tokenizer has one).
+    """
+
+    lm: LoadedModel
+    behavior: Behavior
+    scorer: Any
+    max_new_tokens: int = 32
+    batch_rows: int = 64
+    neutral: Sequence[str] = ()
+    chat: bool | None = None
+
+    def __post_init__(self) -> None:
+        self._base_neutral: torch.Tensor | None = None
+
+    # -- pieces ------------------------------------------------------------------------
+
+    def _kl(self, settings: Sequence[RowSetting]) -> list[float]:
+        if not self.neutral:
+            return [float("nan")] * len(settings)
+        if self._base_neutral is None:
+            self._base_neutral = next_logprobs_rows(self.lm, self.neutral, chat=self.chat)
+        touching = [s for s in settings if s.touches_prompt]
+        out: dict[int, float] = {}
+        if touching:
+            texts = [p for _ in touching for p in self.neutral]
+            rows = [s for s in touching for _ in self.neutral]
+            lp = next_logprobs_rows(
+                self.lm, texts, rows, chat=self.chat, batch_rows=self.batch_rows
+            )
+            k = len(self.neutral)
+            for j, s in enumerate(touching):
+                out[id(s)] = kl_divergence(self._base_neutral, lp[j * k : (j + 1) * k])
+        return [out.get(id(s), 0.0) for s in settings]
+
+    def _item_scores(self, settings: Sequence[RowSetting], items: Sequence[Any]) -> list[list]:
+        tok = self.lm.tokenizer
+        n = len(items)
+        rows = [s for s in settings for _ in items]
+        if self.scorer.kind == "ab":
+            chat = has_chat_template(tok) if self.chat is None else self.chat
+            texts = [format_prompt(tok, it.prompt(), chat=chat) + "(" for it in items] * len(
+                settings
+            )
+            lp = next_logprobs_rows(self.lm, texts, rows, rendered=True, batch_rows=self.batch_rows)
+            ids = {c: tok.encode(c, add_special_tokens=False)[0] for c in "AB"}
+            res = []
+            for j in range(len(settings)):
+                block = lp[j * n : (j + 1) * n]
+                scores = []
+                for i, it in enumerate(items):
+                    pa, pb = float(block[i, ids["A"]].exp()), float(block[i, ids["B"]].exp())
+                    match = pa if it.matching_letter == "A" else pb
+                    scores.append(match / (pa + pb) if pa + pb > 0 else float("nan"))
+                res.append(scores)
+            return res
+        # margin: per-token log-likelihood of the positive vs the negative completion
+        ctx = [it.prompt for it in items] * len(settings)
+        pos = continuation_nll_rows(
+            self.lm, ctx, [it.positive for it in items] * len(settings), rows, chat=self.chat
+        )
+        neg = continuation_nll_rows(
+            self.lm, ctx, [it.negative for it in items] * len(settings), rows, chat=self.chat
+        )
+        res = []
+        for j in range(len(settings)):
+            scores = []
+            for i in range(n):
+                (sp, np_), (sn, nn_) = pos[j * n + i], neg[j * n + i]
+                m = (-sp / max(np_, 1)) - (-sn / max(nn_, 1))
+                scores.append(1.0 / (1.0 + math.exp(-m)))
+            res.append(scores)
+        return res
+
+    # -- the one entry point -----------------------------------------------------------
+
+    def measure(
+        self,
+        settings: Sequence[RowSetting],
+        prompts: Sequence[str],
+        *,
+        items: Sequence[ABItem | Pair] | None = None,
+        kl: bool = True,
+        progress: Progress | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per-prompt figures for each setting: ``{"score": [...], "ce": [...], "distinct2",
+        "longest_repeat", "completions", "kl", "tokens"}``."""
+        rows = [s for s in settings for _ in prompts]
+        texts = [p for _ in settings for p in prompts]
+        gen = greedy_rows(
+            self.lm,
+            texts,
+            rows,
+            max_new_tokens=self.max_new_tokens,
+            batch_rows=self.batch_rows,
+            chat=self.chat,
+            progress=progress,
+        )
+        nll = continuation_nll_rows(self.lm, texts, gen.texts, chat=self.chat)
+        if self.scorer.kind == "text":
+            scores = [float(x) for x in self.scorer.score(texts, gen.texts)]
+            item_scores = None
+        else:
+            item_scores = self._item_scores(settings, items or [])
+            scores = []
+        kls = self._kl(settings) if kl else [float("nan")] * len(settings)
+        n = len(prompts)
+        out = []
+        for j, _s in enumerate(settings):
+            sl = slice(j * n, (j + 1) * n)
+            comps = gen.texts[sl]
+            out.append(
+                {
+                    "score": item_scores[j] if item_scores is not None else scores[sl],
+                    "ce": [s / m if m else float("nan") for s, m in nll[sl]],
+                    "distinct2": [distinct_n(c, 2) for c in comps],
+                    "longest_repeat": [float(longest_repeat(c)) for c in comps],
+                    "completions": comps,
+                    "kl": kls[j],
+                    "tokens": sum(gen.lengths[sl]),
+                }
+            )
+        return out

@@ -1,0 +1,116 @@
+"""The per-row engine equals one-treatment-at-a-time evaluation on a real model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steerlab.generation import generate
+from steerlab.interventions import Ablate, Steer, apply
+from steerlab.interventions.per_row import PerRow, RowSetting
+from steerlab.models.fingerprint import weights_fingerprint
+from steerlab.models.load import LoadedModel, load_model
+from steerlab.sweep.engine import continuation_nll_rows, greedy_rows, next_logprobs_rows
+
+PROMPTS = ["Describe a city bus.", "Tell me about breakfast.", "What is a river?"]
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedModel:
+    return load_model("smollm2-135m")
+
+
+def _vec(seed: int, norm: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(576, generator=g)
+    return v / v.norm() * norm
+
+
+def test_unsteered_rows_decode_like_generate(lm: LoadedModel) -> None:
+    rows = [RowSetting()] * len(PROMPTS)
+    ours = greedy_rows(lm, PROMPTS, rows, max_new_tokens=12)
+    ref = generate(lm.model, lm.tokenizer, PROMPTS, max_new_tokens=12)
+    assert ours.texts == ref
+    assert all(0 < n <= 12 for n in ours.lengths)
+
+
+def test_per_row_logits_equal_one_cell_at_a_time(lm: LoadedModel) -> None:
+    before = weights_fingerprint(lm.model)
+    cells = [(3, _vec(1, 8.0)), (10, _vec(2, 20.0)), (20, _vec(3, 30.0))]
+    settings = [RowSetting(add={lay: v}) for lay, v in cells for _ in PROMPTS]
+    texts = [p for _ in cells for p in PROMPTS]
+    batched = next_logprobs_rows(lm, texts, settings)
+    worst = 0.0
+    for c, (lay, v) in enumerate(cells):
+        with apply(lm, Steer(v, layers=lay, coeff=1.0)) as t:
+            one = next_logprobs_rows(t, PROMPTS)
+        part = batched[c * len(PROMPTS) : (c + 1) * len(PROMPTS)]
+        worst = max(worst, float((part - one).abs().max()))
+    assert worst < 1e-4
+    # The steering did something (the comparison is not between identical models).
+    plain = next_logprobs_rows(lm, PROMPTS)
+    assert float((batched[-len(PROMPTS) :] - plain).abs().max()) > 1e-2
+    assert weights_fingerprint(lm.model) == before
+    assert not any(m._forward_pre_hooks for m in lm.model.modules())
+
+
+def test_ablation_rows_match_a_hook_alone(lm: LoadedModel) -> None:
+    u = _vec(4, 1.0)
+    with apply(lm, Ablate(u)) as t:  # every layer, every sublayer write
+        ref = next_logprobs_rows(t, PROMPTS)
+    mixed = [RowSetting(ablate={k: u for k in range(lm.info.n_layers)})] * len(PROMPTS)
+    ours = next_logprobs_rows(lm, PROMPTS, mixed)
+    # Projecting only at block inputs is not full ablation: close but not identical.
+    assert float((ours - ref).abs().max()) < 5.0
+    alone = next_logprobs_rows(lm, PROMPTS[:1], mixed[:1])
+    assert float((ours[:1] - alone).abs().max()) < 1e-4
+
+
+def test_generated_positions_share_the_prompt_forward(lm: LoadedModel) -> None:
+    v = _vec(5, 25.0)
+    settings = [RowSetting(add={8: v}, positions="generated")] * len(PROMPTS)
+    ours = greedy_rows(lm, PROMPTS, settings, max_new_tokens=10)
+    with apply(lm, Steer(v, layers=8, coeff=1.0, positions="generated")) as t:
+        ref = generate(t.model, t.tokenizer, PROMPTS, max_new_tokens=10)
+    assert ours.texts == ref
+    plain = greedy_rows(lm, PROMPTS, [RowSetting()] * 3, max_new_tokens=10)
+    assert ours.texts != plain.texts
+
+
+def test_mixed_cells_generate_like_each_cell_alone(lm: LoadedModel) -> None:
+    cells = [
+        RowSetting(add={6: _vec(6, 20.0)}),
+        RowSetting(add={15: _vec(7, 40.0)}, positions="prompt"),
+    ]
+    settings = [c for c in cells for _ in PROMPTS]
+    texts = [p for _ in cells for p in PROMPTS]
+    together = greedy_rows(lm, texts, settings, max_new_tokens=8)
+    for c, cell in enumerate(cells):
+        alone = greedy_rows(lm, PROMPTS, [cell] * len(PROMPTS), max_new_tokens=8)
+        assert together.texts[c * 3 : (c + 1) * 3] == alone.texts
+
+
+def test_continuation_nll(lm: LoadedModel) -> None:
+    good = continuation_nll_rows(lm, ["What is 2 + 2?"] * 2, ["2 + 2 = 4.", "Purple elephant sky."])
+    assert good[0][1] > 0 and good[0][0] / good[0][1] < good[1][0] / good[1][1]
+    assert continuation_nll_rows(lm, ["Hi"], [""]) == [(0.0, 0)]
+    with pytest.raises(ValueError):
+        greedy_rows(lm, PROMPTS, [RowSetting()], max_new_tokens=2)
+    assert isinstance(PerRow([RowSetting()]).spec(), dict)
+
+
+def test_shared_prefix_nll_equals_plain(lm: LoadedModel) -> None:
+    conts = ["A bus is a large vehicle.", "Eggs and toast.", "Water that flows."]
+    shared = continuation_nll_rows(lm, PROMPTS, conts)  # unsteered: the template is shared
+    plain = continuation_nll_rows(lm, PROMPTS, conts, [RowSetting()] * 3)  # no sharing
+    for (a, n), (b, m) in zip(shared, plain, strict=True):
+        assert n == m and abs(a - b) < 1e-3 * max(1.0, abs(b))
+
+
+def test_unsteered_rows_beside_generated_rows_share_the_prompt(lm: LoadedModel) -> None:
+    v = _vec(8, 25.0)
+    rows = [RowSetting(add={8: v}, positions="generated"), RowSetting(), RowSetting(label="x")]
+    texts = [PROMPTS[0]] * 3
+    got = greedy_rows(lm, texts, rows, max_new_tokens=6)
+    plain = greedy_rows(lm, PROMPTS[:1], [RowSetting()], max_new_tokens=6)
+    assert got.texts[1] == got.texts[2] == plain.texts[0]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import DataError
-from ..io.prompts import read_prompts
+from ..io.prompts import read_prompts, read_text_file
 from ..models.chat import format_prompt
 
 __all__ = [
@@ -322,13 +322,7 @@ def load_behavior(spec: str | Path) -> Behavior:
         text, where = res.read_text(encoding="utf-8"), s
     else:
         p = Path(s).expanduser()
-        if not p.is_file():
-            raise DataError(f"behavior file not found: {p}")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{p} is not UTF-8 text") from None
-        where = str(p)
+        text, where = read_text_file(p, "behavior file"), str(p)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

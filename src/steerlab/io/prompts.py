@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import DataError
 
-__all__ = ["builtin_prompt_sets", "read_prompts"]
+__all__ = ["builtin_prompt_sets", "read_prompts", "read_text_file"]
 
 _TEXT_KEYS = ("instruction", "prompt", "text", "question", "input")
 
@@ -29,6 +29,16 @@ def _pick(obj: Any, column: str | None, where: str) -> str:
                 return obj[k]
         raise DataError(f"{where}: no text field (looked for {', '.join(k for k in keys if k)})")
     raise DataError(f"{where}: expected a string or an object, got {type(obj).__name__}")
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of a user's file, or a :class:`DataError` saying what is wrong."""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text") from None
 
 
 def builtin_prompt_sets() -> list[str]:
@@ -69,12 +79,7 @@ def read_prompts(path: str | Path, *, column: str | None = None) -> list[str]:
     if spec.startswith("builtin:"):
         return _read_builtin(spec)
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"prompt file not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{p} is not UTF-8 text") from None
+    text = read_text_file(p, "prompt file")
     suffix = p.suffix.lower()
     try:
         if suffix == ".json":

@@ -39,6 +39,7 @@ __all__ = [
     "NoOp",
     "Orthogonalize",
     "PerRow",
+    "ProbeConfig",
     "PromptPrefix",
     "RowSetting",
     "Run",
@@ -55,9 +56,11 @@ __all__ = [
     "get_adapter",
     "load_behavior",
     "load_model",
+    "make_probe_data",
     "make_scorer",
     "orthogonalize",
     "read_prompts",
+    "run_probe",
     "run_sweep",
     "steer",
 ]
@@ -95,6 +98,9 @@ _LAZY = {
     "RowSetting": "steerlab.interventions",
     "SweepConfig": "steerlab.sweep",
     "run_sweep": "steerlab.sweep",
+    "ProbeConfig": "steerlab.probe",
+    "make_probe_data": "steerlab.probe",
+    "run_probe": "steerlab.probe",
 }
 
 if TYPE_CHECKING:
@@ -123,6 +129,7 @@ if TYPE_CHECKING:
     )
     from .io.prompts import read_prompts
     from .models import LoadedModel, ModelAdapter, get_adapter, load_model
+    from .probe import ProbeConfig, make_probe_data, run_probe
     from .runs import Run
     from .sweep import SweepConfig, run_sweep
 

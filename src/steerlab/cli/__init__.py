@@ -16,6 +16,7 @@ from .extract import extract
 from .generate import generate
 from .models import models
 from .organism import organism_app
+from .probe import probe
 from .refusal import refusal
 from .sweep import sweep
 
@@ -51,6 +52,7 @@ app.command("generate")(generate)
 app.command("refusal")(refusal)
 app.command("discover")(discover)
 app.command("sweep")(sweep)
+app.command("probe")(probe)
 app.add_typer(organism_app, name="organism")
 
 

@@ -35,7 +35,8 @@ ADAPTER_HELP = (
     "norm_offset (dotted module paths; the README's 'Models and architectures' has an example)"
 )
 INTERRUPTED = 130
-RESUMABLE = ("refusal", "discover", "backdoor", "sweep")  # commands whose run cache resumes them
+# commands whose run cache resumes them
+RESUMABLE = ("refusal", "discover", "backdoor", "sweep", "probe")
 
 
 @dataclass(frozen=True)

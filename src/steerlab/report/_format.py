@@ -28,10 +28,13 @@ __all__ = [
     "fmt_sci",
     "fmt_seconds",
     "fmt_value",
+    "integer_locator",
     "is_num",
     "new_figure",
     "num_or_nan",
+    "pick",
     "png_bytes",
+    "run_timings",
 ]
 
 DASH = "—"  # shown wherever a value is missing (None)
@@ -137,6 +140,13 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
+def integer_locator() -> Any:
+    """A tick locator with integer ticks only (layers, counts)."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes, without a version stamp (same input, same bytes)."""
     buf = io.BytesIO()
@@ -147,6 +157,26 @@ def png_bytes(fig: Figure) -> bytes:
 def num_or_nan(x: Any) -> float:
     """A score as a float, NaN where missing, so lines break instead of dropping to zero."""
     return float(x) if is_num(x) else math.nan
+
+
+def pick(d: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """``keys`` of ``d``, None where absent, so the template never meets an undefined name."""
+    d = d if isinstance(d, Mapping) else {}
+    return {k: d.get(k) for k in keys}
+
+
+def run_timings(t: Any) -> dict[str, Any]:
+    """A report's ``timings`` as the keys :func:`.render.timings_view` reads: either
+    ``Run.timing_report()`` (``seconds``, ``compute_seconds``, ``resumed_steps``) or flat step
+    seconds."""
+    t = t if isinstance(t, Mapping) else {}
+    if "seconds" in t:
+        return {
+            "timings": t.get("seconds"),
+            "compute_seconds": t.get("compute_seconds"),
+            "resumed_steps": t.get("resumed_steps"),
+        }
+    return {"timings": t}
 
 
 def find_key(d: Any, key: str) -> Any:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..report._format import is_num, new_figure, num_or_nan
+from ..report._format import integer_locator, is_num, new_figure, num_or_nan
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,12 +32,6 @@ def _axis_values(report: Mapping[str, Any]) -> tuple[list[int], list[float]]:
     layers = sorted({*(report.get("layers") or []), *(int(c["layer"]) for c in cells)})
     coeffs = (report.get("search") or {}).get("coeffs") or []
     return layers, sorted({*map(float, coeffs), *(float(c["coeff"]) for c in cells)})
-
-
-def _integers() -> Any:
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(integer=True)
 
 
 def _bound(report: Mapping[str, Any]) -> float | None:
@@ -188,7 +182,7 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
         zorder=3,
     )
     if len(set(lays)) > 1:
-        fig.colorbar(sc, ax=ax, label="layer").ax.yaxis.set_major_locator(_integers())
+        fig.colorbar(sc, ax=ax, label="layer").ax.yaxis.set_major_locator(integer_locator())
     if rest:
         ax.scatter(
             *xy(rest),
@@ -318,7 +312,7 @@ def profile_figure(profile: Mapping[str, Any]) -> Figure | None:
             )
     ax.axhline(0.0, color="0.3", lw=0.8, ls=":")
     ax.set_xlabel("layer")
-    ax.xaxis.set_major_locator(_integers())
+    ax.xaxis.set_major_locator(integer_locator())
     ax.set_ylabel("score change")
     ax.set_title(f"Per-layer profile ({_coeff(profile.get('coeff'))})", fontsize=10)
     ax.grid(alpha=0.3)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..report._format import is_num, png_bytes
+from ..report._format import is_num, pick, png_bytes, run_timings
 from ..report.render import config_rows, render, timings_view
 from ..runs import Run, _finite
 from . import plots
@@ -45,12 +45,6 @@ SEARCH_MODES = {
 def write_sweep_report(run: Run, report: Mapping[str, Any]) -> None:
     """Write ``report.html`` (self-contained: the plots are embedded) into the run directory."""
     run.write_text("report.html", render_sweep_html(report))
-
-
-def _pick(d: Any, keys: Sequence[str]) -> dict[str, Any]:
-    """``keys`` of ``d``, None where absent, so the template never meets an undefined name."""
-    d = d if isinstance(d, Mapping) else {}
-    return {k: d.get(k) for k in keys}
 
 
 def _positions(report: Mapping[str, Any]) -> list[str]:
@@ -109,7 +103,7 @@ def _test_rows(test: Mapping[str, Any]) -> list[dict[str, Any]]:
     base = (test.get("unsteered") or {}).get("score")
     rows = []
     for key, label in names:
-        row = _pick(test.get(key), TEST_KEYS)
+        row = pick(test.get(key), TEST_KEYS)
         diff = row["score"] - base if is_num(row["score"]) and is_num(base) else None
         rows.append({"name": label, **row, "effect": None if key == "unsteered" else diff})
     return rows
@@ -127,7 +121,7 @@ def _top_cells(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     chosen = (report.get("chosen") or {}).get("key")
     return [
         {
-            **_pick(c, CELL_KEYS),
+            **pick(c, CELL_KEYS),
             "random_effect": (c.get("random") or {}).get("effect"),
             "chosen": c.get("key") == chosen,
             "within": is_num(c.get("ce_increase")) and is_num(bound) and c["ce_increase"] <= bound,
@@ -151,7 +145,7 @@ def _maps_view(maps: Any) -> dict[str, Any] | None:
             return m[i][j] if i < len(m) and j < len(m[i]) else None
 
         out["pairs"] = {
-            **_pick(pairs, ("coeff_each", "positions")),
+            **pick(pairs, ("coeff_each", "positions")),
             "singles": list(zip(lays, pairs.get("single_effect") or [], strict=False)),
             "rows": [
                 {
@@ -174,7 +168,7 @@ def _maps_view(maps: Any) -> dict[str, Any] | None:
         keys = ("coeff", "present", "present_score", "source", "note", "necessity_all_layers")
         all_ce = nce[len(lays)] if len(nce) > len(lays) else None
         out["profile"] = {
-            **_pick(prof, keys),
+            **pick(prof, keys),
             "measured": nec is not None,
             "all_layers_ce": all_ce,
             "rows": [
@@ -207,19 +201,6 @@ def _examples(ex: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _timings(t: Any) -> dict[str, Any] | None:
-    """:func:`timings_view` of ``Run.timing_report()`` (nested) or of flat step seconds."""
-    t = t if isinstance(t, Mapping) else {}
-    if "seconds" in t:
-        flat = {
-            "timings": t.get("seconds"),
-            "compute_seconds": t.get("compute_seconds"),
-            "resumed_steps": t.get("resumed_steps"),
-        }
-        return timings_view(flat)
-    return timings_view({"timings": t})
-
-
 def render_sweep_html(report: Mapping[str, Any]) -> str:
     """The report page as a string. NaN values are shown as missing, as ``sweep.json`` has
     them; ``report`` is not modified."""
@@ -236,25 +217,25 @@ def render_sweep_html(report: Mapping[str, Any]) -> str:
         "sweep.html.j2",
         title=f"Sweep: {behavior.get('name', 'behaviour')} on {model.get('model_id', 'model')}",
         version=rep.get("steerlab_version"),
-        model=_pick(model, ("model_id", "model_type", "n_layers", "d_model")),
-        behavior=_pick(behavior, ("name", "source", "scorer", "description")),
-        counts=_pick(behavior.get("counts"), ("selection", "test", "positive", "negative")),
-        verdict=_pick(
+        model=pick(model, ("model_id", "model_type", "n_layers", "d_model")),
+        behavior=pick(behavior, ("name", "source", "scorer", "description")),
+        counts=pick(behavior.get("counts"), ("selection", "test", "positive", "negative")),
+        verdict=pick(
             rep.get("verdict"), ("text", "steered_beats_unsteered", "random_inside_unsteered")
         ),
         test=_test_rows(rep.get("test") or {}),
         chosen={
-            **_pick(chosen, ("layer", "coeff", "positions", "key", "rule", "within_bound")),
-            "selection": _pick(chosen.get("selection"), ("score", "ce", "ce_increase", "n")),
+            **pick(chosen, ("layer", "coeff", "positions", "key", "rule", "within_bound")),
+            "selection": pick(chosen.get("selection"), ("score", "ce", "ce_increase", "n")),
             "norm": norm,
             "vector_norm": coeff * norm if is_num(coeff) and is_num(norm) else None,
             "examples": list(chosen_cell.get("examples") or []),
         },
-        unsteered=_pick(rep.get("unsteered_selection"), ("score", "ce", "n", "kl")),
+        unsteered=pick(rep.get("unsteered_selection"), ("score", "ce", "n", "kl")),
         bound=(rep.get("config") or {}).get("max_ce_increase"),
         figures=sweep_figures(rep),
         search={
-            **_pick(search, ("mode", "cells_run", "full_grid_cells")),
+            **pick(search, ("mode", "cells_run", "full_grid_cells")),
             "mode_text": SEARCH_MODES.get(search.get("mode"), search.get("mode")),
             "rounds": list(search.get("rounds") or []),
             "coeffs": list(search.get("coeffs") or []),
@@ -266,9 +247,9 @@ def render_sweep_html(report: Mapping[str, Any]) -> str:
         norms=[(k, v) for k, v in norms.items()],
         maps=_maps_view(rep.get("maps")),
         examples=_examples(rep.get("examples")),
-        cost=_pick(rep.get("cost"), ("rows_generated", "tokens_generated")),
+        cost=pick(rep.get("cost"), ("rows_generated", "tokens_generated")),
         direction=config_rows(rep.get("direction")),
         scorer=config_rows(rep.get("scorer")),
-        timings=_timings(rep.get("timings")),
+        timings=timings_view(run_timings(rep.get("timings"))),
         config=config_rows(rep.get("config")),
     )

@@ -1,0 +1,172 @@
+"""``steerlab probe``: where a concept is readable, every method side by side, with controls."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..models.registry import DEFAULT_MODEL
+from .common import ModelOpt, ModelOptions, command, print_notes
+
+SET_HELP = "prompt file or builtin:NAME (a built-in set with splits uses its train/test)"
+
+
+def _sizes(text: str) -> tuple[int | str, ...]:
+    from ..errors import DataError
+
+    out: list[int | str] = []
+    for x in (t.strip() for t in text.split(",") if t.strip()):
+        if x == "all":
+            out.append("all")
+            continue
+        try:
+            out.append(int(x))
+        except ValueError:
+            raise DataError(f"--train-sizes takes numbers and 'all', got {x!r}") from None
+    if not out:
+        raise DataError("--train-sizes is empty")
+    return tuple(out)
+
+
+@command
+def probe(
+    opts: ModelOptions,
+    model: ModelOpt = DEFAULT_MODEL,
+    positive: Annotated[str | None, typer.Option("--positive", "-p", help=SET_HELP)] = None,
+    negative: Annotated[str | None, typer.Option("--negative", "-n", help=SET_HELP)] = None,
+    test_positive: Annotated[str | None, typer.Option(help="held-out positive set")] = None,
+    test_negative: Annotated[str | None, typer.Option(help="held-out negative set")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="one labelled file (.csv/.json/.jsonl) instead")
+    ] = None,
+    label_column: Annotated[str, typer.Option(help="the binary label column of --data")] = "label",
+    text_column: Annotated[str | None, typer.Option(help="the text column of --data")] = None,
+    behavior: Annotated[
+        str | None, typer.Option("--behavior", "-b", help="use a behaviour's contrast sets")
+    ] = None,
+    transfer_positive: Annotated[
+        str | None, typer.Option(help="another dataset's positives")
+    ] = None,
+    transfer_negative: Annotated[
+        str | None, typer.Option(help="another dataset's negatives")
+    ] = None,
+    layers: Annotated[str, typer.Option(help="all | L | A:B | L1,L2")] = "all",
+    position: Annotated[str, typer.Option(help="last | mean | instruction-end")] = "last",
+    methods: Annotated[
+        str, typer.Option(help="comma list of mean_diff, pca, logistic, lda, leace")
+    ] = "mean_diff,pca,logistic,lda,leace",
+    train_sizes: Annotated[
+        str, typer.Option(help="examples per class for the sample-efficiency curves")
+    ] = "4,8,16,32,64,all",
+    draws: Annotated[int, typer.Option(min=1, help="random subsets per training size")] = 20,
+    test_fraction: Annotated[
+        float, typer.Option(help="held-out share when no test sets or splits are given")
+    ] = 0.3,
+    steer_check: Annotated[
+        str | None, typer.Option(help="a behaviour: does each reading direction also steer it?")
+    ] = None,
+    steer_coeff: Annotated[
+        float, typer.Option(help="read-vs-steer strength, x the layer's median residual norm")
+    ] = 0.25,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    seed: int = 0,
+    no_chat: Annotated[bool, typer.Option("--no-chat", help="raw prompts, no template")] = False,
+    out: Annotated[Path, typer.Option(help="run directory (probe.json, report.html)")] = Path(
+        "runs/probe"
+    ),
+) -> None:
+    """Read a concept at every layer with every method: test accuracy and AUROC with intervals,
+    shuffled-label and random-direction controls, LEACE erasure, agreement between methods,
+    sample efficiency, transfer, and (with --steer-check) whether each direction also steers."""
+    from ..behaviors.behavior import load_behavior
+    from ..behaviors.scorers import make_scorer
+    from ..errors import DataError
+    from ..probe import ProbeConfig, make_probe_data, read_labelled, run_probe
+    from ..ui import progress_bar, status
+
+    labels: dict[str, Any] | None = None
+    sources = [x is not None for x in (positive or negative, data, behavior)]
+    if sum(sources) != 1:
+        raise DataError("give --positive/--negative, or --data, or --behavior (one of them)")
+    if (positive is None) != (negative is None):
+        raise DataError("give both --positive and --negative")
+    if data is not None:
+        pos, neg, labels = read_labelled(data, label_column=label_column, text_column=text_column)
+    elif behavior is not None:
+        beh = load_behavior(behavior)
+        if not (beh.positive and beh.negative):
+            raise DataError(f"behavior {beh.name!r} has no positive/negative prompt sets")
+        pos, neg = list(beh.positive), list(beh.negative)
+    else:
+        pos, neg = positive, negative  # type: ignore[assignment]
+    cfg = ProbeConfig(
+        layers=layers,
+        position=position,
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        train_sizes=_sizes(train_sizes),
+        draws=draws,
+        seed=seed,
+        chat=False if no_chat else None,
+        steer_coeff=steer_coeff,
+        max_new_tokens=max_new_tokens,
+    )
+    if position not in ("last", "mean", "instruction-end"):
+        raise DataError(f"unknown --position {position!r}: use last, mean or instruction-end")
+    pdata = make_probe_data(
+        pos,
+        neg,
+        test_positive=test_positive,
+        test_negative=test_negative,
+        transfer_positive=transfer_positive,
+        transfer_negative=transfer_negative,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    if labels is not None:  # which label was taken as positive
+        pdata = replace(pdata, split={**pdata.split, "labels": labels})
+    steer_beh = None
+    if steer_check:
+        steer_beh = load_behavior(steer_check)
+        make_scorer(steer_beh.scorer, description=steer_beh.description)
+        steer_beh.check_splits()
+    lm = opts.load(model)
+    from ..probe.pipeline import check_config
+
+    check_config(cfg, pdata, lm)  # layers and train sizes, before anything is written
+    report = run_probe(
+        lm, pdata, cfg, out, steer_behavior=steer_beh, progress=progress_bar, status=status
+    )
+    _print_summary(report, out)
+
+
+def _print_summary(report: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    layers = report["layers"]
+    t = Table(
+        title=f"probe: {report['model']['model_id']}, test accuracy at each method's best layer"
+    )
+    for col in ("method", "best layer", "accuracy", "95% CI", "AUROC"):
+        t.add_column(col)
+    for m, b in report["best"].items():
+        r = report["methods"][m][layers.index(b["layer"])]
+        lo, hi = r["accuracy_ci"]
+        t.add_row(
+            m, str(b["layer"]), f"{r['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{r['auroc']:.3f}"
+        )
+    con = Console()
+    con.print(t)
+    sh = max(c["accuracy"] for c in report["controls"]["shuffled"])
+    rd = max(c["accuracy"] for c in report["controls"]["random"])
+    le = max(c["accuracy"] for c in report["erasure"]["after_leace"])
+    print_notes(
+        [
+            f"controls (highest over layers): shuffled labels {sh:.3f}, random direction "
+            f"{rd:.3f}; logistic after LEACE {le:.3f}"
+        ]
+    )
+    con.print(f"report: {out / 'report.html'} (and probe.json, probe_<method>.safetensors)")

@@ -1,0 +1,190 @@
+"""Reading directions at one layer: fit every method on train activations, classify test ones.
+
+Every method yields a unit direction ``u`` signed so the positive class projects higher. A
+direction classifies by projection against the midpoint of the two train-class means along it,
+so methods differ only in the direction they find (logistic regression is no exception: its own
+intercept is not used). AUROC is threshold-free.
+
+* ``mean_diff``: mu_pos - mu_neg (ActAdd / CAA, and the direction LEACE removes for one label);
+* ``pca``: RepE LAT, the top singular vector of the differences of positive/negative pairs
+  (by index when the sets are paired, else random pairs), signed on train;
+* ``logistic``: scikit-learn logistic regression on standardized activations, C chosen by
+  cross-validation on train only;
+* ``lda``: shrinkage LDA (a whitened mean difference);
+* ``leace``: the direction LEACE (concept-erasure) erases.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..metrics.stats import mean_ci
+
+__all__ = ["PROBE_METHODS", "Scored", "choose_c", "directions", "erase_leace", "score"]
+
+PROBE_METHODS = ("mean_diff", "pca", "logistic", "lda", "leace")
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+def _unit(v: np.ndarray, md: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    n = np.linalg.norm(v)
+    if not np.isfinite(n) or n == 0:
+        return np.zeros_like(v)
+    v = v / n
+    return -v if v @ md < 0 else v
+
+
+def choose_c(x: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    """Logistic regularization by 3-fold cross-validation on train (never on test)."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    folds = int(min(3, np.bincount(y.astype(int)).min()))
+    if folds < 2:
+        return 1.0
+    xs = StandardScaler().fit_transform(x)
+    cv = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, max_iter=2000, random_state=seed)
+    with warnings.catch_warnings():  # scikit-learn's notices of changing defaults
+        warnings.simplefilter("ignore", FutureWarning)
+        return float(cv.fit(xs, y).C_[0])
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, c: float) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(x)
+    clf = LogisticRegression(C=c, max_iter=2000).fit(sc.transform(x), y)
+    return clf.coef_[0] / np.where(sc.scale_ == 0, 1.0, sc.scale_)
+
+
+def directions(
+    xp: np.ndarray,
+    xn: np.ndarray,
+    *,
+    c: float = 1.0,
+    methods: Sequence[str] = PROBE_METHODS,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Unit directions (D,) per method, fitted on positive ``xp`` and negative ``xn``."""
+    md = xp.mean(0) - xn.mean(0)
+    x = np.concatenate([xp, xn])
+    y = np.r_[np.ones(len(xp)), np.zeros(len(xn))]
+    out: dict[str, np.ndarray] = {}
+    for m in methods:
+        if m == "mean_diff":
+            v = md
+        elif m == "pca":
+            # RepE pairs each positive with a negative: by index when the sets are paired
+            # (equal sizes, as contrast sets are written), else at random.
+            if len(xp) == len(xn):
+                diffs = xp - xn
+            else:
+                rng = np.random.default_rng(seed)
+                k = min(len(xp), len(xn))
+                diffs = xp[rng.permutation(len(xp))[:k]] - xn[rng.permutation(len(xn))[:k]]
+            v = np.linalg.svd(diffs, full_matrices=False)[2][0]
+        elif m == "logistic":
+            v = _logistic(x, y, c)
+        elif m == "lda":
+            from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+            v = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x, y).coef_[0]
+        elif m == "leace":
+            import torch
+            from concept_erasure import LeaceFitter
+
+            f = LeaceFitter(x.shape[1], 1, dtype=torch.float64)
+            f.update(torch.from_numpy(x), torch.from_numpy(y[:, None]))
+            v = f.eraser.proj_left[:, 0].numpy()
+        else:
+            raise ValueError(f"unknown probe method {m!r}")
+        out[m] = _unit(v, md)
+    return out
+
+
+@dataclass(frozen=True)
+class Scored:
+    """How one direction classifies a test set."""
+
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    auroc: float
+    auroc_ci: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "accuracy_ci": list(self.accuracy_ci),
+            "auroc": self.auroc,
+            "auroc_ci": list(self.auroc_ci),
+        }
+
+
+def _auroc_ci(s: np.ndarray, y: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
+    """Percentile bootstrap of the AUROC, vectorized (Mann-Whitney on every resample)."""
+    rng = np.random.default_rng(seed)
+    vals: list[np.ndarray] = []
+    chunk = max(1, 4_000_000 // max(len(y) ** 2, 1))
+    for start in range(0, n, chunk):
+        idx = rng.integers(0, len(y), (min(chunk, n - start), len(y)))
+        ss, yy = s[idx], y[idx]
+        gt = (ss[:, :, None] > ss[:, None, :]) + 0.5 * (ss[:, :, None] == ss[:, None, :])
+        w = yy[:, :, None] * (1 - yy)[:, None, :]
+        pairs = w.sum((1, 2))
+        ok = pairs > 0
+        vals.append((gt * w).sum((1, 2))[ok] / pairs[ok])
+    v = np.concatenate(vals)
+    if v.size == 0:
+        return (float("nan"), float("nan"))
+    lo, hi = np.percentile(v, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+def score(
+    u: np.ndarray,
+    xp: np.ndarray,
+    xn: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    intervals: bool = True,
+    seed: int = 0,
+) -> Scored:
+    """Classify ``x_test`` by projection on ``u`` against the midpoint of the train means."""
+    from sklearn.metrics import roc_auc_score
+
+    thr = 0.5 * (float((xp @ u).mean()) + float((xn @ u).mean()))
+    s = x_test @ u
+    hits = ((s > thr).astype(float) == y_test).astype(float)
+    acc = float(hits.mean())
+    auroc = float(roc_auc_score(y_test, s)) if np.ptp(s) > 0 else 0.5
+    if not intervals:
+        return Scored(acc, (acc, acc), auroc, (auroc, auroc))
+    lo, hi = mean_ci(hits, seed=seed, n=1000)
+    return Scored(acc, (lo, hi), auroc, _auroc_ci(s, y_test, seed))
+
+
+def erase_leace(
+    xp: np.ndarray, xn: np.ndarray, *others: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """LEACE fitted on train, applied to train and to every other set."""
+    import torch
+    from concept_erasure import LeaceFitter
+
+    x = np.concatenate([xp, xn])
+    y = np.r_[np.ones(len(xp)), np.zeros(len(xn))]
+    f = LeaceFitter(x.shape[1], 1, dtype=torch.float64)
+    f.update(torch.from_numpy(x), torch.from_numpy(y[:, None]))
+    er = f.eraser
+
+    def apply(a: np.ndarray) -> np.ndarray:
+        return er(torch.from_numpy(a)).numpy()
+
+    return apply(xp), apply(xn), [apply(o) for o in others]

@@ -1,0 +1,117 @@
+"""Read vs steer: does the direction that classifies best also steer best?
+
+For each method, its direction at the layer where it reads best (chosen on validation), and
+every method at one common layer (where the difference in means reads best), is added at the
+same strength: ``coeff x`` the median residual norm at that layer, so only the direction
+differs. Each is scored on the behaviour's selection prompts with the sweep's engine, beside
+the unsteered model and a random direction of the same norm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..behaviors.behavior import Behavior
+from ..behaviors.scorers import make_scorer
+from ..interventions.per_row import RowSetting
+from ..io.prompts import read_prompts
+from ..metrics.stats import mean_ci
+from ..models.load import LoadedModel
+from ..runs import Run
+from ..sweep.grid import random_units, residual_norms
+from ..sweep.measure import Measurer, summarize
+
+__all__ = ["read_vs_steer"]
+
+
+def read_vs_steer(
+    run: Run,
+    lm: LoadedModel,
+    behavior: Behavior,
+    per: list[dict[str, Any]],
+    layers: list[int],
+    cfg: Any,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    scorer = make_scorer(behavior.scorer, description=behavior.description)
+    prompts = behavior.prompts("selection")
+    items = None if scorer.kind == "text" else list(behavior.items("selection"))
+    methods = list(report["best"])
+    common = report["best"].get("mean_diff", report["best"][methods[0]])["layer"]
+    plan = [(m, report["best"][m]["layer"], "best layer for reading") for m in methods]
+    plan += [(m, common, "common layer") for m in methods]
+    used = sorted({lay for _, lay, _ in plan})
+    norms = {
+        int(k): float(v)
+        for k, v in run.cache.json(
+            "steer-norms",
+            [prompts, used, cfg.chat],
+            lambda: {
+                str(k): v for k, v in residual_norms(lm, prompts, used, chat=cfg.chat).items()
+            },
+        ).items()
+    }
+    rand = random_units(lm.info.d_model, used, cfg.seed)
+
+    def vec(m: str, lay: int) -> torch.Tensor:
+        u = torch.tensor(per[layers.index(lay)]["dirs"][m], dtype=torch.float32)
+        return u * (cfg.steer_coeff * norms[lay])
+
+    settings = [RowSetting(label="unsteered")]
+    settings += [RowSetting(add={lay: vec(m, lay)}, label=f"{m}@{lay}") for m, lay, _ in plan]
+    settings += [
+        RowSetting(add={lay: rand[lay] * (cfg.steer_coeff * norms[lay])}, label=f"random@{lay}")
+        for lay in used
+    ]
+    meas = Measurer(
+        lm,
+        behavior,
+        scorer,
+        max_new_tokens=cfg.max_new_tokens,
+        neutral=read_prompts("builtin:harmless:val")[:12],
+        chat=cfg.chat,
+    )
+    key = [[s.spec() for s in settings], prompts, cfg.max_new_tokens, cfg.chat, behavior.scorer]
+    with run.bar("read vs steer", len(settings) * len(prompts)) as adv:
+        res = run.cache.json(
+            "read-vs-steer", key, lambda: meas.measure(settings, prompts, items=items, progress=adv)
+        )
+    summ = [summarize(r) | {"ci": list(mean_ci(r["score"]))} for r in res]
+    base = summ[0]
+    rows = []
+    for (m, lay, why), s in zip(plan, summ[1 : 1 + len(plan)], strict=True):
+        rows.append(
+            {
+                "method": m,
+                "layer": lay,
+                "which": why,
+                "read_accuracy": report["methods"][m][layers.index(lay)]["accuracy"],
+                "steer_score": s["score"],
+                "steer_ci": s["ci"],
+                "steer_effect": s["score"] - base["score"],
+                "ce_increase": s["ce"] - base["ce"],
+                "kl": s["kl"],
+                "n": s["n"],
+            }
+        )
+    randoms = [
+        {
+            "layer": lay,
+            "steer_score": s["score"],
+            "steer_ci": s["ci"],
+            "steer_effect": s["score"] - base["score"],
+            "ce_increase": s["ce"] - base["ce"],
+        }
+        for lay, s in zip(used, summ[1 + len(plan) :], strict=True)
+    ]
+    return {
+        "behavior": behavior.to_dict(),
+        "coeff": cfg.steer_coeff,
+        "scale": "coeff x the median residual norm at the layer (the same for every method)",
+        "unsteered": {"score": base["score"], "ci": base["ci"], "ce": base["ce"], "n": base["n"]},
+        "rows": rows,
+        "random": randoms,
+        "split": "selection",
+    }

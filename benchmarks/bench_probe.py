@@ -59,7 +59,11 @@ def main() -> None:
             capture_stats(lm.model, lm.tokenizer, lm.adapter, texts, layers, keep_samples=True)
     t_capture = time.perf_counter() - t0
     data = make_probe_data(pos, neg, seed=0)
-    cfg = ProbeConfig(methods=("mean_diff", "pca", "logistic", "leace"), draws=draws)
+    # The 6 sizes; the quick run has too few prompts for 32 and 64.
+    sizes: tuple[int | str, ...] = ("auto",) if args.quick else (4, 8, 16, 32, 64, "all")
+    cfg = ProbeConfig(
+        methods=("mean_diff", "pca", "logistic", "leace"), draws=draws, train_sizes=sizes
+    )
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as out:
         t0 = time.perf_counter()
         rep = run_probe(lm, data, cfg, out)

@@ -75,6 +75,16 @@ def test_auroc_interval_brackets_the_point() -> None:
     assert lo < roc_auc_score(y, s) < hi and hi - lo < 0.4
 
 
+def test_auto_train_sizes_stop_at_what_exists() -> None:
+    from steerlab.probe.pipeline import ProbeConfig, _sizes
+
+    assert _sizes(ProbeConfig(), 45) == [4, 8, 16, 32, 45]
+    assert _sizes(ProbeConfig(), 64) == [4, 8, 16, 32, 64]
+    assert _sizes(ProbeConfig(train_sizes=(4, "all")), 10) == [4, 10]
+    with pytest.raises(DataError, match="more than the 10"):
+        _sizes(ProbeConfig(train_sizes=(4, 64)), 10)
+
+
 def test_splits(tmp_path: Path) -> None:
     pos = [f"good thing {i}" for i in range(20)]
     neg = [f"bad thing {i}" for i in range(20)]
@@ -182,3 +192,19 @@ def test_cli_bad_data(tmp_path: Path) -> None:
     few.write_text("a\nb\nc\nd\ne\n")
     _error(_invoke("probe", "-p", few, "-n", few, "--out", out), "need at least 4")
     assert not out.exists()
+
+
+def test_erasure_in_sample_and_held_out() -> None:
+    """In-sample erasure is at chance by construction; held out, an eraser fitted on plenty of
+    low-dimensional data removes most of what the same half-train probe reads without it (the
+    rest is the estimation error of the class means)."""
+    from steerlab.probe.pipeline import ProbeConfig, _Acts, _layer
+
+    xp, xn, tp, tn, _ = _planted(n=400, d=4, gap=3.0)
+    tr = _Acts(xp[:, None], xn[:, None])
+    te = _Acts(tp[:, None], tn[:, None])
+    res = _layer(tr, te, None, 0, ProbeConfig(methods=("mean_diff", "logistic")))
+    assert res["after_leace"].accuracy == pytest.approx(0.5, abs=0.02)
+    assert res["held_out_before"].accuracy > 0.85
+    assert res["held_out_leace"].accuracy < 0.65
+    assert res["held_out_mean_diff"].accuracy < 0.65

@@ -19,13 +19,13 @@ def _sizes(text: str) -> tuple[int | str, ...]:
 
     out: list[int | str] = []
     for x in (t.strip() for t in text.split(",") if t.strip()):
-        if x == "all":
-            out.append("all")
+        if x in ("all", "auto"):
+            out.append(x)
             continue
         try:
             out.append(int(x))
         except ValueError:
-            raise DataError(f"--train-sizes takes numbers and 'all', got {x!r}") from None
+            raise DataError(f"--train-sizes takes numbers, 'all' and 'auto', got {x!r}") from None
     if not out:
         raise DataError("--train-sizes is empty")
     return tuple(out)
@@ -59,8 +59,11 @@ def probe(
         str, typer.Option(help="comma list of mean_diff, pca, logistic, lda, leace")
     ] = "mean_diff,pca,logistic,lda,leace",
     train_sizes: Annotated[
-        str, typer.Option(help="examples per class for the sample-efficiency curves")
-    ] = "4,8,16,32,64,all",
+        str,
+        typer.Option(
+            help="examples per class for the sample-efficiency curves; auto = 4, 8, 16, ... and all"
+        ),
+    ] = "auto",
     draws: Annotated[int, typer.Option(min=1, help="random subsets per training size")] = 20,
     test_fraction: Annotated[
         float, typer.Option(help="held-out share when no test sets or splits are given")
@@ -163,10 +166,12 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     sh = max(c["accuracy"] for c in report["controls"]["shuffled"])
     rd = max(c["accuracy"] for c in report["controls"]["random"])
     le = max(c["accuracy"] for c in report["erasure"]["after_leace"])
+    ho = max(c["accuracy"] for c in report["erasure"]["held_out"]["after_leace"])
     print_notes(
         [
             f"controls (highest over layers): shuffled labels {sh:.3f}, random direction "
-            f"{rd:.3f}; logistic after LEACE {le:.3f}"
+            f"{rd:.3f}; logistic after LEACE {le:.3f} (in sample), {ho:.3f} (eraser fitted "
+            "on another half of train)"
         ]
     )
     con.print(f"report: {out / 'report.html'} (and probe.json, probe_<method>.safetensors)")

@@ -27,6 +27,10 @@ def save_atomic(
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     try:
         save_file(data, str(tmp), metadata=None if meta is None else {"steerlab": json.dumps(meta)})
+        # safetensors creates its file 0600; give artifacts the usual umask-based mode.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

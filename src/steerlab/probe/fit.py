@@ -128,18 +128,21 @@ class Scored:
 
 
 def _auroc_ci(s: np.ndarray, y: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
-    """Percentile bootstrap of the AUROC, vectorized (Mann-Whitney on every resample)."""
+    """Percentile bootstrap of the AUROC: Mann-Whitney from tie-averaged ranks of every
+    resample at once, O(n log n) per resample."""
+    from scipy.stats import rankdata
+
     rng = np.random.default_rng(seed)
     vals: list[np.ndarray] = []
-    chunk = max(1, 4_000_000 // max(len(y) ** 2, 1))
+    chunk = max(1, 2_000_000 // max(len(y), 1))
     for start in range(0, n, chunk):
         idx = rng.integers(0, len(y), (min(chunk, n - start), len(y)))
-        ss, yy = s[idx], y[idx]
-        gt = (ss[:, :, None] > ss[:, None, :]) + 0.5 * (ss[:, :, None] == ss[:, None, :])
-        w = yy[:, :, None] * (1 - yy)[:, None, :]
-        pairs = w.sum((1, 2))
-        ok = pairs > 0
-        vals.append((gt * w).sum((1, 2))[ok] / pairs[ok])
+        ranks, yy = rankdata(s[idx], axis=1), y[idx]
+        n1 = yy.sum(1)
+        n0 = yy.shape[1] - n1
+        ok = (n1 > 0) & (n0 > 0)
+        u = (ranks * yy).sum(1) - n1 * (n1 + 1) / 2
+        vals.append(u[ok] / (n1[ok] * n0[ok]))
     v = np.concatenate(vals)
     if v.size == 0:
         return (float("nan"), float("nan"))

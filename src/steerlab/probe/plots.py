@@ -142,6 +142,10 @@ def accuracy_figure(report: Mapping[str, Any]) -> Figure | None:
         if leace:
             ys, lo, hi = _series(leace, key, len(layers))
             ax.plot(layers, ys, label="logistic probe after LEACE", **LEACE_STYLE)
+        held = ((report.get("erasure") or {}).get("held_out") or {}).get("after_leace")
+        if held:
+            ys, lo, hi = _series(held, key, len(layers))
+            _band(ax, layers, ys, lo, hi, "after LEACE, held out", color="0.15", ls=":", marker="v")
         _chance(ax)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("layer")

@@ -217,6 +217,12 @@ def _layer_rows(report: Mapping[str, Any], layers: list[Any]) -> list[dict[str, 
             ],
             "c": c[i] if i < len(c) else None,
             **{key: _score((report.get(sec) or {}).get(key), i) for sec, key in CHANCE_LINES},
+            **{
+                f"held_out_{key}": _score(
+                    ((report.get("erasure") or {}).get("held_out") or {}).get(key), i
+                )
+                for key in ("before_erasure", "after_leace", "after_mean_diff_ablation")
+            },
         }
         for i, lay in enumerate(layers)
     ]
@@ -399,6 +405,9 @@ def render_probe_html(report: Mapping[str, Any]) -> str:
     config = rep.get("config") or {}
     layers = list(rep.get("layers") or [])
     chance = {key: _chance_view((rep.get(sec) or {}).get(key), layers) for sec, key in CHANCE_LINES}
+    held = (rep.get("erasure") or {}).get("held_out") or {}
+    for key in ("before_erasure", "after_leace", "after_mean_diff_ablation"):
+        chance[f"held_out_{key}"] = _chance_view(held.get(key), layers)
     best = _best_view(rep, layers)
     top = [b for b in best if is_num(b["accuracy"])]
     return render(

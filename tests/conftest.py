@@ -12,6 +12,26 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
+# Sixteen everyday prompts with no sentiment of their own: a behaviour's eval split in tests.
+EVAL_PROMPTS = [
+    "Describe a city bus.",
+    "Tell me about breakfast.",
+    "What is a river?",
+    "Describe a kitchen table.",
+    "Write about a pencil.",
+    "Tell me about a train station.",
+    "Describe a parking lot.",
+    "What is a spoon?",
+    "Describe a bookshelf.",
+    "Tell me about a bridge.",
+    "Write about a window.",
+    "Describe a hallway.",
+    "What is a calendar?",
+    "Describe a garden hose.",
+    "Tell me about a street lamp.",
+    "Write about a chair.",
+]
+
 VOCAB = 128
 D = 32
 

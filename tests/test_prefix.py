@@ -34,9 +34,9 @@ def test_cached_scores_and_generations_match(arch: str) -> None:
             plain = last_token_logprobs(model, tok, PROMPTS, prefix=False)
             cached = last_token_logprobs(model, tok, PROMPTS, prefix=True)
             torch.testing.assert_close(cached, plain, rtol=1e-4, atol=1e-4)
-            g_plain, lp_plain = generate(model, tok, PROMPTS, max_new_tokens=5,
-                                         first_logprobs=True)
-            g_cached, lp_cached = generate(model, tok, PROMPTS, max_new_tokens=5,
-                                           first_logprobs=True, prefix_cache=True)
+            g_plain, lp_plain = generate(model, tok, PROMPTS, max_new_tokens=5, first_logprobs=True)
+            g_cached, lp_cached = generate(
+                model, tok, PROMPTS, max_new_tokens=5, first_logprobs=True, prefix_cache=True
+            )
             assert g_cached == g_plain
             torch.testing.assert_close(lp_cached, lp_plain, rtol=1e-4, atol=1e-4)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EVAL_PROMPTS as PROMPTS
 from typer.testing import CliRunner
 
 from steerlab.behaviors.behavior import load_behavior
@@ -19,24 +20,6 @@ from steerlab.sweep import measure as measure_mod
 from steerlab.sweep.config import SweepConfig
 from steerlab.sweep.pipeline import run_sweep
 
-PROMPTS = [
-    "Describe a city bus.",
-    "Tell me about breakfast.",
-    "What is a river?",
-    "Describe a kitchen table.",
-    "Write about a pencil.",
-    "Tell me about a train station.",
-    "Describe a parking lot.",
-    "What is a spoon?",
-    "Describe a bookshelf.",
-    "Tell me about a bridge.",
-    "Write about a window.",
-    "Describe a hallway.",
-    "What is a calendar?",
-    "Describe a garden hose.",
-    "Tell me about a street lamp.",
-    "Write about a chair.",
-]
 SMALL = ["--layers", "10,16", "--coeffs", "0.25,1", "--max-new-tokens", "6"]
 
 

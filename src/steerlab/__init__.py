@@ -30,6 +30,7 @@ __all__ = [
     "Ablate",
     "Behavior",
     "Clamp",
+    "CompareConfig",
     "Compose",
     "Direction",
     "Intervention",
@@ -60,6 +61,7 @@ __all__ = [
     "make_scorer",
     "orthogonalize",
     "read_prompts",
+    "run_compare",
     "run_probe",
     "run_sweep",
     "steer",
@@ -101,10 +103,13 @@ _LAZY = {
     "ProbeConfig": "steerlab.probe",
     "make_probe_data": "steerlab.probe",
     "run_probe": "steerlab.probe",
+    "CompareConfig": "steerlab.compare",
+    "run_compare": "steerlab.compare",
 }
 
 if TYPE_CHECKING:
     from .behaviors import Behavior, load_behavior, make_scorer
+    from .compare import CompareConfig, run_compare
     from .directions import Direction, extract
     from .errors import SteerlabError
     from .generation import generate

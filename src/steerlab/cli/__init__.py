@@ -11,6 +11,7 @@ import typer
 
 from .._version import __version__
 from .common import main_guard
+from .compare import compare
 from .discover import discover
 from .extract import extract
 from .generate import generate
@@ -53,6 +54,7 @@ app.command("refusal")(refusal)
 app.command("discover")(discover)
 app.command("sweep")(sweep)
 app.command("probe")(probe)
+app.command("compare")(compare)
 app.add_typer(organism_app, name="organism")
 
 

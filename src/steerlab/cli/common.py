@@ -22,7 +22,16 @@ import typer
 from ..configs import ConfigError, flag
 from ..errors import SteerlabError
 
-__all__ = ["ModelOpt", "ModelOptions", "command", "fail", "num", "pct", "print_notes"]
+__all__ = [
+    "ModelOpt",
+    "ModelOptions",
+    "checked_behavior",
+    "command",
+    "fail",
+    "num",
+    "pct",
+    "print_notes",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,7 +45,7 @@ ADAPTER_HELP = (
 )
 INTERRUPTED = 130
 # commands whose run cache resumes them
-RESUMABLE = ("refusal", "discover", "backdoor", "sweep", "probe")
+RESUMABLE = ("refusal", "discover", "backdoor", "sweep", "probe", "compare")
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,18 @@ def pct(v: Any) -> str:
 
 def num(v: Any) -> str:
     return "—" if v is None else f"{v:.3f}"
+
+
+def checked_behavior(spec: str) -> Any:
+    """Load a behaviour and check, before any model is loaded, that its scorer's library is
+    installed and that its selection and test splits are large enough."""
+    from ..behaviors.behavior import load_behavior
+    from ..behaviors.scorers import make_scorer
+
+    beh = load_behavior(spec)
+    make_scorer(beh.scorer, description=beh.description)
+    beh.check_splits()
+    return beh
 
 
 def print_notes(notes: list[str]) -> None:

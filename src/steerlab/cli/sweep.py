@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..models.registry import DEFAULT_MODEL
-from .common import ModelOpt, ModelOptions, command, num, print_notes
+from .common import ModelOpt, ModelOptions, checked_behavior, command, num, print_notes
 
 LAYERS_HELP = "A:B (end excluded) | L1,L2 | all; default: the middle 80% of the blocks"
 
@@ -63,8 +63,6 @@ def sweep(
     """Evaluate a layer x coefficient x positions grid on selection prompts, pick a cell under a
     fluency bound, and re-score it on test prompts beside the unsteered model and a random vector
     of the same norm. Writes sweep.json and report.html into --out; rerun to resume."""
-    from ..behaviors.behavior import load_behavior
-    from ..behaviors.scorers import make_scorer
     from ..directions.artifact import Direction
     from ..sweep.config import SweepConfig
     from ..sweep.pipeline import run_sweep
@@ -85,9 +83,7 @@ def sweep(
         seed=seed,
         chat=False if no_chat else None,
     )
-    beh = load_behavior(behavior)
-    make_scorer(beh.scorer, description=beh.description)  # a missing library: before loading
-    beh.check_splits()
+    beh = checked_behavior(behavior)
     lm = opts.load(model)
     vec = Direction.load(vector, model_info=lm.info, strict=not force) if vector else None
     report = run_sweep(lm, beh, cfg, out, vector=vec, progress=progress_bar, status=status)

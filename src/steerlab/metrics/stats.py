@@ -21,6 +21,7 @@ __all__ = [
     "compare_rates",
     "kl_divergence",
     "mean_ci",
+    "nested_mean_ci",
     "proportion_ci",
     "rate",
     "separated",
@@ -70,6 +71,31 @@ def mean_ci(
         if np.isfinite(lo) and np.isfinite(hi):
             break
     return (lo, hi)
+
+
+def nested_mean_ci(
+    values: np.ndarray | Sequence[Sequence[float]],
+    level: float = LEVEL,
+    seed: int = 0,
+    n: int = 4000,
+) -> tuple[float, float]:
+    """Two-level bootstrap interval of the grand mean of a (groups, items) table: groups
+    (e.g. random draws of training data) are resampled, then items (prompts) within each
+    drawn group, so both sources of variation widen the interval. One group: :func:`mean_ci`.
+    Percentile interval; non-finite cells are left out of each mean."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError("nested_mean_ci needs a non-empty (groups, items) table")
+    if x.shape[0] == 1:
+        return mean_ci(x[0], level=level, seed=seed)
+    rng = np.random.default_rng(seed)
+    g, m = x.shape
+    gi = rng.integers(g, size=(n, g))
+    ii = rng.integers(m, size=(n, g, m))
+    sample = x[gi[:, :, None], ii]  # (n, g, m)
+    means = np.nanmean(sample.reshape(n, -1), axis=1)
+    a = (1 - level) / 2
+    return (float(np.nanquantile(means, a)), float(np.nanquantile(means, 1 - a)))
 
 
 def separated(a: Sequence[float], b: Sequence[float]) -> bool:

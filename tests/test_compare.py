@@ -1,0 +1,280 @@
+"""``steerlab compare``: the statistics and choices it rests on, then end to end on the built-in
+model (tiny sizes): the contract, resume from the journal, finetuning that learns and leaves
+the model as it was, and bad input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import EVAL_PROMPTS as PROMPTS
+from typer.testing import CliRunner
+
+from steerlab.behaviors.behavior import load_behavior
+from steerlab.cli import app
+from steerlab.compare import CompareConfig, run_compare
+from steerlab.compare.finetune import lora_config, target_modules, train_lora
+from steerlab.compare.methods import contrast_prompt, few_shot, fit_direction
+from steerlab.compare.pipeline import summarize_runs, winners
+from steerlab.compare.report import pareto_front, render_compare_html
+from steerlab.configs import ConfigError
+from steerlab.interventions.lora import LoRA
+from steerlab.metrics.stats import mean_ci, nested_mean_ci
+from steerlab.models.fingerprint import weights_fingerprint
+from steerlab.models.load import LoadedModel, load_model
+
+TINY = dict(
+    train_sizes=(1, 2),
+    draws=2,
+    lora_steps=2,
+    checkpoints=2,
+    max_new_tokens=4,
+    selection_prompts=2,
+    neutral_prompts=2,
+    coeffs=(0.25, 0.5),
+)
+
+
+# -- statistics and choices (no model) -----------------------------------------------------
+
+
+def test_nested_interval_counts_the_spread_between_draws() -> None:
+    rng = np.random.default_rng(0)
+    same = rng.normal(0.5, 0.1, size=(1, 24))
+    assert nested_mean_ci(same) == mean_ci(same[0])
+    tight = np.vstack([same[0], same[0] + 0.001])
+    apart = np.vstack([same[0] - 0.2, same[0] + 0.2])  # draws that disagree
+    lo_t, hi_t = nested_mean_ci(tight)
+    lo_a, hi_a = nested_mean_ci(apart)
+    assert lo_t < tight.mean() < hi_t and lo_a < apart.mean() < hi_a
+    assert hi_a - lo_a > 2 * (hi_t - lo_t)
+    with pytest.raises(ValueError):
+        nested_mean_ci(np.zeros(3))
+
+
+def test_one_pair_gives_one_direction_and_pca_agrees_in_sign() -> None:
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(1, 16, generator=g), torch.randn(1, 16, generator=g)
+    md, pca = fit_direction("mean_diff", pos, neg), fit_direction("pca", pos, neg)
+    assert torch.allclose(md, pca, atol=1e-6) and abs(float(md.norm()) - 1) < 1e-6
+    pos, neg = torch.randn(8, 16, generator=g) + 3, torch.randn(8, 16, generator=g)
+    assert float(fit_direction("pca", pos, neg) @ fit_direction("mean_diff", pos, neg)) > 0
+
+
+def _run(method: str, n: int | None, draw: int, scores: list[float]) -> dict:
+    return {
+        "method": method,
+        "n": n,
+        "draw": draw,
+        "scores": scores,
+        "ce": 1.0,
+        "kl": 0.0,
+        "distinct2": 1.0,
+        "fit_seconds": 2.0 if n else 0.0,
+    }
+
+
+def test_summary_and_winner_only_where_intervals_separate() -> None:
+    lo, hi = [0.1] * 12 + [0.2] * 12, [0.9] * 12 + [0.95] * 12
+    runs = [
+        *(_run("unsteered", None, d, lo) for d in (0, 1)),
+        *(_run("mean_diff", 1, d, lo) for d in (0, 1)),  # N=1: no better than unsteered
+        *(_run("mean_diff", 4, d, hi) for d in (0, 1)),  # N=4: clearly better
+    ]
+    summary = summarize_runs(runs, ["unsteered", "mean_diff"], [1, 4])
+    rows = {(r["method"], r["n"]): r for r in summary}
+    assert set(rows) == {("unsteered", 1), ("unsteered", 4), ("mean_diff", 1), ("mean_diff", 4)}
+    assert rows[("unsteered", 4)]["score"] == rows[("unsteered", 1)]["score"]  # no examples
+    assert rows[("mean_diff", 4)]["examples_per_second"] == pytest.approx(2.0)
+    for r in summary:
+        assert set(r) >= {"method", "n", "score", "ci", "ce", "fit_seconds"}
+        assert r["ci"][0] <= r["score"] <= r["ci"][1]
+    w = {x["n"]: x for x in winners(summary, [1, 4])}
+    assert not w[1]["separated"] and w[1]["tied_with"]
+    assert w[4]["method"] == "mean_diff" and w[4]["separated"]
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    pts = [
+        {"method": "a", "ce": 1.0, "score": 0.5},
+        {"method": "b", "ce": 2.0, "score": 0.4},  # dominated by a
+        {"method": "c", "ce": 3.0, "score": 0.9},
+    ]
+    assert [p["method"] for p in pareto_front(pts)] == ["a", "c"]
+
+
+def test_config_refuses_bad_values() -> None:
+    with pytest.raises(ConfigError, match="unknown method"):
+        CompareConfig(methods="mean_diff,telepathy")
+    with pytest.raises(ConfigError, match="at least 1"):
+        CompareConfig(train_sizes="0,4")
+    with pytest.raises(ConfigError, match="coeffs"):
+        CompareConfig(coeffs=(float("nan"),))
+    assert CompareConfig(methods="lora").methods == ("unsteered", "lora")
+
+
+# -- on the built-in model -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedModel:
+    return load_model("smollm2-135m")
+
+
+def _behavior(tmp_path: Path, pairs: int = 4, **extra: object) -> Path:
+    src = load_behavior("builtin:sentiment")
+    data = {
+        "name": "tiny-sentiment",
+        "scorer": "sentiment",
+        "description": "Respond with a clearly positive, upbeat, happy tone.",
+        "eval_prompts": PROMPTS,
+        "positive": "builtin:happy",
+        "negative": "builtin:sad",
+        "pairs": [
+            {"prompt": p.prompt, "positive": p.positive, "negative": p.negative}
+            for p in src.pairs[:pairs]
+        ],
+        **extra,
+    }
+    p = tmp_path / "beh.json"
+    p.write_text(json.dumps(data))
+    return p
+
+
+def test_few_shot_keeps_what_fits_the_context(lm: LoadedModel) -> None:
+    pairs = [(p.prompt, p.positive, p.negative) for p in load_behavior("builtin:sentiment").pairs]
+    _, all_fit = few_shot(lm, pairs[:3], 4096, PROMPTS[0])
+    assert all_fit == 3
+    treat, k = few_shot(lm, pairs, 300, PROMPTS[0])
+    assert 0 < k < len(pairs)
+    with treat.applied(lm) as view:
+        from steerlab.models.chat import encode
+
+        assert int(encode(view.tokenizer, [PROMPTS[0]]).attention_mask.sum()) <= 300
+    c, kc = contrast_prompt(lm, pairs, 300, PROMPTS[0])
+    assert 0 < kc < len(pairs) and "Good response:" in c.suffix
+
+
+def test_lora_sft_and_dpo_learn_and_leave_the_model_as_it_was(lm: LoadedModel) -> None:
+    pairs = [
+        (p.prompt, p.positive, p.negative) for p in load_behavior("builtin:sentiment").pairs[:4]
+    ]
+    before = weights_fingerprint(lm.model)
+    grads = {n: p.requires_grad for n, p in lm.model.named_parameters()}
+    conf = lora_config(4, target_modules(lm.model))
+    torch.manual_seed(0)
+    with LoRA(config=conf, trainable=True).applied(lm) as t:
+        cks = train_lora(
+            t,
+            t.extra["peft_model"],
+            pairs,
+            objective="sft",
+            steps=6,
+            lr=2e-3,
+            batch=4,
+            checkpoints=3,
+        )
+        assert [c.step for c in cks] == [2, 4, 6]
+        assert cks[-1].loss < cks[0].loss  # the running mean of the loss falls
+    torch.manual_seed(0)
+    with LoRA(config=conf, trainable=True).applied(lm) as t:
+        cks = train_lora(
+            t,
+            t.extra["peft_model"],
+            pairs,
+            objective="dpo",
+            steps=6,
+            lr=2e-3,
+            batch=4,
+            checkpoints=2,
+            beta=0.1,
+        )
+        assert cks[0].loss <= float(np.log(2)) + 1e-4  # starts at log 2 (policy = reference)
+        assert cks[-1].loss < cks[0].loss
+    assert weights_fingerprint(lm.model) == before
+    assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == grads
+    assert not any("lora" in n for n, _ in lm.model.named_parameters())
+
+
+def test_compare_contract_resume_and_report(lm: LoadedModel, tmp_path: Path) -> None:
+    beh = load_behavior(_behavior(tmp_path))
+    out = tmp_path / "run"
+    cfg = CompareConfig(**TINY)
+    rep = run_compare(lm, beh, cfg, out)
+    on_disk = json.loads((out / "compare.json").read_text())
+    assert on_disk["summary"] == json.loads(json.dumps(rep["summary"]))
+    names = {r["method"] for r in rep["summary"]}
+    contract = {
+        "unsteered",
+        "mean_diff",
+        "pca",
+        "random",
+        "zero_shot",
+        "few_shot",
+        "contrast_prompt",
+        "lora",
+        "dpo",
+        "lora+mean_diff",
+    }
+    assert contract <= names
+    for r in rep["summary"]:
+        assert set(r) >= {"method", "n", "score", "ci", "ce", "fit_seconds"}
+        assert r["n"] in (1, 2) and 0 <= r["score"] <= 1 and r["ci"][0] <= r["ci"][1]
+    # every method with examples ran at every N and draw; the others once per draw
+    per = {(r["method"], r["n"], r["draw"]) for r in rep["runs"]}
+    assert ("lora", 2, 1) in per and ("dpo", 1, 0) in per and ("random", None, 1) in per
+    assert len(rep["runs"]) == 2 * (4 + 2 * 8) - (0 if "system_prompt" in names else 2)
+    chosen = [r["chosen"] for r in rep["runs"] if r["method"] == "mean_diff"]
+    assert all(c["coeff"] in (0.25, 0.5) for c in chosen)
+    lora_steps = [r["chosen"]["step"] for r in rep["runs"] if r["method"] == "lora"]
+    assert set(lora_steps) <= {1, 2}
+    few = [r for r in rep["runs"] if r["method"] == "few_shot"]
+    assert sorted({r["examples_used"] for r in few}) == [1, 2]
+    html = (out / "report.html").read_text()
+    assert "Who wins at each N" in html and "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html
+    # rerun: everything comes from the journal, nothing is generated again
+    again = run_compare(lm, beh, cfg, out)
+    assert again["cost"]["rows_generated"] == 0
+    assert again["summary"] == rep["summary"]
+    # an interrupted run: drop the last journal lines and resume only those
+    journal = next((out / "cache").glob("runs-*.jsonl"))
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(lines[:-3]) + lines[-3][:10])  # and a torn line
+    resumed = run_compare(lm, beh, cfg, out)
+    assert resumed["cost"]["rows_generated"] > 0
+    assert [r["method"] for r in resumed["summary"]] == [r["method"] for r in rep["summary"]]
+
+
+def test_methods_that_need_pairs_are_skipped_with_a_reason(lm: LoadedModel, tmp_path: Path) -> None:
+    p = _behavior(tmp_path, pairs=0)
+    data = json.loads(p.read_text())
+    del data["pairs"]
+    p.write_text(json.dumps(data))
+    cfg = CompareConfig(**{**TINY, "methods": "zero_shot,dpo,mean_diff"})
+    rep = run_compare(lm, load_behavior(p), cfg, tmp_path / "run")
+    assert set(rep["skipped"]) == {"dpo", "mean_diff"}
+    assert "no pairs" in rep["skipped"]["dpo"]
+    assert {r["method"] for r in rep["summary"]} == {"unsteered", "zero_shot"}
+    assert "Methods not run" in render_compare_html(rep)
+
+
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path: Path) -> None:
+    beh = _behavior(tmp_path)
+    out = tmp_path / "run"
+    cases = [
+        ["--train-sizes", "1,8"],  # more than the 4 pairs
+        ["--methods", "mean_diff,magic"],
+        ["--train-sizes", "two"],
+        ["--coeffs", "0.5,x"],
+    ]
+    for extra in cases:
+        r = CliRunner().invoke(
+            app, ["compare", "-m", "smollm2-135m", "-b", str(beh), "--out", str(out), "-q", *extra]
+        )
+        assert r.exit_code == 2, (extra, r.output)
+        assert len(r.output.strip().splitlines()) == 1, r.output
+        assert not out.exists()

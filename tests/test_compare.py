@@ -95,6 +95,16 @@ def test_summary_and_winner_only_where_intervals_separate() -> None:
     w = {x["n"]: x for x in winners(summary, [1, 4])}
     assert not w[1]["separated"] and w[1]["tied_with"]
     assert w[4]["method"] == "mean_diff" and w[4]["separated"]
+    page = render_compare_html(
+        {
+            "methods": ["unsteered", "mean_diff"],
+            "train_sizes": [1, 4],
+            "summary": summary,
+            "winners": list(w.values()),
+            "runs": runs,
+        }
+    )
+    assert page.count("</strong> ★") == 1  # only the N where the interval separates
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:

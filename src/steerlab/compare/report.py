@@ -168,7 +168,7 @@ def _table(report: Mapping[str, Any]) -> dict[str, Any]:
                 {
                     "text": _fmt_ci(r) if r else "—",
                     "best": bool(r and w.get("method") == m),
-                    "clear": bool(r and w.get("method") == m and w.get("separated")),
+                    "won": bool(r and w.get("method") == m and w.get("separated")),
                 }
             )
         free = not (by_n and next(iter(by_n.values())).get("uses_examples", True))

@@ -51,6 +51,10 @@ def compare(
     ] = 1.0,
     lora_steps: Annotated[int | None, typer.Option(help="LoRA/DPO optimizer steps")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    max_context: Annotated[
+        int | None,
+        typer.Option(min=16, help="prompt tokens few-shot and contrast prompts may fill"),
+    ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="N = 1,8, one draw, shorter completions and prompts")
     ] = False,
@@ -73,6 +77,7 @@ def compare(
         "draws": draws,
         "lora_steps": lora_steps,
         "max_new_tokens": max_new_tokens,
+        "max_context": max_context,
     }
     preset |= {k: v for k, v in given.items() if v is not None}
     cfg = CompareConfig(

@@ -18,8 +18,8 @@ from steerlab.cli import app
 from steerlab.compare import CompareConfig, run_compare
 from steerlab.compare.finetune import lora_config, target_modules, train_lora
 from steerlab.compare.methods import contrast_prompt, few_shot, fit_direction
-from steerlab.compare.pipeline import summarize_runs, winners
 from steerlab.compare.report import pareto_front, render_compare_html
+from steerlab.compare.summary import summarize_runs, winners
 from steerlab.configs import ConfigError
 from steerlab.interventions.lora import LoRA
 from steerlab.metrics.stats import mean_ci, nested_mean_ci

@@ -2,6 +2,7 @@
 curves and intervals (``steerlab compare``)."""
 
 from .config import METHODS, QUICK, CompareConfig
-from .pipeline import run_compare, summarize_runs
+from .pipeline import run_compare
+from .summary import summarize_runs
 
 __all__ = ["METHODS", "QUICK", "CompareConfig", "run_compare", "summarize_runs"]

@@ -40,7 +40,7 @@ from ..interventions.base import NoOp
 from ..interventions.lora import LoRA
 from ..interventions.per_row import RowSetting
 from ..io.prompts import read_prompts
-from ..metrics.stats import kl_divergence, nested_mean_ci, separated
+from ..metrics.stats import kl_divergence
 from ..metrics.text import distinct_n
 from ..models.chat import format_prompt, has_chat_template
 from ..models.load import LoadedModel
@@ -50,8 +50,9 @@ from ..sweep.grid import choose, random_units, residual_norms, rule_text
 from . import methods as M
 from .config import METHODS, N_FREE, CompareConfig
 from .finetune import load_checkpoint, lora_config, target_modules, train_lora
+from .summary import summarize_runs, winners
 
-__all__ = ["default_layer", "run_compare", "summarize_runs"]
+__all__ = ["default_layer", "run_compare"]
 
 Pair3 = tuple[str, str, str]
 
@@ -327,69 +328,6 @@ def _system_reason(lm: LoadedModel, chat: bool | None) -> str | None:
     return None
 
 
-def summarize_runs(
-    runs: Sequence[dict[str, Any]], methods: Sequence[str], sizes: Sequence[int], seed: int = 0
-) -> list[dict[str, Any]]:
-    """One row per method and N: mean test score over draws and prompts, its two-level
-    bootstrap 95% interval (draws, then prompts within a draw), CE, KL and fitting time."""
-    out = []
-    for m in methods:
-        for n in sizes:
-            rs = [r for r in runs if r["method"] == m and (r["n"] == n or m in N_FREE)]
-            rs = sorted({r["draw"]: r for r in rs}.values(), key=lambda r: r["draw"])
-            if not rs:
-                continue
-            mat = np.array([r["scores"] for r in rs], dtype=float)
-            lo, hi = nested_mean_ci(mat, seed=seed)
-            fit = [r.get("fit_seconds", 0.0) for r in rs]
-            fs = _mean(fit)
-            out.append(
-                {
-                    "method": m,
-                    "n": n,
-                    "score": float(np.nanmean(mat)),
-                    "ci": [lo, hi],
-                    "ce": _mean([r["ce"] for r in rs]),
-                    "fit_seconds": fs,
-                    "examples_per_second": (n / fs) if fs > 0 and m not in N_FREE else None,
-                    "kl": _mean([r["kl"] for r in rs]),
-                    "distinct2": _mean([r["distinct2"] for r in rs]),
-                    "draws": len(rs),
-                    "prompts": int(mat.shape[1]),
-                    "uses_examples": m not in N_FREE,
-                    **(
-                        {"examples_used": _mean([r["examples_used"] for r in rs])}
-                        if "examples_used" in rs[0]
-                        else {}
-                    ),
-                }
-            )
-    return out
-
-
-def winners(summary: Sequence[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, Any]]:
-    """Per N: the best method, and whether its interval separates from every other's."""
-    out = []
-    for n in sizes:
-        rows = [r for r in summary if r["n"] == n and math.isfinite(r["score"])]
-        if not rows:
-            continue
-        rows.sort(key=lambda r: -r["score"])
-        best = rows[0]
-        clear = all(separated(best["ci"], r["ci"]) for r in rows[1:])
-        out.append(
-            {
-                "n": n,
-                "method": best["method"],
-                "score": best["score"],
-                "separated": bool(clear),
-                "runner_up": rows[1]["method"] if len(rows) > 1 else None,
-                "tied_with": [r["method"] for r in rows[1:] if not separated(best["ci"], r["ci"])],
-            }
-        )
-    return out
-
-
 def run_compare(
     lm: LoadedModel,
     behavior: Behavior,
@@ -402,11 +340,10 @@ def run_compare(
     """Run a comparison into ``out`` and return the report written as ``compare.json``."""
     from .report import write_compare_report
 
-    make_scorer(behavior.scorer, description=behavior.description)  # a missing library: now
     behavior.check_splits()
     methods = list(cfg.methods)
     sizes = list(cfg.train_sizes)
-    c0 = make_scorer(behavior.scorer, description=behavior.description)
+    c0 = make_scorer(behavior.scorer, description=behavior.description)  # a missing library: now
     if c0.kind != "text":
         raise DataError(
             f"behavior {behavior.name!r} is scored by {behavior.scorer!r} on items; compare "

@@ -168,6 +168,24 @@ def test_few_shot_keeps_what_fits_the_context(lm: LoadedModel) -> None:
     assert 0 < kc < len(pairs) and "Good response:" in c.suffix
 
 
+def test_reply_log_likelihood_equals_one_row_at_a_time(lm: LoadedModel) -> None:
+    """The training loss reads logits only from the replies on (the output head skips the
+    prompt): the batched sum equals each row's full-sequence log-likelihood of its reply."""
+    from steerlab.compare.finetune import _logp, _rows
+    from steerlab.models.chat import pad_id
+
+    src = load_behavior("builtin:sentiment").pairs[:4]
+    rows = _rows(lm, [p.prompt for p in src], [p.negative for p in src], None)
+    assert len({len(r) - k for r, k in rows}) > 1  # prompts of different lengths
+    with torch.no_grad():
+        got = _logp(lm.model, rows, pad_id(lm.tokenizer))
+        for j, (r, k) in enumerate(rows):
+            ids = torch.tensor([r])
+            lp = lm.model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+            want = lp[torch.arange(len(r) - 1), ids[0, 1:]][-k:].sum()
+            assert abs(float(got[j]) - float(want)) < 1e-3
+
+
 def test_lora_sft_and_dpo_learn_and_leave_the_model_as_it_was(lm: LoadedModel) -> None:
     pairs = [
         (p.prompt, p.positive, p.negative) for p in load_behavior("builtin:sentiment").pairs[:4]

@@ -124,3 +124,19 @@ def test_identity_covers_bfloat16_weights_and_the_adapter() -> None:
     assert ident["dtype"] == "torch.bfloat16" and len(ident["weights"]) == 16
     other = dataclasses.replace(lm, adapter=dataclasses.replace(ad, mlp_write="mlp.up_proj"))
     assert model_identity(other) != ident
+
+
+def test_journal_counts_only_earlier_sessions_items_once(tmp_path: Path) -> None:
+    """A resumed run adds what earlier sessions spent, once per item; items put in this
+    session, or asked for again, are not "resumed" (a copied baseline made every compare run
+    look resumed)."""
+    hits: list[float] = []
+    j = Journal(tmp_path / "j.jsonl", hits.append)
+    j.put("a", {"x": 1}, 5.0)
+    assert j.get("a") == {"x": 1} and hits == []
+    again = Journal(tmp_path / "j.jsonl", hits.append)
+    again.put("b", {"x": 2}, 7.0)
+    for _ in range(3):
+        assert again.get("a") == {"x": 1}
+        assert again.get("b") == {"x": 2}
+    assert hits == [5.0]

@@ -114,3 +114,37 @@ def test_unsteered_rows_beside_generated_rows_share_the_prompt(lm: LoadedModel) 
     got = greedy_rows(lm, texts, rows, max_new_tokens=6)
     plain = greedy_rows(lm, PROMPTS[:1], [RowSetting()], max_new_tokens=6)
     assert got.texts[1] == got.texts[2] == plain.texts[0]
+
+
+LONG = "Here is some background before the question. " * 12  # > LONG_PREFIX tokens, shared
+
+
+def test_long_shared_prefix_runs_once_and_changes_nothing(lm: LoadedModel) -> None:
+    """Prompts sharing a long prefix (few-shot demonstrations) compute it once per batch; the
+    completions and logits equal the plain path's, for unsteered rows, rows steered on the
+    whole prompt (one batch per setting) and mixed settings."""
+    prompts = [LONG + p for p in PROMPTS]
+    a, b = RowSetting(add={8: _vec(5, 12.0)}), RowSetting(add={8: _vec(6, 12.0)})
+    rows = [RowSetting()] * 3 + [a] * 3 + [b] * 3
+    texts = prompts * 3
+    calls: list[int] = []
+
+    def count(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        x = kwargs.get("input_ids")
+        calls.append(int(x.shape[0] * x.shape[1]))
+
+    h = lm.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        fast = greedy_rows(lm, texts, rows, max_new_tokens=8)
+        tokens_fast = sum(calls)
+        calls.clear()
+        slow = greedy_rows(lm, texts, rows, max_new_tokens=8, min_prefix=0)
+        tokens_slow = sum(calls)
+    finally:
+        h.remove()
+    assert fast.texts == slow.texts
+    assert tokens_fast < tokens_slow / 2  # the shared ~120 tokens were not run 9 times
+    lp_fast = next_logprobs_rows(lm, texts, rows)
+    lp_slow = next_logprobs_rows(lm, texts, rows, min_prefix=0)
+    assert float((lp_fast - lp_slow).abs().max()) < 1e-3
+    assert float((lp_fast[3] - lp_fast[6]).abs().max()) > 1e-2  # the settings differ

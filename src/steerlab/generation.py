@@ -53,10 +53,30 @@ def generate(
     """
     from transformers import GenerationConfig
 
+    from .engines import bound_engine
+
     device = next(model.parameters()).device
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
+    engine = bound_engine(model)
+    if engine is not None:
+        return _on_engine(
+            engine,
+            model,
+            tokenizer,
+            prompts,
+            eos=eos,
+            max_new_tokens=max_new_tokens,
+            chunk=max(batch_size, 64),
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            chat=chat,
+            system=system,
+            progress=progress,
+            first_logprobs=first_logprobs,
+        )
     sample = temperature > 0
     cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -95,6 +115,58 @@ def generate(
         outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
         if progress:
             progress(len(chunk))
+    if first_logprobs:
+        return outs, torch.cat(firsts)
+    return outs
+
+
+@torch.no_grad()
+def _on_engine(
+    engine: Any,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    eos: Any,
+    max_new_tokens: int,
+    chunk: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    chat: bool | None,
+    system: str | None,
+    progress: Callable[[int], None] | None,
+    first_logprobs: bool,
+) -> list[str] | tuple[list[str], torch.Tensor]:
+    """:func:`generate` on a bound engine (vLLM), repeating the treatments applied to
+    ``model``; the first-token log-probabilities come from ``model`` itself (one forward)."""
+    from .engines.vllm import plan_for
+    from .interventions.record import active_ops
+
+    plan = plan_for(active_ops(model))
+    stops = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])] if eos else []
+    device = next(model.parameters()).device
+    outs: list[str] = []
+    firsts: list[torch.Tensor] = []
+    for i in range(0, len(prompts), chunk):
+        part = list(prompts[i : i + chunk])
+        ids = engine.token_ids(part, chat=chat, system=system, tokenizer=tokenizer)
+        new = engine.generate_ids(
+            ids,
+            plan,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=None if seed is None else seed + i,
+            stop_ids=stops,
+        )
+        outs.extend(tokenizer.decode(t, skip_special_tokens=True) for t in new)
+        if first_logprobs:
+            batch = encode(tokenizer, part, chat=chat, system=system).to(device)
+            logits = model(**forward_kwargs(batch)).logits[:, -1]
+            firsts.append(torch.log_softmax(logits.float(), -1).cpu())
+        if progress:
+            progress(len(part))
     if first_logprobs:
         return outs, torch.cat(firsts)
     return outs

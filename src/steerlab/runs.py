@@ -167,6 +167,9 @@ class Journal:
         self.items: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}
         self._on_hit = on_hit
+        # a hit is an item an earlier session finished, counted once (not one put just now,
+        # nor the same item asked for again)
+        self._earlier: set[str] = set()
         if not path.is_file():
             return
         raw = path.read_bytes()
@@ -181,11 +184,14 @@ class Journal:
                 continue  # a damaged line: recompute that item
             self.items[rec["id"]] = rec["value"]
             self.seconds[rec["id"]] = float(rec.get("seconds", 0.0))
+        self._earlier = set(self.items)
 
     def get(self, item: str) -> Any | None:
         value = self.items.get(item)
-        if value is not None and self._on_hit is not None:
-            self._on_hit(self.seconds.get(item, 0.0))
+        if value is not None and item in self._earlier:
+            self._earlier.discard(item)
+            if self._on_hit is not None:
+                self._on_hit(self.seconds.get(item, 0.0))
         return value
 
     def put(self, item: str, value: Any, seconds: float = 0.0) -> None:
@@ -261,9 +267,10 @@ class RunCache:
 def model_identity(lm: Any) -> dict[str, Any]:
     """What results computed with ``lm`` depend on: its identity, a fingerprint of its weights,
     its dtype and device type, and the versions of the libraries that change numbers."""
+    from .engines import bound_engine
     from .models.fingerprint import numeric_versions, weights_fingerprint
 
-    return {
+    ident = {
         "model": lm.info.to_dict(),
         "adapter": lm.adapter.to_dict(),  # which modules are hooked and edited
         "weights": weights_fingerprint(lm.model),
@@ -271,6 +278,10 @@ def model_identity(lm: Any) -> dict[str, Any]:
         "device": lm.device.type,
         "versions": numeric_versions(),
     }
+    eng = bound_engine(lm.model)
+    if eng is not None:  # another engine decodes: its results are its own cache entries
+        ident["engine"] = {"name": eng.name, **eng.identity()}
+    return ident
 
 
 def _noop_bar(_description: str, _total: int | None) -> Any:

@@ -62,6 +62,19 @@ class ModelOptions:
     ] = False
     adapter: Annotated[str | None, typer.Option(help=ADAPTER_HELP)] = None
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False
+    # generating commands only (GENERATING): where decoding runs
+    engine: Annotated[
+        str, typer.Option(help="hf (the loaded model) or vllm (stock vLLM; steerlab[vllm])")
+    ] = "hf"
+    tensor_parallel_size: Annotated[
+        int, typer.Option(min=1, help="vLLM: GPUs per model replica (tensor parallel)")
+    ] = 1
+    pipeline_parallel_size: Annotated[
+        int, typer.Option(min=1, help="vLLM: pipeline stages (e.g. one per node)")
+    ] = 1
+    max_model_len: Annotated[
+        int | None, typer.Option(min=16, help="vLLM: longest prompt + reply (default 2048)")
+    ] = None
 
     def load(self, model: str) -> Any:
         """Load ``model`` with these options (status lines unless quiet)."""
@@ -76,8 +89,10 @@ class ModelOptions:
                 raise SteerlabError(f"--adapter is not valid JSON: {e}") from None
             if not isinstance(override, dict):
                 raise SteerlabError("--adapter must be a JSON object, e.g. '{\"blocks\": ...}'")
+        if self.engine not in ("hf", "vllm"):
+            raise SteerlabError(f"--engine must be hf or vllm, not {self.engine!r}")
         try:
-            return load_model(
+            lm = load_model(
                 model,
                 device=self.device,
                 dtype=self.dtype,
@@ -91,9 +106,24 @@ class ModelOptions:
             if msg.startswith("unknown dtype"):
                 msg = "unknown --dtype" + msg[len("unknown dtype") :]
             raise SteerlabError(msg) from None
+        if self.engine == "vllm":
+            from ..engines import use_engine
+
+            status("starting vLLM")
+            use_engine(
+                lm,
+                "vllm",
+                tensor_parallel_size=self.tensor_parallel_size,
+                pipeline_parallel_size=self.pipeline_parallel_size,
+                max_model_len=self.max_model_len,
+            )
+        return lm
 
 
 _SHARED = [f.name for f in fields(ModelOptions)]
+_ENGINE = ("engine", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len")
+# commands whose decoding can run on another engine (--engine)
+GENERATING = ("generate", "refusal", "sweep", "compare")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -125,6 +155,8 @@ def command(fn: F) -> F:
     if wants_opts:
         shared = typing.get_type_hints(ModelOptions, include_extras=True)
         for f in fields(ModelOptions):
+            if f.name in _ENGINE and fn.__name__ not in GENERATING:
+                continue
             params.append(
                 inspect.Parameter(
                     f.name,

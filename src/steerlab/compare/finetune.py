@@ -98,9 +98,16 @@ def _logp(model: torch.nn.Module, rows: Sequence[tuple[list[int], int]], pid: in
         mask[j, : len(r)] = 1
         target[j, len(r) - k : len(r)] = True
     ids, mask, target = ids.to(dev), mask.to(dev), target.to(dev)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-    return (lp * target[:, 1:]).sum(-1)
+    # logits only from the position before the earliest reply token on: the output head and
+    # its softmax over the prompt tokens would cost time and memory for nothing
+    start = max(min(len(r) - k for r, k in rows) - 1, 0)
+    kw = dict(input_ids=ids, attention_mask=mask, use_cache=False)
+    try:
+        logits = model(**kw, logits_to_keep=T - start).logits
+    except TypeError:  # models without logits_to_keep
+        logits = model(**kw).logits[:, start:]
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, start + 1 :, None])
+    return (lp[..., 0] * target[:, start + 1 :]).sum(-1)
 
 
 def train_lora(

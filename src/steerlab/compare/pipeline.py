@@ -35,6 +35,7 @@ from ..behaviors.behavior import Behavior
 from ..behaviors.scorers import make_scorer
 from ..capture import capture_stats, resolve_layers
 from ..directions.extract import data_hash
+from ..engines import bound_engine
 from ..errors import DataError
 from ..interventions.base import NoOp
 from ..interventions.lora import LoRA
@@ -247,6 +248,9 @@ class Work:
         lm = c.lm
         torch.manual_seed(seed)  # the adapter's A matrices
         conf = lora_config(cfg.lora_rank, target_modules(lm.model))
+        # a DPO example is two sequences: half as many pairs per step as SFT takes replies, so
+        # both objectives process the same number of sequences per step
+        batch = cfg.train_batch if objective == "sft" else max(1, cfg.train_batch // 2)
         out: dict[str, dict[str, Any]] = {}
         with LoRA(config=conf, trainable=True).applied(lm) as t:
             pm = t.extra["peft_model"]
@@ -258,7 +262,7 @@ class Work:
                     objective=objective,
                     steps=cfg.lora_steps,
                     lr=cfg.lora_lr if objective == "sft" else cfg.dpo_lr,
-                    batch=cfg.train_batch,
+                    batch=batch,
                     checkpoints=cfg.checkpoints,
                     beta=cfg.dpo_beta,
                     seed=seed,
@@ -293,7 +297,7 @@ class Work:
                     "alpha": 2 * cfg.lora_rank,
                     "target_modules": list(conf.target_modules),
                     "steps": cfg.lora_steps,
-                    "batch": min(cfg.train_batch, len(pairs)),
+                    "batch": min(batch, len(pairs)),
                     "lr": cfg.lora_lr if objective == "sft" else cfg.dpo_lr,
                     **({"beta": cfg.dpo_beta} if objective == "dpo" else {}),
                     "optimizer": "AdamW",
@@ -372,6 +376,14 @@ def run_compare(
         if why:
             skipped["system_prompt"] = why
     methods = [m for m in methods if m not in skipped]
+    if bound_engine(lm.model) is not None:
+        for m in ("lora", "dpo", "lora+mean_diff"):
+            if m in methods:
+                skipped[m] = (
+                    "an adapter trained in this process cannot be repeated inside vLLM's "
+                    "workers; compare it with --engine hf"
+                )
+        methods = [m for m in methods if m not in skipped]
     try:
         import peft  # noqa: F401
     except ImportError:  # pragma: no cover - peft is a dependency

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ModelNotAvailableError, SteerlabError, first_line
 from ..models.load import LoadedModel, peft_for
+from .record import recorded
 
 __all__ = ["LoRA"]
 
@@ -94,7 +95,8 @@ class LoRA:
                     p.requires_grad_(False)
             # peft edits the module tree in place: lm.model itself now runs the adapter, so
             # hooks and adapters found on lm.model keep working beside it.
-            yield replace(lm, extra={**lm.extra, "peft_model": peft_model})
+            with recorded(model, {"kind": "lora"}):
+                yield replace(lm, extra={**lm.extra, "peft_model": peft_model})
         finally:
             if peft_model is not None:
                 peft_model.unload()

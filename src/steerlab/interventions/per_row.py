@@ -29,6 +29,7 @@ from ..models.adapter import blocks_of
 from ..models.compat import is_decode_step
 from ..models.load import LoadedModel
 from .base import vector_spec
+from .record import recorded
 
 __all__ = ["PerRow", "RowPositions", "RowSetting"]
 
@@ -162,7 +163,7 @@ def per_row(model: nn.Module, settings: Sequence[RowSetting], *, adapter: Any) -
 
         return fn
 
-    with scoped_hooks() as hs:
+    with scoped_hooks() as hs, recorded(model, {"kind": "per_row"}):
 
         def phase(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             state["phase"] = "decode" if is_decode_step(args, kwargs) else "prefill"

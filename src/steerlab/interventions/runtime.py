@@ -26,6 +26,7 @@ from ..errors import LayerError, VectorError
 from ..hooks import placed, scoped_hooks
 from ..models.adapter import ModelAdapter, blocks_of, get_adapter
 from ..models.compat import is_decode_step
+from .record import recorded
 
 __all__ = ["ablate", "as_unit", "as_vector", "check_coeff", "clamp", "steer", "steer_rows"]
 
@@ -137,7 +138,14 @@ def steer(
         for lay, delta in deltas.items():
             block = blocks[lay]
             (hs.pre if site == "resid_pre" else hs.post)(block, make(placed(delta, block)))
-        yield
+        op = {
+            "kind": "add",
+            "deltas": {lay: d.detach().float().cpu() for lay, d in deltas.items()},
+            "site": site,
+            "positions": positions,
+        }
+        with recorded(model, op):
+            yield
 
 
 @contextmanager
@@ -177,7 +185,7 @@ def steer_rows(
             raise VectorError(f"{d.shape[0]} steering rows for a batch of {h.shape[0]}{hint}")
         return h + d.to(h.device, h.dtype)[:, None, :]
 
-    with scoped_hooks() as hs:
+    with scoped_hooks() as hs, recorded(model, {"kind": "steer_rows"}):
         hs.pre(block, fn)
         yield
 
@@ -220,7 +228,8 @@ def ablate(
                 (block.get_submodule(ad.mlp_write), hs.post),
             ):
                 kind(mod, _remove(placed(r, mod)))
-        yield
+        with recorded(model, {"kind": "ablate", "unit": r.detach().float().cpu()}):
+            yield
 
 
 @contextmanager
@@ -259,4 +268,6 @@ def clamp(
     with scoped_hooks() as hs:
         for lay in chosen:
             hs.pre(blocks[lay], make(placed(r, blocks[lay])))
-        yield
+        op = {"kind": "clamp", "unit": r.detach().float().cpu(), "value": value, "layers": chosen}
+        with recorded(model, op):
+            yield

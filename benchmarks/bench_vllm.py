@@ -59,8 +59,8 @@ def main() -> None:
     layer = args.layer if args.layer is not None else round(0.6 * n_layers)
     tr_h = read_prompts("builtin:harmful:train")[:64]
     tr_b = read_prompts("builtin:harmless:train")[:64]
-    mh = capture_stats(lm.model, lm.tokenizer, lm.adapter, tr_h, [layer]).mean()[0]
-    mb = capture_stats(lm.model, lm.tokenizer, lm.adapter, tr_b, [layer]).mean()[0]
+    mh = capture_stats(lm.model, lm.tokenizer, lm.adapter, tr_h, [layer]).mean[0]
+    mb = capture_stats(lm.model, lm.tokenizer, lm.adapter, tr_b, [layer]).mean[0]
     diff = (mh - mb).float()
     unit = diff / diff.norm()
     treatments = {

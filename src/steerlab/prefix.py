@@ -31,6 +31,7 @@ __all__ = [
     "prefix_cache",
     "prefix_last_logits",
     "prefix_rows",
+    "token_rows",
 ]
 
 MIN_PREFIX = 8  # below this, caching saves less than it costs
@@ -47,8 +48,11 @@ class PrefixBatch:
     prefix_len: int
 
 
-def _rows(tokenizer: Any, prompts: Sequence[str], chat: bool | None) -> list[list[int]]:
-    b = encode(tokenizer, list(prompts), chat=chat)
+def token_rows(
+    tokenizer: Any, prompts: Sequence[str], chat: bool | None, system: str | None = None
+) -> list[list[int]]:
+    """Each prompt rendered (chat template) and tokenized as :func:`encode` does, unpadded."""
+    b = encode(tokenizer, list(prompts), chat=chat, system=system)
     return [row[m.bool()].tolist() for row, m in zip(b.input_ids, b.attention_mask, strict=True)]
 
 
@@ -56,7 +60,7 @@ def prefix_batch(
     tokenizer: Any, prompts: Sequence[str], *, chat: bool | None = None
 ) -> PrefixBatch:
     """Tokenize, find the longest shared token prefix (leaving each row >= 1 own token)."""
-    return prefix_rows(_rows(tokenizer, prompts, chat), pad_id(tokenizer))
+    return prefix_rows(token_rows(tokenizer, prompts, chat), pad_id(tokenizer))
 
 
 def prefix_rows(rows: Sequence[Sequence[int]], pid: int) -> PrefixBatch:

@@ -23,8 +23,8 @@ import torch
 from ..errors import MissingDependency, SteerlabError, VectorError
 from ..interventions.per_row import RowSetting
 from ..interventions.record import active_ops
-from ..models.chat import encode
 from ..models.load import LoadedModel
+from ..prefix import token_rows
 from . import vllm_worker
 
 __all__ = ["SUPPORTED", "EngineError", "VLLMEngine", "plan_for"]
@@ -178,8 +178,7 @@ class VLLMEngine:
         self, prompts: Sequence[str], *, chat: bool | None, system: str | None, tokenizer: Any
     ) -> list[list[int]]:
         """Each prompt rendered and tokenized exactly as the Hugging Face path does."""
-        b = encode(tokenizer, list(prompts), chat=chat, system=system)
-        return [r[m.bool()].tolist() for r, m in zip(b.input_ids, b.attention_mask, strict=True)]
+        return token_rows(tokenizer, prompts, chat, system)
 
     def generate_ids(
         self,

@@ -87,13 +87,15 @@ def _mean_direction(lm: LoadedModel, layer: int) -> tuple[torch.Tensor, float]:
     return mean / mean.norm(), float(h.norm(dim=-1).mean())
 
 
-@pytest.mark.parametrize("kind", ["steer", "ablate", "clamp"])
+@pytest.mark.parametrize("kind", ["steer", "ablate", "ablate_span", "clamp"])
 def test_treatments_repeat_in_vllm(lm: LoadedModel, kind: str) -> None:
     plain, _ = _both(lm)
     u, norm = _mean_direction(lm, 10)
     treat = {
         "steer": Steer(_vec(1, 0.5 * norm), layers=10, coeff=1.0),
         "ablate": Ablate(u),
+        # two directions: their orthonormal basis rows are removed one after the other there
+        "ablate_span": Ablate([u, _mean_direction(lm, 4)[0]]),
         "clamp": Clamp(u, value=0.0, layers=[8, 9, 10]),
     }[kind]
     with apply(lm, treat):

@@ -65,6 +65,7 @@ __all__ = [
     "run_probe",
     "run_sweep",
     "steer",
+    "steer_many",
 ]
 
 _LAZY = {
@@ -91,6 +92,7 @@ _LAZY = {
     "clamp": "steerlab.interventions",
     "orthogonalize": "steerlab.interventions",
     "steer": "steerlab.interventions",
+    "steer_many": "steerlab.interventions",
     "generate": "steerlab.generation",
     "read_prompts": "steerlab.io.prompts",
     "Behavior": "steerlab.behaviors",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:
         clamp,
         orthogonalize,
         steer,
+        steer_many,
     )
     from .io.prompts import read_prompts
     from .models import LoadedModel, ModelAdapter, get_adapter, load_model

@@ -13,6 +13,7 @@ from .._version import __version__
 from .common import main_guard
 from .compare import compare
 from .discover import discover
+from .export import export_app, import_app
 from .extract import extract
 from .generate import generate
 from .models import models
@@ -56,6 +57,8 @@ app.command("sweep")(sweep)
 app.command("probe")(probe)
 app.command("compare")(compare)
 app.add_typer(organism_app, name="organism")
+app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
 
 
 def main() -> None:

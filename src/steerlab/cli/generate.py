@@ -21,11 +21,29 @@ def generate(
     ] = None,
     prompts: Annotated[str | None, typer.Option("--prompts", help="prompt file")] = None,
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Path | None, typer.Option(help="direction artifact to add")] = None,
-    layer: Annotated[str | None, typer.Option(help=f"layer(s) to steer at: {LAYERS_HELP}")] = None,
-    coeff: Annotated[float, typer.Option(help="steering coefficient (finite)")] = 1.0,
+    vector: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="direction artifact to add; repeat to add several (each with its own --layer "
+            "and --coeff, in the same order, or one --layer / --coeff for all)"
+        ),
+    ] = None,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(help=f"layer(s) to steer at: {LAYERS_HELP}; once per --vector, or once"),
+    ] = None,
+    coeff: Annotated[
+        list[float] | None,
+        typer.Option(help="steering coefficient (finite; default 1); once per --vector, or once"),
+    ] = None,
     steer_positions: Annotated[str, typer.Option("--positions", help="all | generated")] = "all",
-    ablate: Annotated[Path | None, typer.Option(help="direction artifact to ablate")] = None,
+    ablate: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="direction artifact to ablate; repeat to ablate the span of several "
+            "(orthonormalized)"
+        ),
+    ] = None,
     clamp: Annotated[Path | None, typer.Option(help="direction artifact to clamp")] = None,
     value: Annotated[float | None, typer.Option(help="projection value for --clamp")] = None,
     direction_layer: Annotated[
@@ -45,7 +63,10 @@ def generate(
     ] = False,
     force: Annotated[bool, typer.Option(help="use an artifact made for another model")] = False,
 ) -> None:
-    """Generate, optionally with steering (--vector), ablation (--ablate) or clamping (--clamp)."""
+    """Generate, optionally with steering (--vector), ablation (--ablate) or clamping (--clamp).
+
+    Several vectors: ``--vector a --layer 10 --coeff 4 --vector b --layer 14 --coeff -2`` adds
+    both; ``--ablate a --ablate b`` removes the span of both."""
     from ..capture import resolve_layers
     from ..directions.artifact import Direction
     from ..errors import SteerlabError
@@ -62,11 +83,21 @@ def generate(
         raise SteerlabError("--clamp needs --value")
     if steer_positions not in ("all", "generated"):
         raise SteerlabError(f"--positions must be all or generated, got {steer_positions!r}")
-    check_coeff(coeff, "--coeff")
+    vectors, layer_specs, coeffs = list(vector or []), list(layer or []), list(coeff or [])
+    for c in coeffs:
+        check_coeff(c, "--coeff")
     if value is not None:
         check_coeff(value, "--value")
+    n_vec = max(1, len(vectors))
+    for flag, given in (("--layer", layer_specs), ("--coeff", coeffs)):
+        if len(given) not in (0, 1, n_vec):
+            raise SteerlabError(
+                f"{len(given)} {flag} values for {len(vectors)} --vector: give one {flag} per "
+                f"--vector (in the same order), or one for all"
+            )
     lm = opts.load(model)
-    layers = resolve_layers(layer, lm.info.n_layers) if layer is not None else None
+    per_layers = [resolve_layers(x, lm.info.n_layers) for x in layer_specs]
+    layers = per_layers[0] if per_layers else None
     row = direction_layer if direction_layer is not None else (layers[0] if layers else None)
 
     def load(p: Path) -> Direction:
@@ -78,13 +109,19 @@ def generate(
         return r
 
     treatments: list[Intervention] = []
-    if vector is not None:
+    for i, path in enumerate(vectors):  # several: composed in order (their sum)
+        lays = per_layers[i] if len(per_layers) > 1 else layers
+        c = coeffs[i] if len(coeffs) > 1 else (coeffs[0] if coeffs else 1.0)
         treatments.append(
-            Steer(load(vector), layers=layers, coeff=coeff, positions=steer_positions)
-        )  # type: ignore[arg-type]
-    if ablate is not None:
-        da = load(ablate)
+            Steer(load(path), layers=lays, coeff=c, positions=steer_positions)  # type: ignore[arg-type]
+        )
+    if len(ablate or []) == 1:
+        da = load(ablate[0])  # type: ignore[index]
         treatments.append(Ablate(da, layer=row_of(da)))
+    elif ablate:
+        ds = [load(p) for p in ablate]
+        rows = [row_of(d) for d in ds]
+        treatments.append(Ablate(ds, layer=rows))  # type: ignore[arg-type]
     if clamp is not None:
         dc = load(clamp)
         treatments.append(Clamp(dc, float(value), layer=row_of(dc)))  # type: ignore[arg-type]

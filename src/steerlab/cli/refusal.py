@@ -87,6 +87,14 @@ def refusal(
     template: Annotated[Path | None, typer.Option(help="Jinja chat template file")] = None,
     no_chat: Annotated[bool, typer.Option("--no-chat", help="raw prompts, no template")] = False,
     seed: Annotated[int | None, _opt("seed", "shuffles and the random control")] = None,
+    directions: Annotated[
+        int | None,
+        _opt(
+            "directions",
+            "best candidates ablated together as one orthonormalized span (addition and clamp "
+            "use the first)",
+        ),
+    ] = None,
 ) -> None:
     """Find the refusal direction, evaluate every intervention, optionally export the model."""
     from ..errors import SteerlabError
@@ -129,6 +137,7 @@ def refusal(
         chat=False if no_chat else None,
         filter_train=False if no_filter else None,
         filter_rule=filter_rule,
+        directions=directions,
     )
     lm = opts.load(model)
     if template is not None:
@@ -172,6 +181,16 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
         )
     con = Console()
     con.print(t)
+    span = report.get("directions") or {}
+    if span.get("k", 1) > 1:
+        where = "; ".join(
+            f"layer {c['layer']} position {c['position']}" for c in span["candidates"]
+        )
+        con.print(
+            f"{span['k']} directions ablated together ({where}): ablation, orthogonalized and "
+            "the export remove their span; addition, subtraction and clamp use the first.",
+            highlight=False,
+        )
     for v in report.get("verdicts") or []:
         mark = "[green]ok[/green]" if v["level"] == "ok" else "[yellow]warning[/yellow]"
         con.print(f"{mark}: {v['text']}", highlight=False)

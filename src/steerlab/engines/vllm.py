@@ -54,8 +54,10 @@ def plan_for(ops: Sequence[dict[str, Any]], setting: RowSetting | None = None) -
             plan.append({k: op[k] for k in ("kind", "deltas", "site")})
         elif kind in ("ablate", "orthogonalize"):
             # orthogonalized weights compute exactly what ablation hooks compute (the edit's
-            # equivalence); vLLM's tied embeddings cannot be edited apart from its head
-            plan.append({"kind": "ablate", "unit": op["unit"]})
+            # equivalence); vLLM's tied embeddings cannot be edited apart from its head.
+            # A span has orthonormal rows: removing them one after the other removes the span.
+            units = list(op["basis"]) if "basis" in op else [op["unit"]]
+            plan.extend({"kind": "ablate", "unit": u} for u in units)
         elif kind == "clamp":
             plan.append({k: op[k] for k in ("kind", "unit", "value", "layers")})
         else:

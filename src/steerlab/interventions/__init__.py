@@ -7,6 +7,9 @@
   :class:`Orthogonalize` (in place, restored),
   :class:`PromptPrefix`, :class:`LoRA`, :class:`NoOp`, and :class:`Compose` / :func:`apply`
   for several at once;
+* several directions: :func:`ablate`, :class:`Ablate`, :func:`orthogonalize` and
+  :class:`Orthogonalize` accept a (K, D) tensor or a list and remove the span
+  (:func:`as_basis`); :func:`steer_many` adds several (vector, layers, coeff) terms;
 * :class:`PerRow`: a different treatment per batch row (:class:`RowSetting`), so a grid of
   settings shares batched forwards.
 """
@@ -15,8 +18,8 @@ from .base import Compose, Intervention, NoOp, apply, vector_spec
 from .lora import LoRA
 from .per_row import PerRow, RowSetting
 from .prompting import PromptPrefix
-from .runtime import ablate, check_coeff, clamp, steer, steer_rows
-from .treatments import Ablate, Clamp, Orthogonalize, Steer, SteerRows
+from .runtime import ablate, as_basis, check_coeff, clamp, steer, steer_rows
+from .treatments import Ablate, Clamp, Orthogonalize, Steer, SteerRows, steer_many
 from .weights import orthogonalize
 
 __all__ = [
@@ -34,10 +37,12 @@ __all__ = [
     "SteerRows",
     "ablate",
     "apply",
+    "as_basis",
     "check_coeff",
     "clamp",
     "orthogonalize",
     "steer",
+    "steer_many",
     "steer_rows",
     "vector_spec",
 ]

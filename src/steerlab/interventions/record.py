@@ -9,10 +9,12 @@ Ops are plain dicts of CPU float32 tensors and numbers:
 
 * ``{"kind": "add", "deltas": {layer: (D,)}, "site": "resid_pre"|"resid_post",
   "positions": "all"|"generated"}``;
-* ``{"kind": "ablate", "unit": (D,)}`` (every block input and sublayer write);
+* ``{"kind": "ablate", "unit": (D,)}`` (every block input and sublayer write), or for several
+  directions ``{"kind": "ablate", "basis": (K, D) orthonormal rows, "k": K}`` (the span);
 * ``{"kind": "clamp", "unit": (D,), "value": x, "layers": [...]}``;
-* ``{"kind": "orthogonalize", "unit": (D,)}``; ``{"kind": "per_row"}``, ``{"kind": "lora"}``
-  and anything else an engine does not know: it must refuse.
+* ``{"kind": "orthogonalize", "unit": (D,)}`` (or ``"basis"`` and ``"k"``, as ablate);
+  ``{"kind": "per_row"}``, ``{"kind": "lora"}`` and anything else an engine does not know:
+  it must refuse.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Reversible interventions: context managers that hook the stock model and leave it untouched.
 
 * :func:`steer` adds ``coeff * v`` to the residual stream at chosen layers (ActAdd / CAA).
-* :func:`ablate` removes a direction everywhere it can be written: the input of every block
-  and the outputs of every attention and MLP sublayer (Arditi et al. 2024).
+* :func:`ablate` removes a direction (or the span of several, :func:`as_basis`) everywhere it
+  can be written: the input of every block and the outputs of every attention and MLP sublayer
+  (Arditi et al. 2024).
 * :func:`clamp` sets the projection on a direction to a fixed value at chosen layers.
 
 Vectors are checked once (width, finiteness) and placed on each hooked module's own device and
@@ -28,10 +29,29 @@ from ..models.adapter import ModelAdapter, blocks_of, get_adapter
 from ..models.compat import is_decode_step
 from .record import recorded
 
-__all__ = ["ablate", "as_unit", "as_vector", "check_coeff", "clamp", "steer", "steer_rows"]
+__all__ = [
+    "DEPENDENT_TOL",
+    "ablate",
+    "as_basis",
+    "as_unit",
+    "as_vector",
+    "check_coeff",
+    "clamp",
+    "orthonormal_rows",
+    "span_rows",
+    "steer",
+    "steer_rows",
+]
 
 VectorLike = torch.Tensor | Direction
+# One direction, or several whose span is removed: a (K, D) tensor, a sequence of (D,) tensors
+# or Directions, or one Direction with ``layer=[l1, l2, ...]`` (its rows at those layers).
+SpanLike = VectorLike | Sequence[VectorLike]
 Positions = Literal["all", "generated"]
+# A direction whose component orthogonal to the earlier ones is below this fraction of its
+# norm is refused as dependent: float32 inputs carry ~1e-7 relative rounding, so a vector that
+# is a float32 combination of the others leaves a residual far below it.
+DEPENDENT_TOL = 1e-5
 
 
 def _model_width(model: nn.Module) -> int:
@@ -63,6 +83,103 @@ def as_unit(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Tenso
     return v / n
 
 
+def orthonormal_rows(
+    vectors: torch.Tensor, *, tol: float = DEPENDENT_TOL, drop: bool = False
+) -> tuple[torch.Tensor, list[int]]:
+    """Orthonormal rows spanning ``vectors`` (K, D), in float64, first row = first vector's unit.
+
+    Gram-Schmidt in the given order, each vector orthogonalized twice against the rows kept so
+    far (twice is enough for orthogonality to working precision, Giraud et al. 2005): row ``i``
+    of the result is the part of vector ``i`` that is new. Unlike QR, the first direction stays
+    the first row, so a span led by one direction keeps that direction exactly.
+
+    Args:
+        vectors: (K, D) rows (any float dtype; computed in float64).
+        tol: a vector whose new part is below ``tol`` times its norm is dependent.
+        drop: leave dependent vectors out (and list them) instead of raising.
+
+    Returns:
+        (basis (K', D) float64, indices of the vectors left out as dependent).
+
+    Raises:
+        VectorError: a zero or dependent vector (unless ``drop``), or nothing left.
+    """
+    v = vectors.detach().double().cpu()
+    rows: list[torch.Tensor] = []
+    dropped: list[int] = []
+    for i, x in enumerate(v):
+        n = x.norm()
+        if n == 0 and not drop:
+            raise VectorError(f"direction {i} is a zero vector: it spans nothing")
+        y = x.clone()
+        for _ in range(2):
+            for q in rows:
+                y -= (y @ q) * q
+        new = float(y.norm() / n) if n > 0 else 0.0
+        if new <= tol:
+            if drop:
+                dropped.append(i)
+                continue
+            raise VectorError(
+                f"direction {i} is (nearly) in the span of directions 0..{i - 1}: only "
+                f"{new:.1e} of its norm is new (tolerance {tol:g}); drop it or pass "
+                "independent directions"
+            )
+        rows.append(y / y.norm())
+    if not rows:
+        raise VectorError("no independent direction to span")
+    return torch.stack(rows), dropped
+
+
+def span_rows(directions: SpanLike, layer: int | Sequence[int] | None = None) -> list[Any]:
+    """The vectors of a span argument, one per direction (unchecked; see :func:`as_basis`)."""
+    if isinstance(directions, torch.Tensor) and directions.ndim == 2:
+        if layer is not None:
+            raise VectorError("layer= picks rows of a Direction; a (K, D) tensor has no layers")
+        return list(directions)
+    if isinstance(directions, (torch.Tensor, Direction)):
+        if isinstance(layer, Sequence):
+            if not isinstance(directions, Direction):
+                raise VectorError("a list of layers picks rows of a Direction, not of a tensor")
+            return [directions.vector(int(lay)) for lay in layer]
+        return [directions.vector(layer) if isinstance(directions, Direction) else directions]
+    items = list(directions)
+    if not items:
+        raise VectorError("no direction given")
+    if isinstance(layer, Sequence):
+        if len(layer) != len(items):
+            raise VectorError(f"{len(items)} directions but {len(layer)} layers: give one each")
+        layers: list[int | None] = [int(x) for x in layer]
+    else:
+        layers = [layer] * len(items)
+    return [
+        d.vector(lay) if isinstance(d, Direction) else d
+        for d, lay in zip(items, layers, strict=True)
+    ]
+
+
+def as_basis(
+    model: nn.Module,
+    directions: SpanLike,
+    layer: int | Sequence[int] | None = None,
+    *,
+    tol: float = DEPENDENT_TOL,
+) -> torch.Tensor:
+    """(K, D) float64 orthonormal rows spanning ``directions`` (see :func:`orthonormal_rows`).
+
+    One direction gives ``as_unit(...)[None]``, bit for bit. ``layer``: the row of a multi-layer
+    Direction (an int, applied to every Direction), or one layer per direction (a list; for a
+    single Direction, the rows at those layers).
+
+    Raises:
+        VectorError: a bad width, NaN, a zero vector, or a dependent one.
+    """
+    vecs = [as_vector(model, v, None) for v in span_rows(directions, layer)]
+    if len(vecs) == 1:
+        return as_unit(model, vecs[0], None).unsqueeze(0)
+    return orthonormal_rows(torch.stack(vecs), tol=tol)[0]
+
+
 def check_coeff(value: float, what: str = "the coefficient") -> float:
     """A finite float, or a :class:`VectorError` that says which number was bad."""
     try:
@@ -78,6 +195,8 @@ def _default_layers(vec: VectorLike, layers: int | Sequence[int] | str | None, n
     if layers is None:
         if isinstance(vec, Direction) and len(vec.layers) == 1:
             return [vec.layers[0]]
+        if isinstance(vec, Direction) and vec.meta.get("apply_layers") == "all":
+            return list(vec.layers)  # a per-layer control vector (GGUF import): all its rows
         raise LayerError("say at which layer(s) to steer (layers=...)")
     return resolve_layers(layers, n)
 
@@ -200,12 +319,25 @@ def _remove(r: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return fn
 
 
+def _remove_span(q: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """h <- h - c(h) Q with Q (K, D) as placed; c = h Q^T (Q Q^T)^-1, so the projector is
+    idempotent for the cast rows too (the K > 1 analogue of dividing by r.r)."""
+    qd = q.double()
+    coef = torch.linalg.solve(qd @ qd.T, qd).to(q.dtype)  # (K, D): (Q Q^T)^-1 Q
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        qq, cc = q.to(h.device, h.dtype), coef.to(h.device, h.dtype)
+        return h - (h @ cc.T) @ qq
+
+    return fn
+
+
 @contextmanager
 def ablate(
     model: nn.Module,
-    direction: VectorLike,
+    direction: SpanLike,
     *,
-    layer: int | None = None,
+    layer: int | Sequence[int] | None = None,
     adapter: ModelAdapter | None = None,
 ) -> Iterator[None]:
     """Project ``direction`` out of the residual stream at every layer (directional ablation).
@@ -214,12 +346,24 @@ def ablate(
     is written to the residual (for sandwich-norm models, after the post-norm). The residual
     then never carries the direction, which is what :func:`orthogonalize` bakes into weights.
 
+    Several directions remove their span: ``h <- h - Q^T (Q h)`` with ``Q`` (K, D) their
+    orthonormalized rows (:func:`as_basis`; a dependent or zero one is refused).
+
     Args:
-        direction: a (D,) tensor or a :class:`Direction`; normalized here.
-        layer: which row of a multi-layer Direction to use.
+        direction: a (D,) tensor or a :class:`Direction`; normalized here. Or several: a (K, D)
+            tensor, a list of tensors / Directions.
+        layer: which row of a multi-layer Direction to use; a list gives one row per direction
+            (or, for a single Direction, its rows at those layers).
+
+    Example:
+        >>> with ablate(model, [d1, d2], layer=[10, 14]):  # doctest: +SKIP
+        ...     out = model.generate(**inputs)
     """
     ad = adapter or get_adapter(model)
-    r = as_unit(model, direction, layer)
+    basis = as_basis(model, direction, layer)  # (K, D) float64
+    k = basis.shape[0]
+    make = _remove if k == 1 else _remove_span
+    r = basis[0] if k == 1 else basis  # K = 1: the (D,) path of before, bit for bit
     with scoped_hooks() as hs:
         for block in blocks_of(model, ad):
             for mod, kind in (
@@ -227,8 +371,12 @@ def ablate(
                 (block.get_submodule(ad.attn_write), hs.post),
                 (block.get_submodule(ad.mlp_write), hs.post),
             ):
-                kind(mod, _remove(placed(r, mod)))
-        with recorded(model, {"kind": "ablate", "unit": r.detach().float().cpu()}):
+                kind(mod, make(placed(r, mod)))
+        if k == 1:
+            op: dict[str, Any] = {"kind": "ablate", "unit": r.detach().float().cpu()}
+        else:  # orthonormal rows: an engine may remove them one after the other
+            op = {"kind": "ablate", "basis": basis.float(), "k": k}
+        with recorded(model, op):
             yield
 
 

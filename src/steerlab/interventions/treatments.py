@@ -8,13 +8,17 @@ Example::
     from steerlab.interventions import Ablate, Steer, apply
     with apply(lm, [Steer(d, layers=12, coeff=4), Ablate(other)]) as treated:
         steerlab.generate(treated.model, treated.tokenizer, prompts)
+
+Several directions: ``Ablate([d1, d2], layer=[10, 14])`` and ``Orthogonalize(...)`` remove their
+span (orthonormalized, recorded in ``spec()``); ``steer_many([(v1, 10, 4.0), (v2, 14, -2.0)])``
+adds several vectors at once.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,22 +29,27 @@ import torch
 from torch import nn
 
 from ..capture import Site
+from ..directions.artifact import Direction
+from ..errors import VectorError
 from ..models.load import LoadedModel
-from .base import vector_spec
+from .base import Compose, vector_spec
 from .record import recorded
 from .runtime import (
     Positions,
+    SpanLike,
     VectorLike,
     ablate,
-    as_unit,
+    as_basis,
     check_coeff,
     clamp,
+    orthonormal_rows,
+    span_rows,
     steer,
     steer_rows,
 )
 from .weights import orthogonalize_
 
-__all__ = ["Ablate", "Clamp", "Orthogonalize", "Steer", "SteerRows"]
+__all__ = ["Ablate", "Clamp", "Orthogonalize", "Steer", "SteerRows", "steer_many"]
 
 
 @dataclass(frozen=True, eq=False)  # tensor fields: identity, not elementwise ==
@@ -84,6 +93,70 @@ class Steer:
             yield lm
 
 
+SteerTerm = tuple[Any, ...] | Steer  # (vector, layers) or (vector, layers, coeff), or a Steer
+
+
+def steer_many(
+    terms: Iterable[SteerTerm],
+    *,
+    positions: Positions = "all",
+    site: Site | None = None,
+    name: str = "steer_many",
+) -> Compose:
+    """Several additions at once: ``[(vector, layers, coeff), ...]`` (coeff defaults to 1).
+
+    Each term is a :class:`Steer`; they are entered in order, so two terms at the same layer
+    add ``c1 * v1`` then ``c2 * v2`` (the same as their sum, up to float rounding), and terms
+    at different layers compose like nested :func:`~steerlab.steer` contexts.
+
+    Example:
+        >>> with apply(lm, steer_many([(d1, 10, 4.0), (d2, 14, -2.0)])) as m:  # doctest: +SKIP
+        ...     steerlab.generate(m.model, m.tokenizer, prompts)
+    """
+    items: list[Steer] = []
+    for i, t in enumerate(terms):
+        if isinstance(t, Steer):
+            items.append(t)
+            continue
+        if not isinstance(t, tuple) or len(t) not in (2, 3):
+            raise VectorError(f"steer term {i} must be (vector, layers[, coeff]), got {t!r}")
+        coeff = check_coeff(t[2] if len(t) == 3 else 1.0, f"the coefficient of steer term {i}")
+        items.append(Steer(t[0], layers=t[1], coeff=coeff, positions=positions, site=site))
+    if not items:
+        raise VectorError("steer_many needs at least one (vector, layers, coeff) term")
+    return Compose(tuple(items), name=name)
+
+
+def _single(direction: SpanLike, layer: int | Sequence[int] | None) -> bool:
+    """One direction given the one-direction way (its spec and records stay as they were)."""
+    if isinstance(direction, torch.Tensor):
+        return direction.ndim != 2
+    return isinstance(direction, Direction) and not isinstance(layer, Sequence)
+
+
+def _span_spec(kind: str, direction: SpanLike, layer: int | Sequence[int] | None) -> dict:
+    if _single(direction, layer):
+        return {"kind": kind, "layer": layer, "vector": vector_spec(direction, layer)}  # type: ignore[arg-type]
+    rows = [r.detach().float().cpu() for r in span_rows(direction, layer)]
+    basis = _check_span(rows)
+    return {
+        "kind": kind,
+        "layer": list(layer) if isinstance(layer, Sequence) else layer,
+        "k": len(rows),
+        "vector": vector_spec(rows[0]),  # the first direction: the basis's first row
+        "vectors": [vector_spec(r) for r in rows],
+        "basis": vector_spec(basis.float()),
+    }
+
+
+def _check_span(rows: list[torch.Tensor]) -> torch.Tensor:
+    if len({tuple(r.shape) for r in rows}) != 1 or rows[0].ndim != 1:
+        raise VectorError(f"directions of different shapes: {[tuple(r.shape) for r in rows]}")
+    if not all(torch.isfinite(r).all() for r in rows):
+        raise VectorError("a direction holds NaN or inf values")
+    return orthonormal_rows(torch.stack(rows))[0]
+
+
 @dataclass(frozen=True, eq=False)
 class SteerRows:
     """Add ``deltas[i]`` to batch row ``i`` at the input of block ``layer``; see
@@ -109,18 +182,22 @@ class SteerRows:
 
 @dataclass(frozen=True, eq=False)
 class Ablate:
-    """Remove a direction from the residual stream at every layer; see :func:`~steerlab.ablate`."""
+    """Remove a direction from the residual stream at every layer; see :func:`~steerlab.ablate`.
 
-    direction: VectorLike
-    layer: int | None = None
+    Several directions (a (K, D) tensor, a list, ``layer=[...]``) remove their span; they are
+    orthonormalized in order and a zero or dependent one is refused when built. ``spec()``
+    then records ``k``, each direction and the basis."""
+
+    direction: SpanLike
+    layer: int | Sequence[int] | None = None
     name: str = "ablate"
 
+    def __post_init__(self) -> None:
+        if not _single(self.direction, self.layer):
+            self.spec()  # refuses zero, dependent, NaN or mismatched directions now
+
     def spec(self) -> dict[str, Any]:
-        return {
-            "kind": "ablate",
-            "layer": self.layer,
-            "vector": vector_spec(self.direction, self.layer),
-        }
+        return _span_spec("ablate", self.direction, self.layer)
 
     @contextmanager
     def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
@@ -221,25 +298,32 @@ class Orthogonalize:
 
     The model's own weights are edited (no second copy in memory); their original values are
     spilled to a temporary file in ``spill_dir`` (default: the system's temp dir) and written
-    back on exit. For a permanent edit use :func:`~steerlab.orthogonalize`.
+    back on exit. For a permanent edit use :func:`~steerlab.orthogonalize`. Several
+    directions remove their span, as :class:`Ablate` does.
     """
 
-    direction: VectorLike
-    layer: int | None = None
+    direction: SpanLike
+    layer: int | Sequence[int] | None = None
     spill_dir: str | Path | None = None
     name: str = "orthogonalize"
 
+    def __post_init__(self) -> None:
+        if not _single(self.direction, self.layer):
+            self.spec()
+
     def spec(self) -> dict[str, Any]:
-        return {
-            "kind": "orthogonalize",
-            "layer": self.layer,
-            "vector": vector_spec(self.direction, self.layer),
-        }
+        return _span_spec("orthogonalize", self.direction, self.layer)
 
     @contextmanager
     def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
         model = lm.model
-        r = as_unit(model, self.direction, self.layer)
+        basis = as_basis(model, self.direction, self.layer)  # (K, D) float64 orthonormal
+        k = basis.shape[0]
+        r = basis[0] if k == 1 else basis
+        if k == 1:
+            op: dict[str, Any] = {"kind": "orthogonalize", "unit": r.detach().float().cpu()}
+        else:
+            op = {"kind": "orthogonalize", "basis": basis.float(), "k": k}
         out_emb = model.get_output_embeddings()
         head = out_emb.weight if out_emb is not None else None
         ties = _config_ties(model)
@@ -248,7 +332,7 @@ class Orthogonalize:
         spill = _Spill(self.spill_dir)
         try:
             orthogonalize_(model, r, lm.adapter, layer=self.layer, save=spill.save)
-            with recorded(model, {"kind": "orthogonalize", "unit": r.detach().float().cpu()}):
+            with recorded(model, op):
                 yield lm
         finally:
             if out_emb is not None and out_emb.weight is not head:

@@ -11,6 +11,12 @@ before the residual add. Projecting the weight against ``u = g * r / |g * r|`` m
 ``r . (g * x / rms(x)) = 0`` for every ``x``: the direction is removed exactly, but the norm's
 scale changes, so the result is *not* identical to runtime ablation.
 
+Several directions (a span with orthonormal rows ``Q`` (K, D), :func:`~steerlab.interventions.
+runtime.as_basis`): ``W <- (I - Q^T Q) W``, which equals runtime ablation of the span exactly
+like the one-direction case. Sandwich norms: the output projections are edited against the
+span of ``g * q_i``, orthonormalized again; then ``q_i . (g * x / rms(x)) = 0`` for every ``i``
+and ``x``: exact removal of the span, not equivalence, as for one direction.
+
 Memory: matrices are edited in place, a block of rows at a time (the rank-1 coefficients
 ``u^T W`` accumulate in float64; they are one vector per matrix). Peak memory is the model plus
 one block, instead of a float64 copy of the largest matrix (a 128k x 4096 embedding would need
@@ -23,14 +29,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..models.adapter import ModelAdapter, blocks_of, get_adapter
-from .runtime import VectorLike, as_unit
+from .runtime import SpanLike, as_basis, orthonormal_rows
 
 __all__ = ["EXACT_EQUIVALENCE", "REMOVAL_ONLY", "orthogonalize", "orthogonalize_"]
 
@@ -56,32 +62,51 @@ def _row_blocks(w: torch.Tensor) -> range:
 
 @torch.no_grad()
 def _project_out_rows(w: torch.Tensor, r: torch.Tensor) -> None:
-    """w (N, D) whose rows live in residual space: w <- w - (w . r) r, in place."""
+    """w (N, D) whose rows live in residual space: w <- w - (w . r) r, in place.
+
+    ``r`` (D,) one unit vector, or (K, D) orthonormal rows: w <- w - (w Q^T) Q."""
     dt = _work_dtype(w)
     rw = r.to(w.device, dt)
     step = _row_blocks(w).step
     for i in _row_blocks(w):
         blk = w[i : i + step]
         x = blk.to(dt)
-        x.addr_(x @ rw, rw, alpha=-1)  # in place: no outer-product temporary
+        if rw.ndim == 1:
+            x.addr_(x @ rw, rw, alpha=-1)  # in place: no outer-product temporary
+        else:
+            x.addmm_(x @ rw.T, rw, alpha=-1)  # (rows, K) coefficients: the only temporary
         blk.copy_(x)
         del x  # freed before the next block is allocated
 
 
 @torch.no_grad()
 def _project_out_columns(w: torch.Tensor, u: torch.Tensor) -> None:
-    """w (D, M) whose columns live in residual space: w <- w - u (u^T w), in place."""
+    """w (D, M) whose columns live in residual space: w <- w - u (u^T w), in place.
+
+    ``u`` (D,) one unit vector, or (K, D) orthonormal rows: w <- w - U^T (U w)."""
     dt = _work_dtype(w)
     uw = u.to(w.device, dt)
     step = _row_blocks(w).step
-    c = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device)
-    for i in _row_blocks(w):  # c = u^T w, accumulated in float64 (M numbers)
-        c += (uw[i : i + step] @ w[i : i + step].to(dt)).double()
-    cw = c.to(dt)
+    if uw.ndim == 1:
+        c = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device)
+        for i in _row_blocks(w):  # c = u^T w, accumulated in float64 (M numbers)
+            c += (uw[i : i + step] @ w[i : i + step].to(dt)).double()
+        cw = c.to(dt)
+        for i in _row_blocks(w):
+            blk = w[i : i + step]
+            x = blk.to(dt)
+            x.addr_(uw[i : i + step], cw, alpha=-1)
+            blk.copy_(x)
+            del x
+        return
+    cm = torch.zeros(uw.shape[0], w.shape[1], dtype=torch.float64, device=w.device)
+    for i in _row_blocks(w):  # C = U w (K, M), accumulated in float64
+        cm += (uw[:, i : i + step] @ w[i : i + step].to(dt)).double()
+    cmw = cm.to(dt)
     for i in _row_blocks(w):
         blk = w[i : i + step]
         x = blk.to(dt)
-        x.addr_(uw[i : i + step], cw, alpha=-1)
+        x.addmm_(uw[:, i : i + step].T, cmw, alpha=-1)
         blk.copy_(x)
         del x
 
@@ -123,15 +148,21 @@ def orthogonalize_(
     r: torch.Tensor,
     adapter: ModelAdapter,
     *,
-    layer: int | None = None,
+    layer: int | Sequence[int] | None = None,
     save: SaveFn | None = None,
 ) -> dict[str, Any]:
     """Edit ``model`` in place against the unit vector ``r``; returns the edit record.
+
+    ``r`` may also be (K, D) orthonormal rows (:func:`~steerlab.interventions.runtime.
+    as_basis`): the span is removed. A (1, D) basis is the (D,) edit, bit for bit.
 
     ``save(name, tensor)`` receives each parameter's original value before it changes, so a
     caller can restore the model exactly (see :class:`~steerlab.interventions.Orthogonalize`).
     Embeddings are untied first; that is left to the caller to undo.
     """
+    if r.ndim == 2 and r.shape[0] == 1:
+        r = r[0]
+    k = 1 if r.ndim == 1 else int(r.shape[0])
     untie(model)
     emb_names = set(adapter.embeddings)
     for name, mod in model.named_modules():
@@ -151,11 +182,13 @@ def orthogonalize_(
                 norm = block.get_submodule(write_path)
                 g = norm.weight.detach().double().to(u.device) + adapter.norm_offset
                 u = g * u
-                u = u / u.norm()
+                # K > 1: the span of g * q_i (a gain making them dependent spans less)
+                u = u / u.norm() if k == 1 else orthonormal_rows(u.cpu(), drop=True)[0].to(g.device)
             _project_out_output(proj, f"{blocks_path}.{i}.{proj_path}", u, save)
     edit: dict[str, Any] = {
         "kind": "orthogonalize",
-        "layer": layer,
+        "layer": list(layer) if isinstance(layer, Sequence) else layer,
+        "k": k,  # directions removed; the hash is of the (K, D) float64 basis
         "direction_sha256": hashlib.sha256(r.cpu().double().numpy().tobytes()).hexdigest()[:16],
         "equivalence": REMOVAL_ONLY if adapter.sandwich else EXACT_EQUIVALENCE,
     }
@@ -166,9 +199,9 @@ def orthogonalize_(
 @torch.no_grad()
 def orthogonalize(
     model: nn.Module,
-    direction: VectorLike,
+    direction: SpanLike,
     *,
-    layer: int | None = None,
+    layer: int | Sequence[int] | None = None,
     inplace: bool = False,
     adapter: ModelAdapter | None = None,
 ) -> nn.Module:
@@ -176,7 +209,8 @@ def orthogonalize(
 
     Args:
         model: a stock HF causal LM (left untouched unless ``inplace``).
-        direction: (D,) tensor or :class:`~steerlab.Direction` (row ``layer``).
+        direction: (D,) tensor or :class:`~steerlab.Direction` (row ``layer``); or several
+            (a (K, D) tensor, a list of them, ``layer=[...]``), whose span is removed.
         inplace: edit ``model`` itself instead of a deep copy (no second copy in memory). For an
             edit undone on exit, use :class:`~steerlab.interventions.Orthogonalize`.
 
@@ -189,7 +223,7 @@ def orthogonalize(
         >>> edited.save_pretrained("abliterated")  # doctest: +SKIP
     """
     ad = adapter or get_adapter(model)
-    r = as_unit(model, direction, layer)
+    basis = as_basis(model, direction, layer)  # (K, D) float64 orthonormal
     target = model if inplace else copy.deepcopy(model)
-    orthogonalize_(target, r, ad, layer=layer)
+    orthogonalize_(target, basis, ad, layer=layer)
     return target

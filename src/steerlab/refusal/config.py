@@ -40,6 +40,9 @@ class RefusalConfig(Checked):
             harmless ones it answers (score < 0), as the paper does.
         filter_rule: ``score`` (the paper's log-odds > 0) or ``argmax`` (the most likely first
             token opens a refusal; keeps more prompts on models whose refusal mass is split).
+        directions: how many of the best candidates (by the selection rule) are ablated and
+            orthogonalized together, as the span of their orthonormalized mean differences;
+            addition, subtraction and clamp use the first (best) one. At most ``keep``.
     """
 
     model: str = "qwen2.5-coder-0.5b"
@@ -74,8 +77,15 @@ class RefusalConfig(Checked):
     chat: bool | None = None
     filter_train: bool = True
     filter_rule: Literal["score", "argmax"] = "score"
+    directions: int = field(default=1, metadata=bounds(ge=1))
 
     def check(self) -> None:
+        if self.directions > self.keep:
+            raise ConfigError(
+                "directions",
+                f"directions ({self.directions}) must be at most keep ({self.keep}): only keep "
+                "candidates are fully scored; raise keep",
+            )
         if self.coeff != "auto":
             try:
                 ok = math.isfinite(float(self.coeff))

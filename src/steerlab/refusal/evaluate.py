@@ -16,6 +16,9 @@ random           random direction of the same norm: ablated   harmful, harmless
 orthogonalized   the weights edited in place (restored after) harmful, harmless
 =============== ============================================ ==================
 
+With several directions (``--directions K``), ablation, orthogonalized and the random control's
+ablation remove a K-dimensional span; subtraction, addition and clamp use the first direction.
+
 The orthogonalized variant comes last: its in-place edit is the only one that touches weights.
 First-token refusal scores, KL on harmless and cross-entropy are measured for every variant
 (on harmless prompts also for variants that do not generate there).
@@ -79,14 +82,22 @@ def refusal_variants(
     clamp_value: float,
     random_vec: torch.Tensor,
     spill_dir: Path | None = None,
+    *,
+    span: torch.Tensor | None = None,
+    random_span: torch.Tensor | None = None,
 ) -> list[Variant]:
     """The variants of the table above, for the selected direction ``vec`` at ``layer``
-    (``spill_dir``: where the orthogonalized variant keeps the original weights meanwhile)."""
+    (``spill_dir``: where the orthogonalized variant keeps the original weights meanwhile).
+
+    ``span`` (K, D): ablate and orthogonalize its span instead of ``vec`` (``vec`` its first
+    row); ``random_span`` (K, D): what the random control ablates."""
     add, sub = Steer(vec, layers=layer, coeff=coeff), Steer(vec, layers=layer, coeff=-1.0)
-    ortho = Orthogonalize(vec, spill_dir=spill_dir)
+    removed = vec if span is None else span
+    ortho = Orthogonalize(removed, spill_dir=spill_dir)
+    rand_ab = Ablate(random_vec if random_span is None else random_span)
     return [
         Variant("baseline", NoOp(), NoOp(), SETS),
-        Variant("ablation", Ablate(vec), Ablate(vec), SETS),
+        Variant("ablation", Ablate(removed), Ablate(removed), SETS),
         Variant("subtraction", sub, sub, ("harmful",)),
         Variant("addition", add, add, ("harmless",)),
         Variant(
@@ -95,7 +106,7 @@ def refusal_variants(
             Clamp(vec, clamp_value, layers=[layer]),
             ("harmless",),
         ),
-        Variant("random", Ablate(random_vec), Steer(random_vec, layers=layer, coeff=coeff), SETS),
+        Variant("random", rand_ab, Steer(random_vec, layers=layer, coeff=coeff), SETS),
         Variant("orthogonalized", ortho, ortho, SETS),
     ]
 

@@ -103,7 +103,7 @@ def run_refusal(
                 n = EXPORT_CHECK_PROMPTS
                 prompts = data.eval_harmful[:n] + data.eval_harmless[:n]
                 prepared = prepare_export(
-                    lm, sel.vector, export_dir, prompts, cfg.chat, keep=(out,),
+                    lm, sel.ablated, export_dir, prompts, cfg.chat, keep=(out,),
                     overwrite=overwrite, spill_dir=run.path("cache"),
                 )  # fmt: skip
             if prepared.error:
@@ -129,11 +129,14 @@ def run_refusal(
                     cfg,
                     prepared.check,
                     prepared.equivalence,
+                    span=sel.span,
                 )
                 record = {
                     "source_model": lm.info.to_dict(),
                     "weights": run.identity["weights"],
                     "selected": sel.best,
+                    "directions": sel.k,
+                    "span": [{"layer": c["layer"], "position": c["position"]} for c in sel.span],
                 }
                 done["export"] = publish_export(
                     prepared, export_dir, card, record, keep=(out,), overwrite=overwrite

@@ -35,7 +35,14 @@ from .config import RefusalConfig
 # with the passing candidates.
 SCREEN_KL_SLACK = 2.0
 
-__all__ = ["candidate_means", "post_instruction_tokens", "score_candidates", "select"]
+__all__ = [
+    "candidate_means",
+    "post_instruction_tokens",
+    "rank_candidates",
+    "score_candidates",
+    "select",
+    "select_many",
+]
 
 
 def post_instruction_tokens(lm: LoadedModel, chat: bool | None) -> int:
@@ -212,8 +219,11 @@ def _full_score(
     return val
 
 
-def select(cands: list[dict[str, Any]], cfg: RefusalConfig) -> tuple[dict[str, Any], list[str]]:
-    """Apply the rule; returns the chosen candidate and notes on what the rule did."""
+def rank_candidates(
+    cands: list[dict[str, Any]], cfg: RefusalConfig
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Mark the fully scored candidates that fail a filter; returns those the rule may choose
+    from (relaxed as ``on_empty`` says), best (lowest bypass) first, and notes on what it did."""
     scored = [c for c in cands if c["bypass_score"] is not None]
     notes: list[str] = []
     for c in scored:
@@ -235,9 +245,34 @@ def select(cands: list[dict[str, Any]], cfg: RefusalConfig) -> tuple[dict[str, A
         if not ok:
             ok = scored
             notes.append(f"No candidate had KL < {cfg.kl_max:g} either; chose the lowest bypass.")
-    best = min(ok, key=lambda c: c["bypass_score"])
+    return sorted(ok, key=lambda c: c["bypass_score"]), notes  # stable: ties keep their order
+
+
+def select(cands: list[dict[str, Any]], cfg: RefusalConfig) -> tuple[dict[str, Any], list[str]]:
+    """Apply the rule; returns the chosen candidate and notes on what the rule did."""
+    ranked, notes = rank_candidates(cands, cfg)
+    best = ranked[0]
     best["status"] = "selected"
     return best, notes
+
+
+def select_many(
+    cands: list[dict[str, Any]], cfg: RefusalConfig, k: int
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The best ``k`` candidates by the rule of :func:`select` (distinct (layer, position) by
+    construction), best first: the first is :func:`select`'s choice (``status: selected``),
+    the others get ``status: selected_span``. Fewer than ``k`` passing is said in the notes."""
+    ranked, notes = rank_candidates(cands, cfg)
+    chosen = ranked[:k]
+    chosen[0]["status"] = "selected"
+    for c in chosen[1:]:
+        c["status"] = "selected_span"
+    if len(chosen) < k:
+        notes.append(
+            f"{k} directions were asked for but only {len(chosen)} fully scored candidate(s) "
+            f"passed the rule: the ablated span has {len(chosen)} direction(s)."
+        )
+    return chosen, notes
 
 
 def raise_empty(scored: list[dict[str, Any]], cfg: RefusalConfig) -> None:

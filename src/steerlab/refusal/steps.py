@@ -7,7 +7,7 @@ another step's key. The run's weights fingerprint is part of every key
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,13 +17,14 @@ from ..directions.artifact import LAYER_CONVENTION, Direction
 from ..errors import DataError
 from ..generation import last_token_logprobs
 from ..interventions import Steer, vector_spec
+from ..interventions.runtime import orthonormal_rows
 from ..metrics import refusal_scores
 from ..models.load import LoadedModel
 from ..runs import Run, key_of
 from .config import RefusalConfig
 from .data import MIN_SET, RefusalData
 from .evaluate import evaluate_variants, refusal_variants
-from .select import candidate_means, post_instruction_tokens, score_candidates, select
+from .select import candidate_means, post_instruction_tokens, score_candidates, select_many
 
 __all__ = [
     "Candidates",
@@ -171,6 +172,21 @@ class Selection:
     clamp_value: float  # projection of the harmful-train mean on the unit direction
     base_harmful_val: list[float]  # unchanged model's refusal scores on harmful val
     base_harmless_val: torch.Tensor  # unchanged model's log-probs on harmless val
+    # --directions K: the chosen candidates, best first (``best`` is the first), and their
+    # mean differences (K, D) float32; one candidate when K = 1.
+    span: list[dict[str, Any]] = field(default_factory=list)
+    vectors: torch.Tensor | None = None
+
+    @property
+    def k(self) -> int:
+        """How many directions are ablated together."""
+        return 1 if self.vectors is None else int(self.vectors.shape[0])
+
+    @property
+    def ablated(self) -> torch.Tensor:
+        """What ablation and orthogonalization remove: the (D,) vector, or (K, D) rows whose
+        span is removed (orthonormalized by :class:`~steerlab.interventions.Ablate`)."""
+        return self.vector if self.vectors is None or self.k == 1 else self.vectors
 
     @property
     def layer(self) -> int:
@@ -213,16 +229,39 @@ def selection(ctx: Ctx, data: RefusalData, cands: Candidates) -> Selection:
         base_harmless_lp=base_hl,
         bar=ctx.run.bar,
     )
-    best, notes = select(cands_, cfg)
+    chosen, notes = select_many(cands_, cfg, cfg.directions)
+    best = chosen[0]
     k = cands.positions
     vec = diffs[best["layer"], best["position"] + k].float()
+    vectors = None
+    if cfg.directions > 1:
+        rows = torch.stack([diffs[c["layer"], c["position"] + k].float() for c in chosen])
+        _, dependent = orthonormal_rows(rows, drop=True)
+        for i in dependent:  # never the first: it is nonzero (it was ablated when scored)
+            c = chosen[i]
+            c["status"] = "dependent"
+            notes.append(
+                f"candidate layer {c['layer']}, position {c['position']} is (nearly) in the span "
+                "of the better ones: left out of the ablated span"
+            )
+        keep_rows = [i for i in range(len(chosen)) if i not in dependent]
+        chosen = [chosen[i] for i in keep_rows]
+        vectors = rows[keep_rows]
+        notes.append(
+            f"{len(chosen)} direction(s) ablated together (the orthonormalized span of the "
+            "best candidates' mean differences) in the ablation, orthogonalized and random "
+            "variants and the export; addition, subtraction and clamp use the first direction."
+        )
     r = vec / vec.norm()
     clamp_value = float(cands.means["harmful"][best["layer"], best["position"] + k].float() @ r)
     ctx.run.say(
         f"selected layer {best['layer']}, position {best['position']}: bypass "
         f"{best['bypass_score']:.2f}, induce {best['induce_score']:.2f}, KL {best['kl_score']:.3f}"
     )
-    return Selection(best, cands_, notes, vec, clamp_value, base_h, base_hl)
+    if len(chosen) > 1:
+        where = ", ".join(f"layer {c['layer']} position {c['position']}" for c in chosen[1:])
+        ctx.run.say(f"span of {len(chosen)} directions: also {where}")
+    return Selection(best, cands_, notes, vec, clamp_value, base_h, base_hl, chosen, vectors)
 
 
 # ------------------------------------------------------------------------------ 4. coefficient
@@ -296,6 +335,12 @@ def direction_artifact(
             "coeff": coeff.value,
             "clamp_value": sel.clamp_value,
             "steerlab_version": __version__,
+            # --directions K > 1: the other candidates of the ablated span (not in this file)
+            **(
+                {"span": [{"layer": c["layer"], "position": c["position"]} for c in sel.span]}
+                if sel.k > 1
+                else {}
+            ),
         },
     )
     d.save(ctx.run.path("direction.safetensors"))
@@ -317,8 +362,15 @@ def evaluation(ctx: Ctx, data: RefusalData, sel: Selection, coeff: Coefficient) 
     gen = torch.Generator().manual_seed(cfg.seed)
     rand = torch.randn(sel.vector.shape[0], generator=gen)
     rand = rand / rand.norm() * sel.vector.norm()
+    # K directions: the random control ablates K random directions (the first is ``rand``)
+    rand_span = None
+    if sel.k > 1:
+        rand_span = torch.cat([rand[None], torch.randn(sel.k - 1, rand.shape[0], generator=gen)])
     spill = ctx.run.path("cache")  # the originals of orthogonalized weights, meanwhile
-    variants = refusal_variants(sel.vector, sel.layer, coeff.value, sel.clamp_value, rand, spill)
+    variants = refusal_variants(
+        sel.vector, sel.layer, coeff.value, sel.clamp_value, rand, spill,
+        span=sel.ablated if sel.k > 1 else None, random_span=rand_span,
+    )  # fmt: skip
     sets = {"harmful": data.eval_harmful, "harmless": data.eval_harmless}
     n_gen = sum(len(sets[w]) for v in variants for w in v.generated_on)
     common = [

@@ -43,6 +43,24 @@ def selection_rule(cfg: RefusalConfig) -> str:
     )
 
 
+def _directions(sel: Selection, cfg: RefusalConfig) -> dict[str, Any]:
+    """``--directions K``: which candidates span what is ablated, and what uses the first."""
+    from ..interventions import vector_spec
+    from ..interventions.runtime import orthonormal_rows
+
+    keys = ("layer", "position", "bypass_score", "induce_score", "kl_score")
+    span = sel.span or [sel.best]
+    rows = sel.vectors if sel.vectors is not None else sel.vector[None]
+    return {
+        "requested": cfg.directions,
+        "k": sel.k,
+        "candidates": [{k: c.get(k) for k in keys} for c in span],
+        "basis_sha256": vector_spec(orthonormal_rows(rows)[0].float())["sha256"],
+        "ablated_by": ["ablation", "orthogonalized", "random (harmful: K random directions)"],
+        "first_direction_only": ["subtraction", "addition", "clamp"],
+    }
+
+
 def build_report(
     ctx: Ctx,
     *,
@@ -69,6 +87,7 @@ def build_report(
             for k in ("layer", "position", "bypass_score", "induce_score", "kl_score")
         }
         selected["coeff"] = coeff.value if coeff else None
+    directions = _directions(sel, cfg) if sel is not None else None
     timing = ctx.run.timing_report()
     return {
         "kind": "steerlab.refusal",
@@ -85,6 +104,7 @@ def build_report(
             "data": data.sizes() if data else None,
         },
         "selected": selected,
+        "directions": directions,
         "selection_rule": selection_rule(cfg),
         "candidates": [{k: c.get(k) for k in CANDIDATE_KEYS} for c in sel.candidates]
         if sel
@@ -119,18 +139,20 @@ def model_card(
     cfg: RefusalConfig,
     check: dict[str, Any],
     equivalence: str,
+    span: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The README.md of an exported abliterated checkpoint (``templates/model_card.md.j2``)."""
-    from ..report.render import render  # jinja2 loads only when a checkpoint is exported
+    """The README.md of an exported abliterated checkpoint (``templates/model_card.md.j2``);
+    ``span`` lists the candidates of a multi-direction export (``--directions K``)."""
+    from ..export.card import model_card as card
 
-    return render(
-        "model_card.md.j2",
+    return card(
+        "refusal",
         model_id=model_id,
-        version=__version__,
         best=best,
         metrics=metrics,
         check=check,
         equivalence=equivalence,
+        span=span if span and len(span) > 1 else [],
         max_new_tokens=cfg.max_new_tokens,
         kl=metrics.get("orthogonalized", {}).get("kl_harmless"),
     )

@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 ARCH = "controlvector"
-# Hugging Face model_type -> llama.cpp architecture name (controlvector.model_hint); llama.cpp
-# does not check the hint, repeng and cvector-generator write the llama.cpp name.
+# Hugging Face model_type -> llama.cpp architecture name (controlvector.model_hint). llama.cpp
+# does not check the hint; cvector-generator writes llama.cpp's name, repeng the HF model_type.
 _HINT = {
     "llama": "llama",
     "mistral": "llama",
@@ -248,7 +248,7 @@ def import_control_vector(path: str | os.PathLike[str], info: Any) -> Direction:
             "sha256": cv.sha256,
             "model_hint": cv.model_hint,
             "layer_count": cv.layer_count,
-            "model_hint_matches": cv.model_hint in ("", hint),
+            "model_hint_matches": cv.model_hint in ("", hint, info.model_type),
         },
         "note": "direction.il of the GGUF is layer il here (resid_post = output of block il); "
         "vectors carry the file's scale: steer with coefficient 1 to match llama.cpp",

@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # On GPU machines set STEERLAB_TORCH to the torch you want (e.g. "torch" for the CUDA build).
 TORCH=${STEERLAB_TORCH:-torch==2.13.0}
-if ! .venv/bin/python -c "import steerlab, torch, pytest, vaderSentiment, lingua, openai" 2>/dev/null; then
+if ! .venv/bin/python -c "import steerlab, torch, pytest, vaderSentiment, lingua, openai, playwright" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q "$TORCH"
   .venv/bin/python -m pip install -q -e ".[dev,all]"

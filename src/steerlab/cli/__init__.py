@@ -20,6 +20,7 @@ from .models import models
 from .organism import organism_app
 from .probe import probe
 from .refusal import refusal
+from .serve import serve
 from .sweep import sweep
 
 __all__ = ["app", "main"]
@@ -56,6 +57,7 @@ app.command("discover")(discover)
 app.command("sweep")(sweep)
 app.command("probe")(probe)
 app.command("compare")(compare)
+app.command("serve")(serve)
 app.add_typer(organism_app, name="organism")
 app.add_typer(export_app, name="export")
 app.add_typer(import_app, name="import")

@@ -22,14 +22,20 @@ import torch
 from ..engines import bound_engine
 from ..interventions.base import NoOp
 from ..interventions.per_row import PerRow, RowSetting
-from ..models.chat import encode, format_prompt, has_chat_template, pad_id
+from ..models.chat import encode, pad_id
 from ..models.compat import cache_kwarg, cache_of
 from ..models.load import LoadedModel
-from ..prefix import MIN_PREFIX, prefix_batch, prefix_cache, prefix_rows
+from ..prefix import prefix_batch, prefix_cache
+from .scoring import continuation_nll_rows
+from .scoring import left_pad as _left_pad
+from .scoring import treated as _treated
 
 __all__ = ["Generated", "continuation_nll_rows", "greedy_rows", "next_logprobs_rows"]
 
 Progress = Callable[[int], None]
+# (index of the batch's first row in the call, each row's new token or None once it has ended)
+# -> indices (in the call) of rows to stop now; the server streams and cancels through it
+OnStep = Callable[[int, list[int | None]], Sequence[int] | None]
 
 # prompts sharing this many leading tokens (few-shot demonstrations, contrast prompts) run the
 # shared part once per batch; the chat template's own preamble (~30 tokens) stays below it, so
@@ -128,6 +134,8 @@ def _greedy_batch(
     max_new_tokens: int,
     chat: bool | None,
     min_prefix: int = 0,
+    on_step: OnStep | None = None,
+    first_row: int = 0,
 ) -> Generated:
     model, tok = lm.model, lm.tokenizer
     dev = lm.device
@@ -157,12 +165,18 @@ def _greedy_batch(
         last_pos = pos[:, -1]
         done = torch.zeros(n, dtype=torch.bool, device=dev)
         new: list[torch.Tensor] = []
+        stopped: dict[int, int] = {}  # row -> its length when on_step stopped it
         for step in range(max_new_tokens):
             nxt = logits.float().argmax(-1).to(dev)  # the last block may sit on another GPU
             nxt = torch.where(done, torch.full_like(nxt, pid), nxt)
             new.append(nxt)
             if eos:
                 done = done | torch.isin(nxt, torch.tensor(sorted(eos), device=dev))
+            if on_step is not None:
+                live = [None if d else t for t, d in zip(nxt.tolist(), done.tolist(), strict=True)]
+                for r in on_step(first_row, live) or ():  # stopped rows decode pads from now
+                    done[r - first_row] = True
+                    stopped.setdefault(r - first_row, step + 1)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype, device=dev)], 1)
@@ -179,8 +193,8 @@ def _greedy_batch(
             logits = out.logits[:, -1]
     ids = torch.stack(new, 1).cpu() if new else torch.zeros(n, 0, dtype=torch.long)
     texts, lengths = [], []
-    for row in ids.tolist():
-        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+    for r, row in enumerate(ids.tolist()):
+        cut = next((i for i, t in enumerate(row) if t in eos), stopped.get(r, len(row)))
         lengths.append(cut)
         texts.append(tok.decode(row[:cut], skip_special_tokens=True))
     return Generated(texts, lengths)
@@ -221,6 +235,7 @@ def greedy_rows(
     chat: bool | None = None,
     progress: Progress | None = None,
     min_prefix: int = LONG_PREFIX,
+    on_step: OnStep | None = None,
 ) -> Generated:
     """Greedy completions of ``prompts[i]`` under ``settings[i]``, ``batch_rows`` rows at a time.
 
@@ -228,6 +243,11 @@ def greedy_rows(
     (results do not depend on what ran before: a resumed sweep gives identical numbers).
     Prompts sharing ``min_prefix`` leading tokens or more (few-shot demonstrations) compute
     that prefix once per batch (0: never).
+
+    ``on_step(first, tokens)`` (HF models only) is called after every decoding step of a batch
+    with the index of its first row and each row's new token (None once the row has ended,
+    EOS included); it returns the indices of rows to stop, which then end as if at EOS (the
+    other rows' tokens do not change). It does not change any result when it stops nothing.
     """
     if len(prompts) != len(settings):
         raise ValueError(f"{len(prompts)} prompts for {len(settings)} settings")
@@ -254,7 +274,9 @@ def greedy_rows(
                 progress(len(new))
         return Generated(texts, lengths)
     for sl in _batches(lm, prompts, settings, batch_rows, chat, min_prefix):
-        g = _greedy_batch(lm, prompts[sl], settings[sl], max_new_tokens, chat, min_prefix)
+        g = _greedy_batch(
+            lm, prompts[sl], settings[sl], max_new_tokens, chat, min_prefix, on_step, sl.start
+        )
         texts += g.texts
         lengths += g.lengths
         if progress:
@@ -314,107 +336,3 @@ def next_logprobs_rows(
             logits = _prefill(lm, chunk, treat, chat, min_prefix if same else 0)[0]
         out.append(torch.log_softmax(logits.float(), -1).cpu())
     return torch.cat(out)
-
-
-@torch.no_grad()
-def continuation_nll_rows(
-    lm: LoadedModel,
-    contexts: Sequence[str],
-    continuations: Sequence[str],
-    settings: Sequence[RowSetting] | None = None,
-    *,
-    chat: bool | None = None,
-    batch_rows: int = 32,
-) -> list[tuple[float, int]]:
-    """(sum of negative log-likelihood in nats, token count) of each continuation given its
-    context (a user message answered by the continuation when the model has a chat template).
-
-    An empty continuation gives ``(0.0, 0)``.
-    """
-    tok = lm.tokenizer
-    use_chat = has_chat_template(tok) if chat is None else chat
-    pid = pad_id(tok)
-    res: list[tuple[float, int]] = []
-    for i in range(0, len(contexts), batch_rows):
-        rows, lens = [], []
-        for ctx, cont in zip(
-            contexts[i : i + batch_rows], continuations[i : i + batch_rows], strict=True
-        ):
-            if use_chat:
-                pre = tok.encode(format_prompt(tok, ctx, chat=True), add_special_tokens=False)
-            else:
-                pre = tok.encode(ctx, add_special_tokens=True) if ctx else []
-                if not pre:
-                    bos = getattr(tok, "bos_token_id", None)
-                    pre = [bos if bos is not None else pid]
-            ids = tok.encode(cont, add_special_tokens=False) if cont else []
-            rows.append(pre + ids)
-            lens.append(len(ids))
-        rows_s = None if settings is None else settings[i : i + batch_rows]
-        k = max(lens) + 1
-        res += _nll(lm, rows, lens, k, rows_s, pid)
-    return res
-
-
-def _nll(
-    lm: LoadedModel,
-    rows: list[list[int]],
-    lens: list[int],
-    k: int,
-    settings: Sequence[RowSetting] | None,
-    pid: int,
-) -> list[tuple[float, int]]:
-    """NLL of the last ``lens[j]`` tokens of each row. Unsteered rows share their common prefix
-    (the chat template's system part): it is computed once and its cache repeated."""
-    dev = lm.device
-    pb = prefix_rows(rows, pid) if settings is None and len(rows) > 1 else None
-    kw: dict[str, Any]
-    if (
-        pb is not None
-        and pb.prefix_len >= MIN_PREFIX
-        and k <= pb.input_ids.shape[1] - pb.prefix_len
-    ):
-        p = pb.prefix_len
-        kw = dict(
-            input_ids=pb.input_ids[:, p:].to(dev),
-            attention_mask=pb.attention_mask.to(dev),
-            position_ids=pb.position_ids[:, p:].to(dev),
-            use_cache=True,
-            **{cache_kwarg(lm.model): prefix_cache(lm.model, pb)},
-        )
-        ids = pb.input_ids
-    else:
-        ids, mask = _left_pad(rows, pid)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        kw = dict(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            position_ids=pos.to(dev),
-            use_cache=False,
-        )
-    with _treated(lm, settings):
-        try:
-            logits = lm.model(**kw, logits_to_keep=k).logits
-        except TypeError:
-            logits = lm.model(**kw).logits[:, -k:]
-    T = ids.shape[1]
-    targets = ids[:, T - k + 1 :].to(dev)
-    nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, reduction="none"
-    )  # (B, k-1)
-    return [(float(nll[j, k - 1 - m :].sum()) if m else 0.0, m) for j, m in enumerate(lens)]
-
-
-def _treated(lm: LoadedModel, rows: Sequence[RowSetting] | None) -> Any:
-    return PerRow(rows).applied(lm) if rows else NoOp().applied(lm)
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pid, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, r in enumerate(rows):
-        if r:
-            ids[j, T - len(r) :] = torch.tensor(list(r))
-            mask[j, T - len(r) :] = 1
-    return ids, mask

@@ -1,0 +1,75 @@
+"""``steerlab serve``: an OpenAI-compatible server with steering per request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..models.registry import DEFAULT_MODEL
+from .common import ModelOpt, ModelOptions, command
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@command
+def serve(
+    opts: ModelOptions,
+    model: ModelOpt = DEFAULT_MODEL,
+    host: Annotated[
+        str, typer.Option(help="address to bind; anything but loopback exposes the model")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    runs: Annotated[
+        Path, typer.Option(help="directions (*.safetensors, by relative name) and reports")
+    ] = Path("runs"),
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="requests waiting at once; more get HTTP 429")
+    ] = 64,
+    max_batch: Annotated[int, typer.Option(min=1, help="most requests decoded together")] = 32,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(min=0.0, help="an idle worker waits until no request came for this long"),
+    ] = 10.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.001, help="largest direction upload (MB); more get HTTP 413")
+    ] = 64.0,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="reply length when a request gives no max_tokens")
+    ] = 128,
+) -> None:
+    """Serve the model: OpenAI's /v1/chat/completions and /v1/completions with a "steerlab"
+    field for steering, ablation and clamping per request; directions, readings and reports.
+
+    Concurrent greedy requests are decoded as one batch, each row with its own steering."""
+    from ..errors import MissingDependency
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingDependency(
+            "steerlab serve needs uvicorn and fastapi: pip install 'steerlab[serve]'"
+        ) from None
+    from ..serve.app import create_app
+    from ..ui import console, status
+
+    if host not in LOOPBACK:
+        console.print(
+            f"[bold yellow]warning:[/bold yellow] binding to {host}: anyone who can reach this "
+            "address can use the model and upload directions (there is no authentication)",
+            highlight=False,
+        )
+    lm = opts.load(model)
+    app = create_app(
+        lm,
+        runs,
+        max_queue=max_queue,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_ms / 1000,
+        upload_limit=int(max_upload_mb * 2**20),
+        default_max_tokens=max_tokens,
+        model_name=model,
+    )
+    status(f"serving {model} on http://{host}:{port} (runs: {runs})")
+    uvicorn.run(app, host=host, port=port, log_level="warning" if opts.quiet else "info")

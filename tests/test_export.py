@@ -54,6 +54,15 @@ def _logits(model: torch.nn.Module, tok, prompts=PROMPTS) -> torch.Tensor:
     return torch.stack(out)
 
 
+def _saved_vector(tmp_path: Path, model_dir: Path) -> Path:
+    """A one-layer (resid_pre 2) direction artifact made for the model saved in ``model_dir``."""
+    m = AutoModelForCausalLM.from_pretrained(model_dir)
+    info = model_info(m, str(model_dir))
+    vec = tmp_path / "v.safetensors"
+    Direction(torch.randn(1, D), (2,), {"site": "resid_pre", "model": info.to_dict()}).save(vec)
+    return vec
+
+
 # --- llama.cpp control vectors -------------------------------------------------------------
 
 
@@ -177,10 +186,7 @@ def test_gguf_export_refuses_bad_layers_and_existing_file(tmp_path: Path) -> Non
 
 
 def test_cli_export_and_import_gguf(tmp_path: Path, tiny_dir: Path) -> None:
-    m = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    info = model_info(m, str(tiny_dir))
-    vec = tmp_path / "v.safetensors"
-    Direction(torch.randn(1, D), (2,), {"site": "resid_pre", "model": info.to_dict()}).save(vec)
+    vec = _saved_vector(tmp_path, tiny_dir)
     out = tmp_path / "v.gguf"
     r = runner.invoke(
         app,
@@ -271,10 +277,7 @@ def test_export_hf_reloads_with_plain_transformers(tmp_path: Path) -> None:
 
 
 def test_cli_export_hf_bad_input(tmp_path: Path, tiny_dir: Path) -> None:
-    m = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    info = model_info(m, str(tiny_dir))
-    vec = tmp_path / "v.safetensors"
-    Direction(torch.randn(1, D), (2,), {"site": "resid_pre", "model": info.to_dict()}).save(vec)
+    vec = _saved_vector(tmp_path, tiny_dir)
     out = tmp_path / "ok"
     args = ["export", "hf", str(vec), "--model", str(tiny_dir), "--layer", "2", "-o"]
     r = runner.invoke(app, [*args, str(out), "--coeff", "2", "--n-check", "2"])

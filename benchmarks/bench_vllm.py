@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16, help="HF engine batch size")
+    p.add_argument("--no-fp32", action="store_true", help="skip the HF float32 reference run")
     args = p.parse_args()
     set_threads(args.threads)
     if args.quick:
@@ -119,7 +120,7 @@ def main() -> None:
             hf = run_all(f"hf-{args.dtype}")
             hf_grid = grid(f"hf-{args.dtype}")
     hf32 = None
-    if args.dtype != "float32":
+    if args.dtype != "float32" and not args.no_fp32:
         del lm
         lm = load_model(args.model, dtype="float32")
         hf32 = run_all("hf-float32")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ class ExportCheck:
     check: dict[str, Any]
     equivalence: str
     error: str | None = None
+    edit: dict[str, Any] = field(default_factory=dict)  # config.steerlab_edit as written
 
 
 def _tmp_for(export_dir: Path) -> Path:
@@ -130,7 +131,8 @@ def prepare_checkpoint(
     try:
         with edit.applied(lm) as edited:
             edited.model.save_pretrained(tmp)
-            equivalence = str(edited.model.config.steerlab_edit["equivalence"])
+            edit_rec = dict(edited.model.config.steerlab_edit)
+            equivalence = str(edit_rec["equivalence"])
         lm.tokenizer.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).to(lm.device).eval()
         check = logit_check(lm, reference, reloaded, prompts, chat)
@@ -147,8 +149,8 @@ def prepare_checkpoint(
             "not exported"
         )
         shutil.rmtree(tmp, ignore_errors=True)
-        return ExportCheck(None, check, equivalence, error)
-    return ExportCheck(tmp, check, equivalence)
+        return ExportCheck(None, check, equivalence, error, edit_rec)
+    return ExportCheck(tmp, check, equivalence, edit=edit_rec)
 
 
 def publish_checkpoint(

@@ -49,8 +49,7 @@ def export_hf(
     if prepared.error:
         raise SteerlabError(prepared.error)
     spec = edit.spec()
-    with edit.applied(lm) as m:  # cheap: re-derive the record (bias target, flag) for the card
-        rec = dict(m.model.config.steerlab_edit)
+    rec = prepared.edit  # what the edit wrote into the checkpoint's config (bias target, flag)
     card = model_card(
         "steer",
         model_id=lm.info.model_id,

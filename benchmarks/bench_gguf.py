@@ -34,8 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +71,7 @@ def main() -> None:
 
     from steerlab import load_model
     from steerlab.directions.extract import extract
-    from steerlab.export.gguf import import_control_vector, write_control_vector
+    from steerlab.export.gguf import write_control_vector
     from steerlab.interventions import Steer
     from steerlab.io.prompts import read_prompts
     from steerlab.models.fetch import _assemble_gguf
@@ -185,21 +183,7 @@ def main() -> None:
                 ]
             )
         if not args.no_repeng:
-            res["repeng"] = _repeng_check(
-                lm,
-                d,
-                L,
-                coeff,
-                work,
-                name,
-                gguf_path,
-                ids,
-                hf_run,
-                base_cpp,
-                vocab,
-                llamacpp_logits,
-                import_control_vector,
-            )
+            res["repeng"] = _repeng_check(lm, d, L, coeff, work, name, gguf_path, ids)
             all_ok &= res["repeng"].get("ok", False)
         res["seconds"] = r3(time.perf_counter() - t_model)
         results[name] = res
@@ -245,24 +229,17 @@ def _median_norm(lm: Any, ids: list[list[int]], layer: int) -> float:
     return float(torch.cat(norms).median())
 
 
-@contextmanager
-def _applied(lm: Any, treat: Any) -> Iterator[Any]:
-    if treat is None:
-        yield lm
-    else:
-        with treat.applied(lm) as m:
-            yield m
-
-
 def _hf_run(lm: Any, treat: Any, ids: list[list[int]], steps: int) -> tuple[np.ndarray, list]:
     """Last-position logits and ``steps`` greedy tokens per prompt, one prompt per forward."""
     import torch
+
+    from steerlab.interventions import NoOp
 
     logits, greedy = [], []
     with torch.no_grad():
         for row in ids:
             x = torch.tensor([row])
-            with _applied(lm, treat) as m:
+            with (treat or NoOp()).applied(lm) as m:
                 logits.append(m.model(input_ids=x).logits[0, -1].float().numpy())
                 out = m.model.generate(
                     input_ids=x,
@@ -276,25 +253,22 @@ def _hf_run(lm: Any, treat: Any, ids: list[list[int]], steps: int) -> tuple[np.n
 
 
 def _repeng_check(
-    lm,
-    d,
-    L,
-    coeff,
-    work,
-    name,
-    gguf_path,
-    ids,
-    hf_run,
-    base_cpp,
-    vocab,
-    llamacpp_logits,
-    import_control_vector,
+    lm: Any,
+    d: Any,
+    L: int,
+    coeff: float,
+    work: Path,
+    name: str,
+    gguf_path: Path,
+    ids: list[list[int]],
 ) -> dict:
     """repeng writes the GGUF from the steerlab vector; steerlab imports it."""
     import os
 
+    from _llamacpp import llamacpp_logits
+
     from steerlab.directions.artifact import Direction
-    from steerlab.export.gguf import read_control_vector
+    from steerlab.export.gguf import import_control_vector, read_control_vector
     from steerlab.interventions import Steer
 
     root = Path(os.environ.get("STEERLAB_BENCH_CACHE", Path.home() / ".cache/steerlab-bench"))
@@ -333,8 +307,8 @@ def _repeng_check(
     ours = work / f"{name}-1.gguf"
     mine = read_control_vector(ours).vectors[L - 1]
     vec_diff = float((imported.vectors[0] - mine).abs().max())
-    want, _ = hf_run(Steer(d.vectors[0], layers=[L], coeff=coeff))
-    got, _ = hf_run(Steer(imported, layers=list(imported.layers), coeff=1.0))
+    want, _ = _hf_run(lm, Steer(d.vectors[0], layers=[L], coeff=coeff), ids, 1)
+    got, _ = _hf_run(lm, Steer(imported, layers=list(imported.layers), coeff=1.0), ids, 1)
     diff = float(np.abs(want - got).max())
     a, _ = llamacpp_logits(gguf_path, ids, control_vector=ours, greedy_steps=1)
     b, _ = llamacpp_logits(gguf_path, ids, control_vector=out, greedy_steps=1)

@@ -17,8 +17,8 @@ pytest.importorskip("vllm", exc_type=ImportError)
 
 from steerlab.engines import bound_engine, engine_off, release_engine, use_engine
 from steerlab.engines.vllm import EngineError
-from steerlab.generation import generate
-from steerlab.interventions import Ablate, Clamp, LoRA, Steer, apply
+from steerlab.generation import generate, generate_jobs
+from steerlab.interventions import Ablate, Clamp, Compose, LoRA, NoOp, Steer, apply
 from steerlab.interventions.per_row import RowSetting
 from steerlab.models.load import LoadedModel, load_model
 from steerlab.sweep.engine import greedy_rows
@@ -135,3 +135,51 @@ def test_what_vllm_cannot_repeat_is_refused(lm: LoadedModel) -> None:
     ):
         generate(lm.model, lm.tokenizer, PROMPTS[:1], max_new_tokens=4)
     assert bound_engine(lm.model).hooks_installed() == [0]
+
+
+def test_jobs_decode_in_one_call_each_under_its_own_treatment(lm: LoadedModel) -> None:
+    """Several treatments share one vLLM call (request groups); each group gets exactly its
+    own treatment: the HF engine's output job by job, and the same as a call of its own."""
+    u, norm = _mean_direction(lm, 10)
+    steer = Steer(_vec(1, 0.5 * norm), layers=10, coeff=1.0)
+    jobs = [
+        (NoOp(), PROMPTS),
+        (steer, PROMPTS),
+        (Ablate(u), PROMPTS[:5]),
+        (Compose((Clamp(u, value=0.0, layers=[8, 9, 10]), steer)), PROMPTS[2:]),
+    ]
+    eng = bound_engine(lm.model)
+    assert eng.grouping()
+    ours = generate_jobs(lm, jobs, max_new_tokens=N)
+    with engine_off(lm):
+        ref = generate_jobs(lm, jobs, max_new_tokens=N)
+    assert [len(g) for g in ours] == [8, 8, 5, 6]
+    for got, want in zip(ours, ref, strict=True):
+        assert _same(got, want) >= 0.75, (got, want)
+    assert _same(ours[0], ours[1]) < 1.0
+    for (iv, prompts), got in zip(jobs, ours, strict=True):
+        with apply(lm, iv):
+            alone = generate(lm.model, lm.tokenizer, prompts, max_new_tokens=N)
+        assert _same(alone, got) >= 0.75, (alone, got)
+    assert eng.hooks_installed() == [0]
+
+
+def test_groups_stay_apart_across_chunked_prefill(lm: LoadedModel) -> None:
+    """Enough prompt tokens for several prefill chunks of the same size: each step's token
+    layout is read afresh, so every group keeps its own treatment in every chunk."""
+    eng = bound_engine(lm.model)
+    chunk = eng.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    filler = " ".join(["The weather report said the river was calm and the sky was clear."] * 9)
+    prompts = [f"{filler} {p}" for p in PROMPTS] * 3  # 24 prompts of ~150 tokens
+    n_tok = sum(
+        len(r) for r in eng.token_ids(prompts, chat=None, system=None, tokenizer=lm.tokenizer)
+    )
+    assert 3 * n_tok > 2 * chunk  # three groups span at least two full chunks
+    u, norm = _mean_direction(lm, 10)
+    jobs = [(NoOp(), prompts), (Ablate(u), prompts), (Steer(_vec(5, norm), layers=10), prompts)]
+    together = generate_jobs(lm, jobs, max_new_tokens=8)
+    for (iv, ps), got in zip(jobs, together, strict=True):
+        with apply(lm, iv):
+            alone = generate(lm.model, lm.tokenizer, ps, max_new_tokens=8)
+        assert _same(alone, got) >= 0.75, (alone, got)
+    assert _same(together[0], together[1]) < 0.75

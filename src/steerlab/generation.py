@@ -14,7 +14,7 @@ from .models.compat import cache_kwarg
 from .prefix import MIN_PREFIX, prefix_batch, prefix_last_logits
 from .prefix import prefix_cache as cached_prefix
 
-__all__ = ["generate", "last_token_logprobs"]
+__all__ = ["generate", "generate_jobs", "last_token_logprobs"]
 
 
 @torch.no_grad()
@@ -66,9 +66,8 @@ def generate(
             model,
             tokenizer,
             prompts,
-            eos=eos,
             max_new_tokens=max_new_tokens,
-            chunk=max(batch_size, 64),
+            chunk=batch_size,
             temperature=temperature,
             top_p=top_p,
             seed=seed,
@@ -120,6 +119,65 @@ def generate(
     return outs
 
 
+def generate_jobs(
+    lm: Any,
+    jobs: Sequence[tuple[Any, Sequence[str]]],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    chat: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[str]]:
+    """Greedy completions for several ``(intervention, prompts)`` jobs on one loaded model.
+
+    On the Hugging Face engine the jobs run one after the other, each inside its
+    intervention. On a bound vLLM engine they decode in a single call, each job a request
+    group under its own treatment (the throughput of one large batch); each intervention is
+    entered on the Hugging Face model only to read what it records and to render its prompts.
+    """
+    from .engines import bound_engine
+    from .engines.vllm import plan_for
+    from .interventions.record import active_ops
+
+    engine = bound_engine(lm.model)
+    if engine is None:
+        out = []
+        for iv, prompts in jobs:
+            with iv.applied(lm) as m:
+                out.append(
+                    generate(
+                        m.model,
+                        m.tokenizer,
+                        prompts,
+                        max_new_tokens=max_new_tokens,
+                        batch_size=batch_size,
+                        chat=chat,
+                        progress=progress,
+                    )
+                )
+        return out
+    groups = []
+    for iv, prompts in jobs:
+        with iv.applied(lm) as m:
+            plan = plan_for(active_ops(m.model))
+            ids = engine.token_ids(list(prompts), chat=chat, system=None, tokenizer=m.tokenizer)
+        groups.append((ids, plan))
+    new = engine.generate_groups(
+        groups,
+        max_new_tokens=max_new_tokens,
+        stop_ids=_stop_ids(lm.model, lm.tokenizer),
+        progress=progress,
+    )
+    return [[lm.tokenizer.decode(t, skip_special_tokens=True) for t in g] for g in new]
+
+
+def _stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])] if eos else []
+
+
 @torch.no_grad()
 def _on_engine(
     engine: Any,
@@ -127,7 +185,6 @@ def _on_engine(
     tokenizer: Any,
     prompts: Sequence[str],
     *,
-    eos: Any,
     max_new_tokens: int,
     chunk: int,
     temperature: float,
@@ -144,29 +201,27 @@ def _on_engine(
     from .interventions.record import active_ops
 
     plan = plan_for(active_ops(model))
-    stops = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])] if eos else []
+    stops = _stop_ids(model, tokenizer)
     device = next(model.parameters()).device
-    outs: list[str] = []
+    # every prompt in one call: vLLM batches continuously (chunking would cap its batch)
+    ids = engine.token_ids(list(prompts), chat=chat, system=system, tokenizer=tokenizer)
+    new = engine.generate_ids(
+        ids,
+        plan,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop_ids=stops,
+        progress=progress,
+    )
+    outs = [tokenizer.decode(t, skip_special_tokens=True) for t in new]
     firsts: list[torch.Tensor] = []
-    for i in range(0, len(prompts), chunk):
-        part = list(prompts[i : i + chunk])
-        ids = engine.token_ids(part, chat=chat, system=system, tokenizer=tokenizer)
-        new = engine.generate_ids(
-            ids,
-            plan,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=None if seed is None else seed + i,
-            stop_ids=stops,
-        )
-        outs.extend(tokenizer.decode(t, skip_special_tokens=True) for t in new)
-        if first_logprobs:
-            batch = encode(tokenizer, part, chat=chat, system=system).to(device)
-            logits = model(**forward_kwargs(batch)).logits[:, -1]
+    if first_logprobs:
+        for i in range(0, len(prompts), chunk):
+            batch = encode(tokenizer, list(prompts[i : i + chunk]), chat=chat, system=system)
+            logits = model(**forward_kwargs(batch.to(device))).logits[:, -1]
             firsts.append(torch.log_softmax(logits.float(), -1).cpu())
-        if progress:
-            progress(len(part))
     if first_logprobs:
         return outs, torch.cat(firsts)
     return outs

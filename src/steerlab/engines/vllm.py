@@ -13,8 +13,10 @@ only run in eager mode.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,7 +29,7 @@ from ..models.load import LoadedModel
 from ..prefix import token_rows
 from . import vllm_worker
 
-__all__ = ["SUPPORTED", "EngineError", "VLLMEngine", "plan_for"]
+__all__ = ["SUPPORTED", "EngineError", "VLLMEngine", "merge_plans", "plan_for"]
 
 # model types whose vLLM layers have the layout vllm_worker hooks (layers(positions,
 # hidden_states, residual) -> (hidden_states, residual); self_attn.o_proj; mlp.down_proj)
@@ -157,6 +159,7 @@ class VLLMEngine:
             kw["distributed_executor_backend"] = distributed_executor_backend
         self.options = {k: v for k, v in kw.items() if k not in ("model", "tokenizer")}
         self.llm = LLM(**kw)
+        self._grouping: bool | None = None
 
     def identity(self) -> dict[str, Any]:
         """What this engine's numbers depend on (recorded in runs, keys their caches)."""
@@ -192,40 +195,104 @@ class VLLMEngine:
         top_p: float = 1.0,
         seed: int | None = 0,
         stop_ids: Sequence[int] = (),
+        progress: Callable[[int], None] | None = None,
     ) -> list[list[int]]:
         """New token ids (the stop token excluded) of each prompt under ``plan``."""
+        return self.generate_groups(
+            [(ids, plan)],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop_ids=stop_ids,
+            progress=progress,
+        )[0]
+
+    def grouping(self) -> bool:
+        """Whether every worker can tell request groups apart (one call for many plans)."""
+        if self._grouping is None:
+            self._grouping = all(self.llm.collective_rpc(vllm_worker.grouping_supported))
+        return self._grouping
+
+    def generate_groups(
+        self,
+        groups: Sequence[tuple[Sequence[Sequence[int]], list[dict[str, Any]]]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        stop_ids: Sequence[int] = (),
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[list[int]]]:
+        """New token ids for each group of prompts, each group under its own plan.
+
+        All groups decode in one vLLM call (one continuously batched run: the throughput of
+        a large batch), each request tagged with its group, each op hooked once for the
+        tokens of every group whose plan holds it. Where the workers' model runner has no
+        layout to tell requests apart, the groups run one call after the other.
+        """
+        groups = [(list(ids), plan) for ids, plan in groups if len(ids)]
+        if not groups:
+            return []
+        if len(groups) > 1 and not self.grouping():
+            return [
+                self.generate_groups(
+                    [g],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=seed,
+                    stop_ids=stop_ids,
+                    progress=progress,
+                )[0]
+                for g in groups
+            ]
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         limit = int(self.options["max_model_len"])
-        long = [len(r) for r in ids if len(r) + max_new_tokens > limit]
+        long = [len(r) for ids, _ in groups for r in ids if len(r) + max_new_tokens > limit]
         if long:
             raise EngineError(
                 f"a prompt of {max(long)} tokens + {max_new_tokens} new exceeds the engine's "
                 f"max_model_len {limit} (--max-model-len)"
             )
-        sp = SamplingParams(
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_new_tokens,
-            seed=seed if temperature > 0 else None,
-            stop_token_ids=list(stop_ids),
-            skip_special_tokens=True,
-        )
-        prompts = [TokensPrompt(prompt_token_ids=list(r)) for r in ids]
+        tagged = len(groups) > 1
+        prompts, params = [], []
+        for gi, (ids, _) in enumerate(groups):
+            sp = SamplingParams(
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_new_tokens,
+                seed=seed if temperature > 0 else None,
+                stop_token_ids=list(stop_ids),
+                skip_special_tokens=True,
+                extra_args={"steerlab_group": gi} if tagged else None,
+            )
+            prompts += [TokensPrompt(prompt_token_ids=list(r)) for r in ids]
+            params += [sp] * len(ids)
+        plan = merge_plans([p for _, p in groups]) if tagged else groups[0][1]
+        bar = _progress_bar(progress) if progress else False
         try:
             if plan:
-                self._rpc(partial(vllm_worker.install, plan=plan))
-            outs = self.llm.generate(prompts, sp, use_tqdm=False)
+                # the plan travels inside the pickled callable (rpc arguments are msgpack'd,
+                # which does not carry tensors nested in dicts)
+                self.llm.collective_rpc(partial(vllm_worker.install_on_worker, plan=plan))
+            outs = self.llm.generate(prompts, params, use_tqdm=bar)
         finally:
             if plan:
                 self._rpc(vllm_worker.remove)
-        res = []
         stops = set(stop_ids)
+        flat = []
         for o in outs:
             toks = list(o.outputs[0].token_ids)
             cut = next((i for i, t in enumerate(toks) if t in stops), len(toks))
-            res.append(toks[:cut])
+            flat.append(toks[:cut])
+        res, i = [], 0
+        for ids, _ in groups:
+            res.append(flat[i : i + len(ids)])
+            i += len(ids)
         return res
 
     def close(self) -> None:
@@ -240,6 +307,52 @@ class VLLMEngine:
         del llm
 
 
+def _key(x: Any) -> Any:
+    """A hashable content key of an op (tensors by their bytes)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().float().cpu().contiguous()
+        return ("T", tuple(t.shape), hashlib.sha1(t.numpy().tobytes()).hexdigest())
+    if isinstance(x, dict):
+        return tuple(sorted((str(k), _key(v)) for k, v in x.items()))
+    if isinstance(x, (list, tuple)):
+        return tuple(_key(v) for v in x)
+    return x
+
+
+def merge_plans(plans: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One worker plan for several groups: each op once, tagged with the groups it serves.
+
+    An op is shared only between groups that hold it at the same place in their plans, so
+    every group's ops still run in its own order (ops of different groups touch different
+    tokens and commute)."""
+    merged: dict[Any, dict[str, Any]] = {}
+    for g, plan in enumerate(plans):
+        for j, op in enumerate(plan):
+            k = (j, _key(op))
+            if k in merged:
+                merged[k]["groups"].append(g)
+            else:
+                merged[k] = {**op, "groups": [g]}
+    return [merged[k] for k in sorted(merged, key=lambda k: k[0])]
+
+
+def _progress_bar(progress: Callable[[int], None]) -> Callable[..., Any]:
+    """A tqdm for ``LLM.generate(use_tqdm=...)`` that reports finished requests to
+    ``progress`` instead of drawing."""
+    from tqdm import tqdm
+
+    class _Bar(tqdm):  # type: ignore[type-arg]
+        def update(self, n: float | None = 1) -> bool | None:
+            progress(int(n or 0))
+            return super().update(n)
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        kwargs.update(file=io.StringIO(), mininterval=1e9)
+        return _Bar(*args, **kwargs)
+
+    return make
+
+
 def generate_rows(
     eng: VLLMEngine,
     lm: LoadedModel,
@@ -249,8 +362,10 @@ def generate_rows(
     max_new_tokens: int,
     chat: bool | None,
     stop_ids: Sequence[int],
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
-    """New token ids per row, one vLLM call per distinct setting (rows keep their order)."""
+    """New token ids per row: one vLLM call, each distinct setting a request group (rows keep
+    their order)."""
     if len(prompts) != len(settings):
         raise VectorError(f"{len(prompts)} prompts for {len(settings)} settings")
     base = active_ops(lm.model)
@@ -258,12 +373,22 @@ def generate_rows(
     groups: dict[int, list[int]] = {}
     for i, s in enumerate(settings):
         groups.setdefault(id(s), []).append(i)
-    for rows in groups.values():
-        plan = plan_for(base, settings[rows[0]])
-        ids = eng.token_ids(
-            [prompts[i] for i in rows], chat=chat, system=None, tokenizer=lm.tokenizer
-        )
-        got = eng.generate_ids(ids, plan, max_new_tokens=max_new_tokens, stop_ids=stop_ids)
-        for i, g in zip(rows, got, strict=True):
-            out[i] = g
+    order = list(groups.values())
+    got = eng.generate_groups(
+        [
+            (
+                eng.token_ids(
+                    [prompts[i] for i in rows], chat=chat, system=None, tokenizer=lm.tokenizer
+                ),
+                plan_for(base, settings[rows[0]]),
+            )
+            for rows in order
+        ],
+        max_new_tokens=max_new_tokens,
+        stop_ids=stop_ids,
+        progress=progress,
+    )
+    for rows, g in zip(order, got, strict=True):
+        for i, t in zip(rows, g, strict=True):
+            out[i] = t
     return [x if x is not None else [] for x in out]

@@ -13,6 +13,11 @@ one (tokens, D) batch. So:
 * clamping reads the projection of the sum and corrects ``hidden_states``.
 
 Layers that live on another pipeline stage are skipped: each stage hooks its own.
+
+One call may carry several request groups, each under its own treatment: an op tagged with
+``groups`` changes only the tokens of those groups' requests (:class:`Rows` reads which tokens
+those are from the model runner at every step), by a 0/1 row mask, so a token of the group is
+changed exactly as an untagged op would change it and every other token is left bit-identical.
 """
 
 from __future__ import annotations
@@ -40,11 +45,69 @@ def _own_layers(model: nn.Module) -> dict[int, nn.Module]:
     return {i: inner.layers[i] for i in range(start, end)}
 
 
-def _remove_dir(x: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor | None:
+class Rows:
+    """Which of the current step's flattened tokens belong to which request group.
+
+    A grouped call tags every request with ``SamplingParams.extra_args["steerlab_group"]``;
+    the model runner lays tokens out in ``input_batch.req_ids`` order with boundaries in
+    ``query_start_loc``. A pre-hook on the stage's first layer marks every step stale; the
+    first mask asked for then rebuilds the group of every token (padding tokens: no group,
+    never steered).
+    """
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.groups: torch.Tensor | None = None
+        self.masks: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def stale(self, *_a: Any, **_k: Any) -> None:
+        self.groups = None
+        self.masks = {}
+
+    def mask(self, groups: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+        """(T, 1) ones on the tokens of ``groups``, zeros elsewhere, in ``x``'s dtype."""
+        m = self.masks.get(groups)
+        if m is not None and m.shape[0] == x.shape[0] and m.dtype == x.dtype:
+            return m
+        if self.groups is None or self.groups.shape[0] != x.shape[0]:
+            self.groups = self._token_groups(x.shape[0]).to(x.device)
+        m = torch.isin(self.groups, torch.tensor(groups, device=x.device))
+        m = m.to(x.dtype).unsqueeze(-1)
+        self.masks[groups] = m
+        return m
+
+    def _token_groups(self, n_tokens: int) -> torch.Tensor:
+        r = self.runner
+        batch = r.input_batch
+        n = int(batch.num_reqs)
+        qsl = r.query_start_loc.np[: n + 1]
+        if int(qsl[n]) > n_tokens:
+            raise RuntimeError(f"{int(qsl[n])} scheduled tokens in a batch of {n_tokens}")
+        out = torch.full((n_tokens,), -1, dtype=torch.long)
+        for i, rid in enumerate(batch.req_ids[:n]):
+            sp = r.requests[rid].sampling_params
+            g = (sp.extra_args or {}).get("steerlab_group") if sp is not None else None
+            if g is None:  # never leave a request of a grouped call unsteered by accident
+                raise RuntimeError(f"request {rid} carries no steerlab group")
+            out[int(qsl[i]) : int(qsl[i + 1])] = int(g)
+        return out
+
+
+# A selector: None (every token) or (Rows, groups) (the tokens of those groups only).
+Sel = tuple[Rows, tuple[int, ...]] | None
+
+
+def _m(sel: Sel, x: torch.Tensor) -> torch.Tensor | None:
+    return None if sel is None else sel[0].mask(sel[1], x)
+
+
+def _remove_dir(x: torch.Tensor | None, u: torch.Tensor, sel: Sel = None) -> torch.Tensor | None:
     if x is None:
         return None
     uu = u.to(x.dtype)
-    return x - (x @ uu).unsqueeze(-1) * uu
+    coef = (x @ uu).unsqueeze(-1)
+    m = _m(sel, x)
+    return x - (coef if m is None else coef * m) * uu
 
 
 def _split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -67,81 +130,130 @@ def _join(args: tuple[Any, ...], kwargs: dict[str, Any], hs: Any, res: Any) -> A
     return tuple(a), k
 
 
-def _pre_add(d: torch.Tensor, _m: nn.Module, args: tuple, kwargs: dict) -> Any:
+def _plus(hs: torch.Tensor, d: torch.Tensor, sel: Sel) -> torch.Tensor:
+    m = _m(sel, hs)
+    dd = d.to(hs.dtype)
+    return hs + (dd if m is None else m * dd)
+
+
+def _pre_add(d: torch.Tensor, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dict) -> Any:
     _, hs, res = _split(args, kwargs)
-    return _join(args, kwargs, hs + d.to(hs.dtype), res)
+    return _join(args, kwargs, _plus(hs, d, sel), res)
 
 
-def _post_add(d: torch.Tensor, _m: nn.Module, _args: tuple, _kw: dict, out: Any) -> Any:
+def _post_add(d: torch.Tensor, sel: Sel, _m_: nn.Module, _a: tuple, _k: dict, out: Any) -> Any:
     hs, res = out
-    return hs + d.to(hs.dtype), res
+    return _plus(hs, d, sel), res
 
 
-def _pre_remove(u: torch.Tensor, _m: nn.Module, args: tuple, kwargs: dict) -> Any:
+def _pre_remove(u: torch.Tensor, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dict) -> Any:
     _, hs, res = _split(args, kwargs)
-    return _join(args, kwargs, _remove_dir(hs, u), _remove_dir(res, u))
+    return _join(args, kwargs, _remove_dir(hs, u, sel), _remove_dir(res, u, sel))
 
 
-def _pre_clamp(u: torch.Tensor, value: float, _m: nn.Module, args: tuple, kwargs: dict) -> Any:
+def _pre_clamp(
+    u: torch.Tensor, value: float, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dict
+) -> Any:
     _, hs, res = _split(args, kwargs)
     x = hs if res is None else hs + res
     uu = u.to(hs.dtype)
-    return _join(args, kwargs, hs + (value - x @ uu).unsqueeze(-1) * uu, res)
+    delta = (value - x @ uu).unsqueeze(-1)
+    m = _m(sel, hs)
+    return _join(args, kwargs, hs + (delta if m is None else delta * m) * uu, res)
 
 
-def _out_remove(u: torch.Tensor, _m: nn.Module, _args: tuple, out: Any) -> Any:
+def _out_remove(u: torch.Tensor, sel: Sel, _m_: nn.Module, _args: tuple, out: Any) -> Any:
     if isinstance(out, tuple):  # vLLM's parallel linear layers return (output, bias)
-        return (_remove_dir(out[0], u), *out[1:])
-    return _remove_dir(out, u)
+        return (_remove_dir(out[0], u, sel), *out[1:])
+    return _remove_dir(out, u, sel)
 
 
-def install(model: nn.Module, plan: list[dict[str, Any]]) -> int:
-    """Install the hooks of ``plan`` (see :mod:`steerlab.engines.vllm`); returns how many."""
+def install(model: nn.Module, plan: list[dict[str, Any]], runner: Any = None) -> int:
+    """Install the hooks of ``plan`` (see :mod:`steerlab.engines.vllm`); returns how many.
+
+    An op with ``"groups"`` applies to the tokens of those request groups only (``runner``,
+    the worker's model runner, says which tokens those are); without, to every token.
+    """
     remove(model)
     p = next(model.parameters())
     layers = _own_layers(model)
     handles: list[Any] = []
+    rows: Rows | None = None
+    if any(op.get("groups") is not None for op in plan):
+        if runner is None:
+            raise ValueError("grouped ops need the worker's model runner")
+        rows = Rows(runner)
+        # a new step starts at this stage's first layer: the decoder module itself is called
+        # past nn.Module's hooks (vLLM's compile decorator replaces its __call__), so a hook
+        # there never fires and a stale layout would steer the wrong tokens
+        first = layers[min(layers)]
+        handles.append(first.register_forward_pre_hook(rows.stale))
 
     def vec(t: Any) -> torch.Tensor:
         return torch.as_tensor(t, dtype=torch.float32).to(p.device)
 
-    for op in plan:
-        kind = op["kind"]
-        if kind == "add":
-            for lay, d in op["deltas"].items():
-                if int(lay) not in layers:
-                    continue
-                block = layers[int(lay)]
-                if op["site"] == "resid_pre":
-                    h = block.register_forward_pre_hook(partial(_pre_add, vec(d)), with_kwargs=True)
-                else:
-                    h = block.register_forward_hook(partial(_post_add, vec(d)), with_kwargs=True)
-                handles.append(h)
-        elif kind == "project":  # a block input only (per-row ablation settings)
-            for lay, u in op["units"].items():
-                if int(lay) in layers:
-                    fn = partial(_pre_remove, vec(u))
-                    handles.append(layers[int(lay)].register_forward_pre_hook(fn, with_kwargs=True))
-        elif kind == "ablate":
-            u = vec(op["unit"])
-            for block in layers.values():
-                handles.append(
-                    block.register_forward_pre_hook(partial(_pre_remove, u), with_kwargs=True)
-                )
-                for sub in (block.self_attn.o_proj, block.mlp.down_proj):
-                    handles.append(sub.register_forward_hook(partial(_out_remove, u)))
-        elif kind == "clamp":
-            u = vec(op["unit"])
-            for lay in op["layers"]:
-                if int(lay) in layers:
-                    fn = partial(_pre_clamp, u, float(op["value"]))
-                    handles.append(layers[int(lay)].register_forward_pre_hook(fn, with_kwargs=True))
-        else:
-            for h in handles:
-                h.remove()
-            raise ValueError(f"no vLLM hook for {kind!r}")
+    def pre(block: nn.Module, fn: Any) -> None:
+        handles.append(block.register_forward_pre_hook(fn, with_kwargs=True))
+
+    try:
+        for op in plan:
+            kind = op["kind"]
+            g = op.get("groups")
+            sel: Sel = None if g is None else (rows, tuple(int(x) for x in g))
+            if kind == "add":
+                for lay, d in op["deltas"].items():
+                    if int(lay) not in layers:
+                        continue
+                    block = layers[int(lay)]
+                    if op["site"] == "resid_pre":
+                        pre(block, partial(_pre_add, vec(d), sel))
+                    else:
+                        fn = partial(_post_add, vec(d), sel)
+                        handles.append(block.register_forward_hook(fn, with_kwargs=True))
+            elif kind == "project":  # a block input only (per-row ablation settings)
+                for lay, u in op["units"].items():
+                    if int(lay) in layers:
+                        pre(layers[int(lay)], partial(_pre_remove, vec(u), sel))
+            elif kind == "ablate":
+                u = vec(op["unit"])
+                for block in layers.values():
+                    pre(block, partial(_pre_remove, u, sel))
+                    for sub in (block.self_attn.o_proj, block.mlp.down_proj):
+                        handles.append(sub.register_forward_hook(partial(_out_remove, u, sel)))
+            elif kind == "clamp":
+                u = vec(op["unit"])
+                for lay in op["layers"]:
+                    if int(lay) in layers:
+                        pre(layers[int(lay)], partial(_pre_clamp, u, float(op["value"]), sel))
+            else:
+                raise ValueError(f"no vLLM hook for {kind!r}")
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
     setattr(model, HANDLES, handles)
     return len(handles)
+
+
+def install_on_worker(worker: Any, plan: list[dict[str, Any]]) -> int:
+    """:func:`install` through ``collective_rpc``: the worker gives its model and runner."""
+    runner = worker.model_runner
+    return install(runner.get_model(), plan, runner)
+
+
+def grouping_supported(worker: Any) -> bool:
+    """Whether this worker's model runner has the layout :class:`Rows` reads."""
+    r = getattr(worker, "model_runner", None)
+    batch = getattr(r, "input_batch", None)
+    qsl = getattr(r, "query_start_loc", None)
+    return (
+        batch is not None
+        and hasattr(batch, "req_ids")
+        and hasattr(batch, "num_reqs")
+        and hasattr(qsl, "np")
+        and isinstance(getattr(r, "requests", None), dict)
+        and callable(getattr(r, "get_model", None))
+    )
 
 
 def remove(model: nn.Module) -> int:

@@ -22,6 +22,10 @@ ablation remove a K-dimensional span; subtraction, addition and clamp use the fi
 The orthogonalized variant comes last: its in-place edit is the only one that touches weights.
 First-token refusal scores, KL on harmless and cross-entropy are measured for every variant
 (on harmless prompts also for variants that do not generate there).
+
+On a bound vLLM engine every pending variant's completions decode in a single call, each
+(variant, set) a request group under its own treatment; the first-token scores then come from
+one forward of the Hugging Face model under that treatment.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..generation import generate, last_token_logprobs
+from ..engines import bound_engine
+from ..generation import generate, generate_jobs, last_token_logprobs
 from ..interventions import Ablate, Clamp, Intervention, NoOp, Orthogonalize, Steer
 from ..metrics import (
     continuation_loss,
@@ -50,7 +55,7 @@ from ..models.load import LoadedModel
 from ..runs import Journal
 from .config import RefusalConfig
 
-__all__ = ["SETS", "Variant", "evaluate_variants", "refusal_variants"]
+__all__ = ["SETS", "Variant", "evaluate_variants", "generation_record", "refusal_variants"]
 
 SETS = ("harmful", "harmless")
 
@@ -136,9 +141,12 @@ def _measure(
     base: tuple[torch.Tensor, list[str]] | None,
     advance: Callable[[int], None],
     n_ce: int,
+    done: dict[str, list[str]] | None = None,
+    clock: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One variant's measures; ``base`` (the unchanged model's harmless log-probs and texts,
-    computed outside any intervention) is None for the baseline itself."""
+    computed outside any intervention) is None for the baseline itself. ``done`` holds
+    completions already generated per set (an engine's one call for every variant)."""
     groups: list[tuple[Intervention, list[str]]] = []  # one context per distinct intervention
     for which in SETS:
         if which == "harmful" and which not in variant.generated_on:
@@ -152,7 +160,13 @@ def _measure(
     for iv, whiches in groups:
         with iv.applied(lm) as m:
             for which in whiches:
-                if which in variant.generated_on:
+                if done is not None and which in done:
+                    texts = done[which]
+                    lp = last_token_logprobs(
+                        m.model, m.tokenizer, sets[which], batch_size=cfg.batch_size, chat=cfg.chat
+                    )
+                elif which in variant.generated_on:
+                    t0 = time.perf_counter()
                     texts, lp = generate(
                         m.model,
                         m.tokenizer,
@@ -165,6 +179,7 @@ def _measure(
                         prefix_cache=True,
                         progress=advance,
                     )
+                    _tick(clock, m.tokenizer, [texts], t0)
                 else:  # harmless, not generated here: one forward, for KL and scores
                     texts = None
                     lp = last_token_logprobs(
@@ -187,6 +202,29 @@ def _measure(
     return rec
 
 
+def _tick(clock: dict[str, float] | None, tok: Any, texts: list[list[str]], t0: float) -> None:
+    """Add a generation call's wall time and generated tokens to ``clock``."""
+    if clock is None:
+        return
+    clock["seconds"] = clock.get("seconds", 0.0) + time.perf_counter() - t0
+    n = sum(len(tok.encode(t, add_special_tokens=False)) for g in texts for t in g)
+    clock["tokens"] = clock.get("tokens", 0) + n
+
+
+def generation_record(lm: LoadedModel, clock: dict[str, float]) -> dict[str, Any] | None:
+    """What a run's decoding cost: engine, wall seconds, generated tokens, tokens/s."""
+    if not clock.get("seconds"):
+        return None
+    eng = bound_engine(lm.model)
+    sec, tok = clock["seconds"], int(clock["tokens"])
+    return {
+        "engine": "hf" if eng is None else eng.name,
+        "seconds": round(sec, 3),
+        "tokens": tok,
+        "tokens_per_s": round(tok / sec, 3),
+    }
+
+
 def evaluate_variants(
     lm: LoadedModel,
     variants: Sequence[Variant],
@@ -199,13 +237,15 @@ def evaluate_variants(
     baseline_journal: Journal | None = None,
     n_ce: int = 16,
     advance: Callable[[int], None] | None = None,
+    clock: dict[str, float] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[str]]]]:
     """Run every variant; returns (metrics per variant, completions per variant and set).
 
     Each finished variant is journaled (the baseline apart, in ``baseline_journal``, since it
     does not depend on the direction). First-token scores and KL come free with generation
     (the first step's distribution); the only extra forwards are harmless prompts for variants
-    not generated there, and the cross-entropy on ``n_ce`` harmless prompts.
+    not generated there, and the cross-entropy on ``n_ce`` harmless prompts. ``clock``, when
+    given, accumulates the generation calls' wall ``seconds`` and generated ``tokens``.
     """
     if not variants or variants[0].name != "baseline":
         raise ValueError("the baseline variant must come first: the others are measured against it")
@@ -220,9 +260,33 @@ def evaluate_variants(
             )
         return memo["lp"]
 
+    def journal_of(v: Variant) -> Journal:
+        return baseline_journal if v.name == "baseline" and baseline_journal else journal
+
+    done: dict[str, dict[str, list[str]]] = {}
+    if bound_engine(lm.model) is not None:
+        # an engine decodes every pending variant's completions in one batched call
+        jobs = [
+            (v.name, which)
+            for v in variants
+            if journal_of(v).get(f"eval:{v.name}") is None
+            for which in v.generated_on
+        ]
+        by_name = {v.name: v for v in variants}
+        t0 = time.perf_counter()
+        texts = generate_jobs(
+            lm,
+            [(by_name[n].on(w), sets[w]) for n, w in jobs],
+            max_new_tokens=cfg.max_new_tokens,
+            chat=cfg.chat,
+            progress=adv,
+        )
+        _tick(clock, lm.tokenizer, texts, t0)
+        for (n, w), t in zip(jobs, texts, strict=True):
+            done.setdefault(n, {})[w] = t
     records: dict[str, dict[str, Any]] = {}
     for v in variants:
-        jr = baseline_journal if v.name == "baseline" and baseline_journal else journal
+        jr = journal_of(v)
         rec = jr.get(f"eval:{v.name}")
         if rec is None:
             t0 = time.perf_counter()
@@ -233,7 +297,7 @@ def evaluate_variants(
                 if v.name == "baseline"
                 else (base_lp(), records["baseline"]["harmless"]["texts"])
             )
-            rec = _measure(v, lm, sets, refusal_ids, cfg, base, adv, n_ce)
+            rec = _measure(v, lm, sets, refusal_ids, cfg, base, adv, n_ce, done.get(v.name), clock)
             if "_lp" in rec:
                 memo["lp"] = rec.pop("_lp")
             jr.put(f"eval:{v.name}", rec, time.perf_counter() - t0)

@@ -23,7 +23,7 @@ from ..models.load import LoadedModel
 from ..runs import Run, key_of
 from .config import RefusalConfig
 from .data import MIN_SET, RefusalData
-from .evaluate import evaluate_variants, refusal_variants
+from .evaluate import evaluate_variants, generation_record, refusal_variants
 from .select import candidate_means, post_instruction_tokens, score_candidates, select_many
 
 __all__ = [
@@ -354,6 +354,7 @@ def direction_artifact(
 class Evaluation:
     metrics: dict[str, dict[str, Any]]
     completions: dict[str, dict[str, list[str]]]
+    generation: dict[str, Any] | None = None  # this run's decoding: engine, seconds, tokens
 
 
 def evaluation(ctx: Ctx, data: RefusalData, sel: Selection, coeff: Coefficient) -> Evaluation:
@@ -389,6 +390,7 @@ def evaluation(ctx: Ctx, data: RefusalData, sel: Selection, coeff: Coefficient) 
     # with another selection rule reuses them.
     base_journal = ctx.run.cache.journal("evaluation-baseline", common)
     t0 = time.perf_counter()
+    clock: dict[str, float] = {}
     with ctx.run.bar("evaluation: generating", n_gen) as adv:
         metrics, completions = evaluate_variants(
             ctx.lm,
@@ -400,6 +402,13 @@ def evaluation(ctx: Ctx, data: RefusalData, sel: Selection, coeff: Coefficient) 
             journal,
             baseline_journal=base_journal,
             advance=adv,
+            clock=clock,
         )
     ctx.run.say(f"evaluation: {len(variants)} variants in {time.perf_counter() - t0:.0f} s")
-    return Evaluation(metrics, completions)
+    gen = generation_record(ctx.lm, clock)
+    if gen:
+        ctx.run.say(
+            f"evaluation: generation on {gen['engine']}: {gen['tokens']} tokens in "
+            f"{gen['seconds']:.0f} s ({gen['tokens_per_s']:.1f} tokens/s)"
+        )
+    return Evaluation(metrics, completions, gen)

@@ -125,6 +125,7 @@ def build_report(
         "filter": filtered.counts if filtered else None,
         "export": export,
         "timings": timing["seconds"],
+        "evaluation_generation": ev.generation if ev else None,
         "compute_seconds": timing["compute_seconds"],
         "resumed_steps": timing["resumed_steps"],
         "notes": list(notes or []),

@@ -254,25 +254,21 @@ def greedy_rows(
     texts: list[str] = []
     lengths: list[int] = []
     eng = bound_engine(lm.model)
-    if eng is not None:  # vLLM: one call per distinct setting, its own batching
+    if eng is not None:  # vLLM: one call, each distinct setting a request group
         from ..engines.vllm import generate_rows
 
-        for i in range(0, len(prompts), max(batch_rows, 256)):
-            sl = slice(i, i + max(batch_rows, 256))
-            new = generate_rows(
-                eng,
-                lm,
-                prompts[sl],
-                settings[sl],
-                max_new_tokens=max_new_tokens,
-                chat=chat,
-                stop_ids=sorted(_eos_ids(lm)),
-            )
-            texts += [lm.tokenizer.decode(t, skip_special_tokens=True) for t in new]
-            lengths += [len(t) for t in new]
-            if progress:
-                progress(len(new))
-        return Generated(texts, lengths)
+        new = generate_rows(
+            eng,
+            lm,
+            prompts,
+            settings,
+            max_new_tokens=max_new_tokens,
+            chat=chat,
+            stop_ids=sorted(_eos_ids(lm)),
+            progress=progress,
+        )
+        texts = [lm.tokenizer.decode(t, skip_special_tokens=True) for t in new]
+        return Generated(texts, [len(t) for t in new])
     for sl in _batches(lm, prompts, settings, batch_rows, chat, min_prefix):
         g = _greedy_batch(
             lm, prompts[sl], settings[sl], max_new_tokens, chat, min_prefix, on_step, sl.start

@@ -89,11 +89,12 @@ def test_generate_jobs_on_the_hf_engine_runs_each_job_under_its_treatment() -> N
     lm = LoadedModel(m, make_tokenizer(), ad, model_info(m, "tiny-llama", ad))
     prompts = ["i am so happy today", "tell me about your day", "what a day"]
     v = torch.randn(m.config.hidden_size, generator=torch.Generator().manual_seed(1)) * 8
-    jobs = [(NoOp(), prompts), (Steer(v, layers=1), prompts[:2])]
+    jobs = [(NoOp(), prompts), (Steer(v, layers=2), []), (Steer(v, layers=1), prompts[:2])]
     seen: list[int] = []
     got = generate_jobs(lm, jobs, max_new_tokens=6, progress=seen.append)
     assert sum(seen) == 5
-    for (iv, ps), texts in zip(jobs, got, strict=True):
+    assert got[1] == []
+    for (iv, ps), texts in [(jobs[0], got[0]), (jobs[2], got[2])]:
         with apply(lm, iv):
             assert texts == generate(lm.model, lm.tokenizer, ps, max_new_tokens=6)
-    assert got[0][:2] != got[1]
+    assert got[0][:2] != got[2]

@@ -141,8 +141,11 @@ def generate_jobs(
 
     engine = bound_engine(lm.model)
     if engine is None:
-        out = []
+        out: list[list[str]] = []
         for iv, prompts in jobs:
+            if not prompts:  # an empty job keeps its place
+                out.append([])
+                continue
             with iv.applied(lm) as m:
                 out.append(
                     generate(
@@ -158,6 +161,9 @@ def generate_jobs(
         return out
     groups = []
     for iv, prompts in jobs:
+        if not prompts:  # an empty job keeps its place
+            groups.append(([], []))
+            continue
         with iv.applied(lm) as m:
             plan = plan_for(active_ops(m.model))
             ids = engine.token_ids(list(prompts), chat=chat, system=None, tokenizer=m.tokenizer)

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -134,6 +135,9 @@ class VLLMEngine:
         self.lm = lm
         self.tokenizer = lm.tokenizer
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model's fn
+        # request groups read the V1 model runner's batch layout (vLLM picks its V2 runner on
+        # GPUs with Triton; without the layout, groups would run one call each)
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         if lm.device.type == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
             if (os.cpu_count() or 1) <= 4:
@@ -212,6 +216,12 @@ class VLLMEngine:
         """Whether every worker can tell request groups apart (one call for many plans)."""
         if self._grouping is None:
             self._grouping = all(self.llm.collective_rpc(vllm_worker.grouping_supported))
+            if not self._grouping:
+                warnings.warn(
+                    "this vLLM's model runner has no batch layout steerlab can read: "
+                    "treatments that could share a call run one call each (slower, same results)",
+                    stacklevel=3,
+                )
         return self._grouping
 
     def generate_groups(
@@ -232,9 +242,9 @@ class VLLMEngine:
         tokens of every group whose plan holds it. Where the workers' model runner has no
         layout to tell requests apart, the groups run one call after the other.
         """
-        groups = [(list(ids), plan) for ids, plan in groups if len(ids)]
-        if not groups:
-            return []
+        groups = [(list(ids), plan) for ids, plan in groups]
+        if sum(1 for ids, _ in groups if ids) == 0:
+            return [[] for _ in groups]
         if len(groups) > 1 and not self.grouping():
             return [
                 self.generate_groups(
@@ -258,7 +268,7 @@ class VLLMEngine:
                 f"a prompt of {max(long)} tokens + {max_new_tokens} new exceeds the engine's "
                 f"max_model_len {limit} (--max-model-len)"
             )
-        tagged = len(groups) > 1
+        tagged = sum(1 for ids, _ in groups if ids) > 1
         prompts, params = [], []
         for gi, (ids, _) in enumerate(groups):
             sp = SamplingParams(
@@ -272,7 +282,8 @@ class VLLMEngine:
             )
             prompts += [TokensPrompt(prompt_token_ids=list(r)) for r in ids]
             params += [sp] * len(ids)
-        plan = merge_plans([p for _, p in groups]) if tagged else groups[0][1]
+        live = [p for ids, p in groups if ids]
+        plan = merge_plans([p if ids else [] for ids, p in groups]) if tagged else live[0]
         bar = _progress_bar(progress) if progress else False
         try:
             if plan:
@@ -280,9 +291,13 @@ class VLLMEngine:
                 # which does not carry tensors nested in dicts)
                 self.llm.collective_rpc(partial(vllm_worker.install_on_worker, plan=plan))
             outs = self.llm.generate(prompts, params, use_tqdm=bar)
-        finally:
-            if plan:
-                self._rpc(vllm_worker.remove)
+        except BaseException:
+            if plan:  # the engine may be dead: never hide the first error behind this one
+                with contextlib.suppress(Exception):
+                    self._rpc(vllm_worker.remove)
+            raise
+        if plan:
+            self._rpc(vllm_worker.remove)
         stops = set(stop_ids)
         flat = []
         for o in outs:

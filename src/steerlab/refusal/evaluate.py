@@ -19,13 +19,15 @@ orthogonalized   the weights edited in place (restored after) harmful, harmless
 With several directions (``--directions K``), ablation, orthogonalized and the random control's
 ablation remove a K-dimensional span; subtraction, addition and clamp use the first direction.
 
-The orthogonalized variant comes last: its in-place edit is the only one that touches weights.
+The orthogonalized variant comes last: its in-place edit is the only one that touches weights
+(on a vLLM engine it is also entered, and restored, once per set beforehand to render its plan).
 First-token refusal scores, KL on harmless and cross-entropy are measured for every variant
 (on harmless prompts also for variants that do not generate there).
 
 On a bound vLLM engine every pending variant's completions decode in a single call, each
 (variant, set) a request group under its own treatment; the first-token scores then come from
-one forward of the Hugging Face model under that treatment.
+one forward of the Hugging Face model under that treatment. The completions are journaled as
+soon as that call returns.
 """
 
 from __future__ import annotations
@@ -211,6 +213,52 @@ def _tick(clock: dict[str, float] | None, tok: Any, texts: list[list[str]], t0: 
     clock["tokens"] = clock.get("tokens", 0) + n
 
 
+def _generate_pending(
+    lm: LoadedModel,
+    variants: Sequence[Variant],
+    sets: dict[str, list[str]],
+    cfg: RefusalConfig,
+    journal_of: Callable[[Variant], Journal],
+    adv: Callable[[int], None],
+    clock: dict[str, float] | None,
+) -> dict[str, dict[str, list[str]]]:
+    """Completions of every variant not yet measured, decoded by the bound engine in one call.
+
+    Each variant's completions are journaled (``texts:NAME``) as soon as the call returns, so
+    an interrupted evaluation does not decode them again. To render each treatment's plan,
+    its intervention is entered once per set on the Hugging Face model (the orthogonalized
+    variant edits and restores the weights there too, before the other variants are scored).
+    """
+    done: dict[str, dict[str, list[str]]] = {}
+    jobs: list[tuple[Variant, str]] = []
+    for v in variants:
+        jr = journal_of(v)
+        if jr.get(f"eval:{v.name}") is not None:
+            continue
+        kept = jr.get(f"texts:{v.name}")
+        if kept is not None:
+            done[v.name] = kept
+            adv(sum(len(sets[w]) for w in kept))
+            continue
+        jobs += [(v, w) for w in v.generated_on]
+    if not jobs:
+        return done
+    t0 = time.perf_counter()
+    texts = generate_jobs(
+        lm,
+        [(v.on(w), sets[w]) for v, w in jobs],
+        max_new_tokens=cfg.max_new_tokens,
+        chat=cfg.chat,
+        progress=adv,
+    )
+    _tick(clock, lm.tokenizer, texts, t0)
+    for (v, w), t in zip(jobs, texts, strict=True):
+        done.setdefault(v.name, {})[w] = t
+    for v in {v.name: v for v, _ in jobs}.values():
+        journal_of(v).put(f"texts:{v.name}", done[v.name])
+    return done
+
+
 def generation_record(lm: LoadedModel, clock: dict[str, float]) -> dict[str, Any] | None:
     """What a run's decoding cost: engine, wall seconds, generated tokens, tokens/s."""
     if not clock.get("seconds"):
@@ -265,25 +313,7 @@ def evaluate_variants(
 
     done: dict[str, dict[str, list[str]]] = {}
     if bound_engine(lm.model) is not None:
-        # an engine decodes every pending variant's completions in one batched call
-        jobs = [
-            (v.name, which)
-            for v in variants
-            if journal_of(v).get(f"eval:{v.name}") is None
-            for which in v.generated_on
-        ]
-        by_name = {v.name: v for v in variants}
-        t0 = time.perf_counter()
-        texts = generate_jobs(
-            lm,
-            [(by_name[n].on(w), sets[w]) for n, w in jobs],
-            max_new_tokens=cfg.max_new_tokens,
-            chat=cfg.chat,
-            progress=adv,
-        )
-        _tick(clock, lm.tokenizer, texts, t0)
-        for (n, w), t in zip(jobs, texts, strict=True):
-            done.setdefault(n, {})[w] = t
+        done = _generate_pending(lm, variants, sets, cfg, journal_of, adv, clock)
     records: dict[str, dict[str, Any]] = {}
     for v in variants:
         jr = journal_of(v)

@@ -240,7 +240,8 @@ def greedy_rows(
     """Greedy completions of ``prompts[i]`` under ``settings[i]``, ``batch_rows`` rows at a time.
 
     Rows are processed in the given order, so the same call always forms the same batches
-    (results do not depend on what ran before: a resumed sweep gives identical numbers).
+    (results do not depend on what ran before: a resumed sweep gives identical numbers; on a
+    vLLM engine all rows share one continuously batched call, whose batches vLLM forms).
     Prompts sharing ``min_prefix`` leading tokens or more (few-shot demonstrations) compute
     that prefix once per batch (0: never).
 

@@ -246,18 +246,15 @@ class VLLMEngine:
         if sum(1 for ids, _ in groups if ids) == 0:
             return [[] for _ in groups]
         if len(groups) > 1 and not self.grouping():
-            return [
-                self.generate_groups(
-                    [g],
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    seed=seed,
-                    stop_ids=stop_ids,
-                    progress=progress,
-                )[0]
-                for g in groups
-            ]
+            opts: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "seed": seed,
+                "stop_ids": stop_ids,
+                "progress": progress,
+            }
+            return [self.generate_groups([g], **opts)[0] for g in groups]
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .capture import forward_kwargs
-from .models.chat import encode, pad_id
+from .models.chat import encode, eos_ids, pad_id
 from .models.compat import cache_kwarg
 from .prefix import MIN_PREFIX, prefix_batch, prefix_last_logits
 from .prefix import prefix_cache as cached_prefix
@@ -56,9 +56,6 @@ def generate(
     from .engines import bound_engine
 
     device = next(model.parameters()).device
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
     engine = bound_engine(model)
     if engine is not None:
         return _on_engine(
@@ -77,6 +74,7 @@ def generate(
             first_logprobs=first_logprobs,
         )
     sample = temperature > 0
+    eos = eos_ids(model, tokenizer)
     cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=sample,
@@ -84,7 +82,7 @@ def generate(
         top_p=top_p if sample else None,
         top_k=None,
         pad_token_id=pad_id(tokenizer),
-        eos_token_id=eos,
+        eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
         output_logits=first_logprobs,
         return_dict_in_generate=first_logprobs,
     )
@@ -171,17 +169,10 @@ def generate_jobs(
     new = engine.generate_groups(
         groups,
         max_new_tokens=max_new_tokens,
-        stop_ids=_stop_ids(lm.model, lm.tokenizer),
+        stop_ids=eos_ids(lm.model, lm.tokenizer),
         progress=progress,
     )
     return [[lm.tokenizer.decode(t, skip_special_tokens=True) for t in g] for g in new]
-
-
-def _stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])] if eos else []
 
 
 @torch.no_grad()
@@ -207,7 +198,7 @@ def _on_engine(
     from .interventions.record import active_ops
 
     plan = plan_for(active_ops(model))
-    stops = _stop_ids(model, tokenizer)
+    stops = eos_ids(model, tokenizer)
     device = next(model.parameters()).device
     # every prompt in one call: vLLM batches continuously (chunking would cap its batch)
     ids = engine.token_ids(list(prompts), chat=chat, system=system, tokenizer=tokenizer)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..models.chat import format_prompt, has_chat_template, pad_id
+from ..models.chat import eos_ids, format_prompt, has_chat_template, pad_id
 from ..models.load import LoadedModel
 
 __all__ = ["Checkpoint", "lora_config", "train_lora"]
@@ -63,12 +63,7 @@ def target_modules(model: torch.nn.Module) -> list[str]:
 
 
 def _end_ids(lm: LoadedModel) -> list[int]:
-    eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = lm.tokenizer.eos_token_id
-    if eos is None:
-        return []
-    return [int(eos[0] if isinstance(eos, (list, tuple)) else eos)]
+    return eos_ids(lm.model, lm.tokenizer)[:1]
 
 
 def _rows(

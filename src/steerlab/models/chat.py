@@ -119,6 +119,16 @@ def format_prompt(
         raise DataError(f"the chat template cannot render this prompt: {e}") from None
 
 
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The ids that end a reply: the model's generation config, else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
 def pad_id(tokenizer: Any) -> int:
     for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
         v = getattr(tokenizer, attr, None)

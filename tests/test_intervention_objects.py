@@ -105,6 +105,9 @@ class Recorder:
     fail: bool = False
     name: str = "recorder"
 
+    def ops(self) -> list[dict[str, Any]]:
+        return [{"kind": "recorder", "label": self.label}]
+
     def spec(self) -> dict[str, Any]:
         return {"kind": "recorder", "label": self.label}
 
@@ -242,7 +245,7 @@ def test_steer_rows_object_equals_per_row_steer() -> None:
     with apply(lm, Steer(deltas[0], layers=1)) as treated:
         torch.testing.assert_close(one, _logits(treated), rtol=0, atol=1e-5)
     with (
-        pytest.raises(VectorError, match="steering rows"),
+        pytest.raises(VectorError, match="2 row treatments for a batch of 3"),
         apply(lm, SteerRows(deltas[:2], layer=1)) as treated,
     ):
         _logits(treated)

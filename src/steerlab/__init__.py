@@ -42,7 +42,7 @@ __all__ = [
     "PerRow",
     "ProbeConfig",
     "PromptPrefix",
-    "RowSetting",
+    "Engine",
     "Run",
     "Steer",
     "SteerRows",
@@ -53,10 +53,12 @@ __all__ = [
     "apply",
     "clamp",
     "extract",
+    "from_ops",
     "generate",
     "get_adapter",
     "load_behavior",
     "load_model",
+    "make_engine",
     "make_probe_data",
     "make_scorer",
     "orthogonalize",
@@ -99,7 +101,9 @@ _LAZY = {
     "load_behavior": "steerlab.behaviors",
     "make_scorer": "steerlab.behaviors",
     "PerRow": "steerlab.interventions",
-    "RowSetting": "steerlab.interventions",
+    "Engine": "steerlab.engines",
+    "make_engine": "steerlab.engines",
+    "from_ops": "steerlab.interventions",
     "SweepConfig": "steerlab.sweep",
     "run_sweep": "steerlab.sweep",
     "ProbeConfig": "steerlab.probe",
@@ -113,6 +117,7 @@ if TYPE_CHECKING:
     from .behaviors import Behavior, load_behavior, make_scorer
     from .compare import CompareConfig, run_compare
     from .directions import Direction, extract
+    from .engines import Engine, make_engine
     from .errors import SteerlabError
     from .generation import generate
     from .interventions import (
@@ -125,12 +130,12 @@ if TYPE_CHECKING:
         Orthogonalize,
         PerRow,
         PromptPrefix,
-        RowSetting,
         Steer,
         SteerRows,
         ablate,
         apply,
         clamp,
+        from_ops,
         orthogonalize,
         steer,
         steer_many,

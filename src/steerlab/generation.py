@@ -14,7 +14,7 @@ from .models.compat import cache_kwarg
 from .prefix import MIN_PREFIX, prefix_batch, prefix_last_logits
 from .prefix import prefix_cache as cached_prefix
 
-__all__ = ["generate", "generate_jobs", "last_token_logprobs"]
+__all__ = ["generate", "last_token_logprobs"]
 
 
 @torch.no_grad()
@@ -36,7 +36,8 @@ def generate(
 ) -> list[str] | tuple[list[str], torch.Tensor]:
     """Generate a completion for each prompt (chat template applied when present).
 
-    Interventions apply by wrapping the call: ``with steer(model, v, layers=8): generate(...)``.
+    Decodes on ``model`` itself (another engine: :mod:`steerlab.engines`). Interventions
+    apply by wrapping the call: ``with steer(model, v, layers=8): generate(...)``.
 
     Args:
         temperature: 0 means greedy decoding.
@@ -53,26 +54,7 @@ def generate(
     """
     from transformers import GenerationConfig
 
-    from .engines import bound_engine
-
     device = next(model.parameters()).device
-    engine = bound_engine(model)
-    if engine is not None:
-        return _on_engine(
-            engine,
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            chunk=batch_size,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            chat=chat,
-            system=system,
-            progress=progress,
-            first_logprobs=first_logprobs,
-        )
     sample = temperature > 0
     eos = eos_ids(model, tokenizer)
     cfg = GenerationConfig(
@@ -112,113 +94,6 @@ def generate(
         outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
         if progress:
             progress(len(chunk))
-    if first_logprobs:
-        return outs, torch.cat(firsts)
-    return outs
-
-
-def generate_jobs(
-    lm: Any,
-    jobs: Sequence[tuple[Any, Sequence[str]]],
-    *,
-    max_new_tokens: int = 48,
-    batch_size: int = 8,
-    chat: bool | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[list[str]]:
-    """Greedy completions for several ``(intervention, prompts)`` jobs on one loaded model.
-
-    On the Hugging Face engine the jobs run one after the other, each inside its
-    intervention. On a bound vLLM engine they decode in a single call, each job a request
-    group under its own treatment (the throughput of one large batch); each intervention is
-    entered on the Hugging Face model only to read what it records and to render its prompts.
-    """
-    from .engines import bound_engine
-    from .engines.vllm import plan_for
-    from .interventions.record import active_ops
-
-    engine = bound_engine(lm.model)
-    if engine is None:
-        out: list[list[str]] = []
-        for iv, prompts in jobs:
-            if not prompts:  # an empty job keeps its place
-                out.append([])
-                continue
-            with iv.applied(lm) as m:
-                out.append(
-                    generate(
-                        m.model,
-                        m.tokenizer,
-                        prompts,
-                        max_new_tokens=max_new_tokens,
-                        batch_size=batch_size,
-                        chat=chat,
-                        progress=progress,
-                    )
-                )
-        return out
-    groups = []
-    for iv, prompts in jobs:
-        if not prompts:  # an empty job keeps its place
-            groups.append(([], []))
-            continue
-        with iv.applied(lm) as m:
-            plan = plan_for(active_ops(m.model))
-            ids = engine.token_ids(list(prompts), chat=chat, system=None, tokenizer=m.tokenizer)
-        groups.append((ids, plan))
-    new = engine.generate_groups(
-        groups,
-        max_new_tokens=max_new_tokens,
-        stop_ids=eos_ids(lm.model, lm.tokenizer),
-        progress=progress,
-    )
-    return [[lm.tokenizer.decode(t, skip_special_tokens=True) for t in g] for g in new]
-
-
-@torch.no_grad()
-def _on_engine(
-    engine: Any,
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    chunk: int,
-    temperature: float,
-    top_p: float,
-    seed: int | None,
-    chat: bool | None,
-    system: str | None,
-    progress: Callable[[int], None] | None,
-    first_logprobs: bool,
-) -> list[str] | tuple[list[str], torch.Tensor]:
-    """:func:`generate` on a bound engine (vLLM), repeating the treatments applied to
-    ``model``; the first-token log-probabilities come from ``model`` itself (one forward)."""
-    from .engines.vllm import plan_for
-    from .interventions.record import active_ops
-
-    plan = plan_for(active_ops(model))
-    stops = eos_ids(model, tokenizer)
-    device = next(model.parameters()).device
-    # every prompt in one call: vLLM batches continuously (chunking would cap its batch)
-    ids = engine.token_ids(list(prompts), chat=chat, system=system, tokenizer=tokenizer)
-    new = engine.generate_ids(
-        ids,
-        plan,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        stop_ids=stops,
-        progress=progress,
-    )
-    outs = [tokenizer.decode(t, skip_special_tokens=True) for t in new]
-    firsts: list[torch.Tensor] = []
-    if first_logprobs:
-        for i in range(0, len(prompts), chunk):
-            batch = encode(tokenizer, list(prompts[i : i + chunk]), chat=chat, system=system)
-            logits = model(**forward_kwargs(batch.to(device))).logits[:, -1]
-            firsts.append(torch.log_softmax(logits.float(), -1).cpu())
     if first_logprobs:
         return outs, torch.cat(firsts)
     return outs

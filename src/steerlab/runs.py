@@ -264,10 +264,10 @@ class RunCache:
 # ------------------------------------------------------------------------------ run
 
 
-def model_identity(lm: Any) -> dict[str, Any]:
+def model_identity(lm: Any, engine: Any = None) -> dict[str, Any]:
     """What results computed with ``lm`` depend on: its identity, a fingerprint of its weights,
-    its dtype and device type, and the versions of the libraries that change numbers."""
-    from .engines import bound_engine
+    its dtype and device type, the versions of the libraries that change numbers, and the
+    engine that decodes when it is not the Hugging Face model itself."""
     from .models.fingerprint import numeric_versions, weights_fingerprint
 
     ident = {
@@ -278,9 +278,8 @@ def model_identity(lm: Any) -> dict[str, Any]:
         "device": lm.device.type,
         "versions": numeric_versions(),
     }
-    eng = bound_engine(lm.model)
-    if eng is not None:  # another engine decodes: its results are its own cache entries
-        ident["engine"] = {"name": eng.name, **eng.identity()}
+    if engine is not None and engine.name != "hf":  # its results are its own cache entries
+        ident["engine"] = engine.identity()
     return ident
 
 
@@ -296,6 +295,7 @@ class Run:
         kind: what runs here (``"refusal"``, ``"discover"``...), recorded in the marker.
         lm: the loaded model; its weights fingerprint keys every cache entry.
         identity: :func:`model_identity` of the model, when the caller already has it.
+        engine: what decodes (:mod:`steerlab.engines`; default: the Hugging Face model).
         progress: ``progress(description, total)`` -> context yielding ``advance(n)``, e.g.
             :func:`steerlab.ui.progress_bar`; ``status``: called with one-line messages.
 
@@ -313,10 +313,14 @@ class Run:
         kind: str,
         lm: Any = None,
         identity: dict[str, Any] | None = None,
+        engine: Any = None,
         progress: Bar | None = None,
         status: Callable[[str], None] | None = None,
     ) -> None:
+        from .engines.hf import HFEngine
+
         self.out = Path(out_dir)
+        self.engine = engine if engine is not None else HFEngine()
         if self.out.exists() and not self.out.is_dir():
             raise SteerlabError(f"--out {self.out} exists and is not a directory")
         self.kind = kind
@@ -326,7 +330,7 @@ class Run:
         if identity is not None:  # already computed by the caller (reading the weights again)
             self.identity |= identity
         elif lm is not None:
-            self.identity |= model_identity(lm)
+            self.identity |= model_identity(lm, self.engine)
         self.timings: dict[str, float] = {}  # wall seconds of each step in this session
         self.reused: dict[str, float] = {}  # compute seconds earlier sessions spent on reuse
         self._current: str | None = None

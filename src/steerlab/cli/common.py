@@ -106,18 +106,23 @@ class ModelOptions:
             if msg.startswith("unknown dtype"):
                 msg = "unknown --dtype" + msg[len("unknown dtype") :]
             raise SteerlabError(msg) from None
-        if self.engine == "vllm":
-            from ..engines import use_engine
-
-            status("starting vLLM")
-            use_engine(
-                lm,
-                "vllm",
-                tensor_parallel_size=self.tensor_parallel_size,
-                pipeline_parallel_size=self.pipeline_parallel_size,
-                max_model_len=self.max_model_len,
-            )
         return lm
+
+    def make_engine(self, lm: Any) -> Any:
+        """The engine ``--engine`` names, for ``lm`` (passed to what decodes)."""
+        from ..engines import make_engine
+        from ..ui import status
+
+        if self.engine == "hf":
+            return make_engine(lm, "hf")
+        status("starting vLLM")
+        return make_engine(
+            lm,
+            "vllm",
+            tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            max_model_len=self.max_model_len,
+        )
 
 
 _SHARED = [f.name for f in fields(ModelOptions)]

@@ -91,7 +91,11 @@ def compare(
     )
     beh = checked_behavior(behavior)
     lm = opts.load(model)
-    report = run_compare(lm, beh, cfg, out, progress=progress_bar, status=status)
+    engine = opts.make_engine(lm)
+    try:
+        report = run_compare(lm, beh, cfg, out, progress=progress_bar, status=status, engine=engine)
+    finally:
+        engine.close()
     _print_summary(report, out)
 
 

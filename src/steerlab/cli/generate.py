@@ -70,8 +70,8 @@ def generate(
     from ..capture import resolve_layers
     from ..directions.artifact import Direction
     from ..errors import SteerlabError
-    from ..generation import generate as run_generate
-    from ..interventions import Ablate, Clamp, Intervention, Steer, apply, check_coeff
+    from ..interventions import check_coeff
+    from ..interventions.spec import treatment_from_spec
     from ..io.prompts import read_prompts
     from ..ui import progress_bar, set_quiet
 
@@ -99,32 +99,27 @@ def generate(
     per_layers = [resolve_layers(x, lm.info.n_layers) for x in layer_specs]
     layers = per_layers[0] if per_layers else None
     row = direction_layer if direction_layer is not None else (layers[0] if layers else None)
+    loaded: dict[str, Direction] = {}
 
-    def load(p: Path) -> Direction:
-        return Direction.load(p, model_info=lm.info, strict=not force)
+    def load(p: str) -> Direction:
+        if p not in loaded:
+            loaded[p] = Direction.load(Path(p), model_info=lm.info, strict=not force)
+        return loaded[p]
 
-    def row_of(d: Direction) -> int | None:
-        r = row if row is not None or len(d.layers) != 1 else d.layers[0]
-        d.vector(r)  # fail early if the row is missing
-        return r
-
-    treatments: list[Intervention] = []
+    spec: dict[str, list[dict[str, Any]]] = {"steer": [], "ablate": [], "clamp": []}
     for i, path in enumerate(vectors):  # several: composed in order (their sum)
         lays = per_layers[i] if len(per_layers) > 1 else layers
         c = coeffs[i] if len(coeffs) > 1 else (coeffs[0] if coeffs else 1.0)
-        treatments.append(
-            Steer(load(path), layers=lays, coeff=c, positions=steer_positions)  # type: ignore[arg-type]
-        )
-    if len(ablate or []) == 1:
-        da = load(ablate[0])  # type: ignore[index]
-        treatments.append(Ablate(da, layer=row_of(da)))
-    elif ablate:
-        ds = [load(p) for p in ablate]
-        rows = [row_of(d) for d in ds]
-        treatments.append(Ablate(ds, layer=rows))  # type: ignore[arg-type]
+        item: dict[str, Any] = {"direction": str(path), "coeff": c, "positions": steer_positions}
+        if lays is not None:
+            item["layers"] = lays
+        spec["steer"].append(item)
+    spec["ablate"] = [{"direction": str(p), "layer": row} for p in ablate or []]
     if clamp is not None:
-        dc = load(clamp)
-        treatments.append(Clamp(dc, float(value), layer=row_of(dc)))  # type: ignore[arg-type]
+        spec["clamp"] = [{"direction": str(clamp), "layer": row, "value": float(value)}]  # type: ignore[arg-type]
+    treatment = treatment_from_spec(
+        spec, load, n_layers=lm.info.n_layers, width=lm.info.d_model, where="treatment"
+    )
     gen_kw: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -133,13 +128,18 @@ def generate(
         chat=False if no_chat else None,
     )
     baseline: list[str] | None = None
-    if compare or not treatments:
-        with progress_bar("generating (unsteered)", len(texts)) as advance:
-            baseline = run_generate(lm.model, lm.tokenizer, texts, progress=advance, **gen_kw)
     steered: list[str] | None = None
-    if treatments:
-        with apply(lm, treatments) as m, progress_bar("generating (intervened)", len(texts)) as adv:
-            steered = run_generate(m.model, m.tokenizer, texts, progress=adv, **gen_kw)
+    treated = bool(vectors or ablate or clamp is not None)
+    engine = opts.make_engine(lm)
+    try:
+        if compare or not treated:
+            with progress_bar("generating (unsteered)", len(texts)) as advance:
+                baseline = engine.generate(lm, texts, None, progress=advance, **gen_kw)
+        if treated:
+            with progress_bar("generating (intervened)", len(texts)) as adv:
+                steered = engine.generate(lm, texts, treatment, progress=adv, **gen_kw)
+    finally:
+        engine.close()
     _print_generations(texts, baseline, steered, json_out)
 
 

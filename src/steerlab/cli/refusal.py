@@ -142,9 +142,20 @@ def refusal(
     lm = opts.load(model)
     if template is not None:
         lm.tokenizer.chat_template = template.read_text()
-    report = run_refusal(
-        lm, cfg, out, export_dir=export, overwrite=overwrite, progress=progress_bar, status=status
-    )
+    engine = opts.make_engine(lm)
+    try:
+        report = run_refusal(
+            lm,
+            cfg,
+            out,
+            export_dir=export,
+            overwrite=overwrite,
+            progress=progress_bar,
+            status=status,
+            engine=engine,
+        )
+    finally:
+        engine.close()
     _print_summary(report, out)
 
 

@@ -86,7 +86,13 @@ def sweep(
     beh = checked_behavior(behavior)
     lm = opts.load(model)
     vec = Direction.load(vector, model_info=lm.info, strict=not force) if vector else None
-    report = run_sweep(lm, beh, cfg, out, vector=vec, progress=progress_bar, status=status)
+    engine = opts.make_engine(lm)
+    try:
+        report = run_sweep(
+            lm, beh, cfg, out, vector=vec, progress=progress_bar, status=status, engine=engine
+        )
+    finally:
+        engine.close()
     _print_summary(report, out)
 
 

@@ -1,82 +1,91 @@
-"""What the vLLM engine installs in its workers: the applied treatments as a worker plan
-(:func:`plan_for`, refusing what the hooks cannot repeat exactly) and several groups' plans
-merged into one (:func:`merge_plans`). Plain dicts of CPU tensors: they travel to every worker.
+"""What the vLLM engine installs in its workers: the ops of a treatment (:mod:`steerlab.
+interventions.ops`) checked for what the worker hooks can repeat exactly (:func:`plan_for`),
+and several groups' plans merged into one (:func:`merge_plans`). Plain dicts of CPU tensors:
+they travel to every worker.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from ..errors import SteerlabError
-from ..interventions.per_row import RowSetting
+from ..interventions.ops import Op, op_key
+from ..models.chat import PromptFormat, prompted
 
-__all__ = ["EngineError", "merge_plans", "plan_for"]
+__all__ = ["EngineError", "merge_plans", "plan_for", "prompt_tokenizer"]
 
 
 class EngineError(SteerlabError):
     """The vLLM engine cannot run this model or repeat this treatment exactly."""
 
 
-def plan_for(ops: Sequence[dict[str, Any]], setting: RowSetting | None = None) -> list[dict]:
-    """The worker plan for the ops applied now plus one per-row ``setting``; refuses what the
-    worker hooks cannot repeat exactly."""
-    plan: list[dict[str, Any]] = []
+_WHY = {
+    "lora": "a LoRA adapter applied at run time (merge and save it, then load that)",
+    "rows": "per-row treatments inside one treatment (give one treatment per row instead)",
+}
+
+
+def plan_for(ops: Sequence[Op], *, sandwich: bool = False) -> list[Op]:
+    """The worker plan for ``ops``: hook ops as they are, weight edits as the hooks they equal;
+    refuses what the worker hooks cannot repeat exactly. Prompt ops are not the workers'
+    (the engine renders prompts with them: :func:`prompt_tokenizer`)."""
+    plan: list[Op] = []
     for op in ops:
         kind = op["kind"]
         if kind == "add":
             if op["positions"] != "all":
                 raise EngineError(
-                    "steering restricted to generated tokens cannot be repeated in vLLM (its "
-                    "batches mix prompt and decode tokens); use positions='all' or --engine hf"
+                    f"steering restricted to {op['positions']!r} tokens cannot be repeated in "
+                    "vLLM (its batches mix prompt and decode tokens); use positions='all' or "
+                    "--engine hf"
                 )
-            plan.append({k: op[k] for k in ("kind", "deltas", "site")})
-        elif kind in ("ablate", "orthogonalize"):
+            plan.append(op)
+        elif kind in ("ablate", "clamp"):
+            plan.append(op)
+        elif kind == "orthogonalize":
+            if sandwich:
+                # post-normed sublayers: orthogonalized weights remove the direction but do
+                # not compute what ablation hooks compute (see interventions/weights.py)
+                raise EngineError(
+                    "orthogonalized weights of a sandwich-norm model cannot be repeated by "
+                    "hooks in vLLM; export the edited model and load that, or use --engine hf"
+                )
             # orthogonalized weights compute exactly what ablation hooks compute (the edit's
-            # equivalence); vLLM's tied embeddings cannot be edited apart from its head.
-            # A span has orthonormal rows: removing them one after the other removes the span.
-            units = list(op["basis"]) if "basis" in op else [op["unit"]]
-            plan.extend({"kind": "ablate", "unit": u} for u in units)
-        elif kind == "clamp":
-            plan.append({k: op[k] for k in ("kind", "unit", "value", "layers")})
-        else:
-            why = {
-                "lora": "a LoRA adapter applied at run time (merge and save it, then load that)",
-                "per_row": "per-row steering applied around the call",
-                "steer_rows": "per-row steering applied around the call",
-            }.get(kind, f"the treatment {kind!r}")
-            raise EngineError(f"vLLM cannot repeat {why}; use --engine hf")
-    if setting is not None and (setting.add or setting.ablate):
-        if setting.positions != "all":
-            raise EngineError(
-                f"a setting on {setting.positions!r} positions cannot be repeated in vLLM; "
-                "use positions='all' or --engine hf"
+            # equivalence); vLLM's tied embeddings cannot be edited apart from its head
+            whole = {"kind": "ablate", "vectors": op["vectors"], "layers": "all", "writes": True}
+            plan.append(whole)
+        elif kind == "bake_steer":  # a bias that adds the vector at every position
+            plan.append(
+                {
+                    "kind": "add",
+                    "vector": op["vector"],
+                    "layers": [op["layer"]],
+                    "coeff": op["coeff"],
+                    "site": op["site"],
+                    "positions": "all",
+                }
             )
-        if setting.ablate:
-            units = {k: v.detach().float().cpu() for k, v in setting.ablate.items()}
-            plan.append({"kind": "project", "units": units})
-        if setting.add:
-            deltas = {k: v.detach().float().cpu() for k, v in setting.add.items()}
-            plan.append({"kind": "add", "deltas": deltas, "site": "resid_pre"})
+        elif kind == "prompt":
+            continue
+        else:
+            why = _WHY.get(kind, f"the treatment {kind!r}")
+            raise EngineError(f"vLLM cannot repeat {why}; use --engine hf")
     return plan
 
 
-def _key(x: Any) -> Any:
-    """A hashable content key of an op (tensors by their bytes)."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach().float().cpu().contiguous()
-        return ("T", tuple(t.shape), hashlib.sha1(t.numpy().tobytes()).hexdigest())
-    if isinstance(x, dict):
-        return tuple(sorted((str(k), _key(v)) for k, v in x.items()))
-    if isinstance(x, (list, tuple)):
-        return tuple(_key(v) for v in x)
-    return x
+def prompt_tokenizer(tokenizer: Any, ops: Sequence[Op]) -> Any:
+    """``tokenizer`` rendering prompts as the treatment's prompt ops do, in order (what
+    entering each ``PromptPrefix`` yields on the Hugging Face side)."""
+    for op in ops:
+        if op["kind"] == "prompt":
+            shots = tuple((str(u), str(a)) for u, a in op["shots"])
+            fmt = PromptFormat(op["system"], shots, op["prefix"], op["suffix"])
+            tokenizer = prompted(tokenizer, fmt)
+    return tokenizer
 
 
-def merge_plans(plans: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def merge_plans(plans: Sequence[list[Op]]) -> list[dict[str, Any]]:
     """One worker plan for several groups: each op once, tagged with the groups it serves.
 
     An op is shared only between groups that hold it at the same place in their plans, so
@@ -85,7 +94,7 @@ def merge_plans(plans: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     merged: dict[Any, dict[str, Any]] = {}
     for g, plan in enumerate(plans):
         for j, op in enumerate(plan):
-            k = (j, _key(op))
+            k = (j, op_key(op))
             if k in merged:
                 merged[k]["groups"].append(g)
             else:

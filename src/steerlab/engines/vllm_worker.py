@@ -1,15 +1,21 @@
 """Hooks installed inside vLLM's workers (imported there by name: keep it module-level).
 
-vLLM's decoder layers (llama, qwen2 and their relatives) are called as
-``layer(positions, hidden_states, residual)`` and return ``(hidden_states, residual)``: the
-residual stream Hugging Face's block sees is their sum (``residual`` is None before the first
-layer, where ``hidden_states`` is the embedding). Tokens of every request are flattened into
-one (tokens, D) batch. So:
+They execute a treatment's ops (:mod:`steerlab.interventions.ops`) with the same arithmetic as
+the Hugging Face hooks (:mod:`steerlab.interventions.arithmetic`), and find the modules through
+the same :class:`~steerlab.models.adapter.ModelAdapter` row as the Hugging Face model (vLLM
+keeps the checkpoint's module names, so the block list and each block's sublayer writes sit at
+the same paths); no module name is written here.
+
+vLLM's decoder layers are called as ``layer(positions, hidden_states, residual)`` and return
+``(hidden_states, residual)``: the residual stream Hugging Face's block sees is their sum
+(``residual`` is None before the first layer, where ``hidden_states`` is the embedding).
+Tokens of every request are flattened into one (tokens, D) batch. So:
 
 * adding ``d`` to the stream at a block's input adds it to ``hidden_states`` (the next fused
   add-and-norm sums both parts); at its output, to the returned ``hidden_states``;
 * removing a direction removes it from both parts (the projection is linear), and from what
-  the attention and MLP sublayers write (``o_proj`` and ``down_proj`` outputs);
+  the attention and MLP sublayers write (the adapter's ``attn_write`` / ``mlp_write``: output
+  projections, or post-norms on sandwich-norm models);
 * clamping reads the projection of the sum and corrects ``hidden_states``.
 
 Layers that live on another pipeline stage are skipped: each stage hooks its own.
@@ -28,21 +34,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..hooks import placed
+from ..interventions.arithmetic import clamp_delta, project_out, shift, span_coef
+from ..interventions.execute import op_basis, op_deltas, op_layers, op_unit
+
 HANDLES = "_steerlab_handles"
 
 
-def _inner(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "model", None)
-    if inner is None or not hasattr(inner, "layers"):
-        raise RuntimeError(f"{type(model).__name__} has no .model.layers: not a supported layout")
-    return inner
-
-
-def _own_layers(model: nn.Module) -> dict[int, nn.Module]:
-    inner = _inner(model)
+def _own_layers(model: nn.Module, blocks_path: str) -> tuple[dict[int, nn.Module], int]:
+    """This stage's blocks by index, and the model's block count."""
+    blocks = model.get_submodule(blocks_path)
+    parent = blocks_path.rpartition(".")[0]
+    inner = model.get_submodule(parent) if parent else model
     start = int(getattr(inner, "start_layer", 0))
-    end = int(getattr(inner, "end_layer", len(inner.layers)))
-    return {i: inner.layers[i] for i in range(start, end)}
+    end = int(getattr(inner, "end_layer", len(blocks)))
+    return {i: blocks[i] for i in range(start, end)}, len(blocks)
 
 
 class Rows:
@@ -101,15 +107,6 @@ def _m(sel: Sel, x: torch.Tensor) -> torch.Tensor | None:
     return None if sel is None else sel[0].mask(sel[1], x)
 
 
-def _remove_dir(x: torch.Tensor | None, u: torch.Tensor, sel: Sel = None) -> torch.Tensor | None:
-    if x is None:
-        return None
-    uu = u.to(x.dtype)
-    coef = (x @ uu).unsqueeze(-1)
-    m = _m(sel, x)
-    return x - (coef if m is None else coef * m) * uu
-
-
 def _split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
     names = ("positions", "hidden_states", "residual")
     vals = list(args) + [kwargs.get(n) for n in names[len(args) :]]
@@ -130,25 +127,29 @@ def _join(args: tuple[Any, ...], kwargs: dict[str, Any], hs: Any, res: Any) -> A
     return tuple(a), k
 
 
-def _plus(hs: torch.Tensor, d: torch.Tensor, sel: Sel) -> torch.Tensor:
-    m = _m(sel, hs)
-    dd = d.to(hs.dtype)
-    return hs + (dd if m is None else m * dd)
-
-
 def _pre_add(d: torch.Tensor, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dict) -> Any:
     _, hs, res = _split(args, kwargs)
-    return _join(args, kwargs, _plus(hs, d, sel), res)
+    return _join(args, kwargs, shift(hs, d, _m(sel, hs)), res)
 
 
 def _post_add(d: torch.Tensor, sel: Sel, _m_: nn.Module, _a: tuple, _k: dict, out: Any) -> Any:
     hs, res = out
-    return _plus(hs, d, sel), res
+    return shift(hs, d, _m(sel, hs)), res
 
 
-def _pre_remove(u: torch.Tensor, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dict) -> Any:
+def _remove(x: torch.Tensor | None, q: Any, sel: Sel) -> torch.Tensor | None:
+    return None if x is None else project_out(x, q[0], _m(sel, x), q[1])
+
+
+def _pre_remove(q: Any, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dict) -> Any:
     _, hs, res = _split(args, kwargs)
-    return _join(args, kwargs, _remove_dir(hs, u, sel), _remove_dir(res, u, sel))
+    return _join(args, kwargs, _remove(hs, q, sel), _remove(res, q, sel))
+
+
+def _out_remove(q: Any, sel: Sel, _m_: nn.Module, _args: tuple, out: Any) -> Any:
+    if isinstance(out, tuple):  # vLLM's parallel linear layers return (output, bias)
+        return (_remove(out[0], q, sel), *out[1:])
+    return _remove(out, q, sel)
 
 
 def _pre_clamp(
@@ -156,27 +157,31 @@ def _pre_clamp(
 ) -> Any:
     _, hs, res = _split(args, kwargs)
     x = hs if res is None else hs + res
-    uu = u.to(hs.dtype)
-    delta = (value - x @ uu).unsqueeze(-1)
-    m = _m(sel, hs)
-    return _join(args, kwargs, hs + (delta if m is None else delta * m) * uu, res)
+    return _join(args, kwargs, shift(hs, clamp_delta(x, u, value), _m(sel, hs)), res)
 
 
-def _out_remove(u: torch.Tensor, sel: Sel, _m_: nn.Module, _args: tuple, out: Any) -> Any:
-    if isinstance(out, tuple):  # vLLM's parallel linear layers return (output, bias)
-        return (_remove_dir(out[0], u, sel), *out[1:])
-    return _remove_dir(out, u, sel)
+def _placed_basis(op: dict[str, Any], width: int, mod: nn.Module) -> tuple[Any, Any]:
+    q = placed(op_basis(op, width), mod)
+    return q, (None if q.ndim == 1 else span_coef(q))
 
 
-def install(model: nn.Module, plan: list[dict[str, Any]], runner: Any = None) -> int:
+def install(
+    model: nn.Module,
+    plan: list[dict[str, Any]],
+    runner: Any = None,
+    *,
+    adapter: dict[str, Any],
+    width: int,
+) -> int:
     """Install the hooks of ``plan`` (see :mod:`steerlab.engines.vllm`); returns how many.
 
+    ``adapter``: the Hugging Face model's :class:`~steerlab.models.adapter.ModelAdapter` as a
+    dict (the same module paths hold in vLLM's model); ``width``: the residual's width.
     An op with ``"groups"`` applies to the tokens of those request groups only (``runner``,
     the worker's model runner, says which tokens those are); without, to every token.
     """
     remove(model)
-    p = next(model.parameters())
-    layers = _own_layers(model)
+    layers, n = _own_layers(model, adapter["blocks"])
     handles: list[Any] = []
     rows: Rows | None = None
     if any(op.get("groups") is not None for op in plan):
@@ -186,47 +191,16 @@ def install(model: nn.Module, plan: list[dict[str, Any]], runner: Any = None) ->
         # a new step starts at this stage's first layer: the decoder module itself is called
         # past nn.Module's hooks (vLLM's compile decorator replaces its __call__), so a hook
         # there never fires and a stale layout would steer the wrong tokens
-        first = layers[min(layers)]
-        handles.append(first.register_forward_pre_hook(rows.stale))
-
-    def vec(t: Any) -> torch.Tensor:
-        return torch.as_tensor(t, dtype=torch.float32).to(p.device)
+        handles.append(layers[min(layers)].register_forward_pre_hook(rows.stale))
 
     def pre(block: nn.Module, fn: Any) -> None:
         handles.append(block.register_forward_pre_hook(fn, with_kwargs=True))
 
     try:
         for op in plan:
-            kind = op["kind"]
             g = op.get("groups")
             sel: Sel = None if g is None else (rows, tuple(int(x) for x in g))
-            if kind == "add":
-                for lay, d in op["deltas"].items():
-                    if int(lay) not in layers:
-                        continue
-                    block = layers[int(lay)]
-                    if op["site"] == "resid_pre":
-                        pre(block, partial(_pre_add, vec(d), sel))
-                    else:
-                        fn = partial(_post_add, vec(d), sel)
-                        handles.append(block.register_forward_hook(fn, with_kwargs=True))
-            elif kind == "project":  # a block input only (per-row ablation settings)
-                for lay, u in op["units"].items():
-                    if int(lay) in layers:
-                        pre(layers[int(lay)], partial(_pre_remove, vec(u), sel))
-            elif kind == "ablate":
-                u = vec(op["unit"])
-                for block in layers.values():
-                    pre(block, partial(_pre_remove, u, sel))
-                    for sub in (block.self_attn.o_proj, block.mlp.down_proj):
-                        handles.append(sub.register_forward_hook(partial(_out_remove, u, sel)))
-            elif kind == "clamp":
-                u = vec(op["unit"])
-                for lay in op["layers"]:
-                    if int(lay) in layers:
-                        pre(layers[int(lay)], partial(_pre_clamp, u, float(op["value"]), sel))
-            else:
-                raise ValueError(f"no vLLM hook for {kind!r}")
+            _install_op(op, sel, layers, n, width, adapter, pre, handles)
     except BaseException:
         for h in handles:
             h.remove()
@@ -235,10 +209,55 @@ def install(model: nn.Module, plan: list[dict[str, Any]], runner: Any = None) ->
     return len(handles)
 
 
-def install_on_worker(worker: Any, plan: list[dict[str, Any]]) -> int:
+def _install_op(
+    op: dict[str, Any],
+    sel: Sel,
+    layers: dict[int, nn.Module],
+    n: int,
+    width: int,
+    adapter: dict[str, Any],
+    pre: Any,
+    handles: list[Any],
+) -> None:
+    kind = op["kind"]
+    if kind == "add":
+        for lay, d in op_deltas(op, n, width).items():
+            if lay not in layers:
+                continue
+            block = layers[lay]
+            if op["site"] == "resid_pre":
+                pre(block, partial(_pre_add, placed(d, block), sel))
+            else:
+                fn = partial(_post_add, placed(d, block), sel)
+                handles.append(block.register_forward_hook(fn, with_kwargs=True))
+    elif kind == "ablate":
+        lays = range(n) if op["layers"] == "all" else op_layers(op, n)
+        for lay in lays:
+            if lay not in layers:
+                continue
+            block = layers[lay]
+            pre(block, partial(_pre_remove, _placed_basis(op, width, block), sel))
+            if op["writes"]:
+                for path in (adapter["attn_write"], adapter["mlp_write"]):
+                    sub = block.get_submodule(path)
+                    fn = partial(_out_remove, _placed_basis(op, width, sub), sel)
+                    handles.append(sub.register_forward_hook(fn))
+    elif kind == "clamp":
+        unit = op_unit(op, width)
+        for lay in op_layers(op, n):
+            if lay in layers:
+                u = placed(unit, layers[lay])
+                pre(layers[lay], partial(_pre_clamp, u, float(op["value"]), sel))
+    else:
+        raise ValueError(f"no vLLM hook for {kind!r}")
+
+
+def install_on_worker(
+    worker: Any, plan: list[dict[str, Any]], adapter: dict[str, Any], width: int
+) -> int:
     """:func:`install` through ``collective_rpc``: the worker gives its model and runner."""
     runner = worker.model_runner
-    return install(runner.get_model(), plan, runner)
+    return install(runner.get_model(), plan, runner, adapter=adapter, width=width)
 
 
 def grouping_supported(worker: Any) -> bool:

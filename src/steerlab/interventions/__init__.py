@@ -10,13 +10,16 @@
 * several directions: :func:`ablate`, :class:`Ablate`, :func:`orthogonalize` and
   :class:`Orthogonalize` accept a (K, D) tensor or a list and remove the span
   (:func:`as_basis`); :func:`steer_many` adds several (vector, layers, coeff) terms;
-* :class:`PerRow`: a different treatment per batch row (:class:`RowSetting`), so a grid of
-  settings shares batched forwards.
+* :class:`PerRow`: a different treatment per batch row (a list of interventions), so a grid
+  of settings shares batched forwards;
+* every intervention describes itself as plain data (``ops()``, :mod:`.ops`), which every
+  executor reads and :func:`from_ops` turns back into an intervention.
 """
 
 from .base import Compose, Intervention, NoOp, apply, vector_spec
 from .lora import LoRA
-from .per_row import PerRow, RowSetting
+from .ops import from_ops
+from .per_row import PerRow
 from .prompting import PromptPrefix
 from .runtime import ablate, as_basis, check_coeff, clamp, steer, steer_rows
 from .treatments import Ablate, Clamp, Orthogonalize, Steer, SteerRows, steer_many
@@ -32,7 +35,6 @@ __all__ = [
     "Orthogonalize",
     "PerRow",
     "PromptPrefix",
-    "RowSetting",
     "Steer",
     "SteerRows",
     "ablate",
@@ -40,6 +42,7 @@ __all__ = [
     "as_basis",
     "check_coeff",
     "clamp",
+    "from_ops",
     "orthogonalize",
     "steer",
     "steer_many",

@@ -33,8 +33,15 @@ class Intervention(Protocol):
 
     name: str
 
+    def ops(self) -> list[dict[str, Any]]:
+        """What it does, as plain data (:mod:`steerlab.interventions.ops`): pure, no model
+        needed; every executor (HF hooks, the per-row engine, vLLM's workers) reads only this,
+        and :func:`~steerlab.interventions.from_ops` rebuilds one that applies identically."""
+        ...
+
     def spec(self) -> dict[str, Any]:
-        """A JSON-able description: what is applied, where and how strongly."""
+        """A short JSON-able description for reports: what is applied, where, how strongly
+        (vectors by norm and hash)."""
         ...
 
     def applied(self, lm: LoadedModel) -> AbstractContextManager[LoadedModel]:
@@ -71,6 +78,9 @@ class NoOp:
 
     name: str = "none"
 
+    def ops(self) -> list[dict[str, Any]]:
+        return []
+
     def spec(self) -> dict[str, Any]:
         return {"kind": "none"}
 
@@ -86,6 +96,9 @@ class Compose:
 
     items: tuple[Intervention, ...]
     name: str = "compose"
+
+    def ops(self) -> list[dict[str, Any]]:
+        return [op for i in self.items for op in i.ops()]
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "compose", "items": [i.spec() for i in self.items]}

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from ..capture import Site
+from ..directions.artifact import Direction
 from ..errors import LayerError, SteerlabError
 from ..models.adapter import ModelAdapter, blocks_of
 from ..models.load import LoadedModel
 from .base import vector_spec
-from .record import recorded
-from .runtime import VectorLike, as_vector, check_coeff
+from .vectors import VectorLike, as_vector, check_coeff
 
 __all__ = ["BakeSteer", "bias_block"]
 
@@ -111,6 +111,18 @@ class BakeSteer:
     def _site(self) -> str:
         return str(self.site or getattr(self.vector, "site", "resid_pre"))
 
+    def ops(self) -> list[dict[str, Any]]:
+        v = self.vector.vector(self.layer) if isinstance(self.vector, Direction) else self.vector
+        return [
+            {
+                "kind": "bake_steer",
+                "vector": v.detach().float().cpu(),
+                "layer": self.layer,
+                "coeff": float(self.coeff),
+                "site": self._site(),
+            }
+        ]
+
     def spec(self) -> dict[str, Any]:
         return {
             "kind": "bake_steer",
@@ -167,14 +179,7 @@ class BakeSteer:
                 "vector_sha256": hashlib.sha256(delta.float().numpy().tobytes()).hexdigest()[:16],
                 "equivalence": EXACT,
             }
-            op = {
-                "kind": "add",
-                "deltas": {self.layer: delta.float()},
-                "site": site,
-                "positions": "all",
-            }
-            with recorded(model, op):
-                yield lm
+            yield lm
         finally:
             with torch.no_grad():
                 for mod, pname in created:

@@ -16,7 +16,6 @@ from typing import Any
 
 from ..errors import ModelNotAvailableError, SteerlabError, first_line
 from ..models.load import LoadedModel, peft_for
-from .record import recorded
 
 __all__ = ["LoRA"]
 
@@ -58,6 +57,12 @@ class LoRA:
         if (self.path is None) == (self.config is None):
             raise SteerlabError("LoRA needs exactly one of path= (a saved adapter) or config=")
 
+    def ops(self) -> list[dict[str, Any]]:
+        """The adapter's source (a saved path, or a config for a fresh one): a trained adapter
+        lives in the model while applied; save it to rebuild it elsewhere."""
+        src = {"path": str(self.path)} if self.path is not None else {"config": self.config}
+        return [{"kind": "lora", "trainable": self.trainable, **src}]
+
     def spec(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": "lora", "trainable": self.trainable}
         if self.path is not None:
@@ -95,8 +100,7 @@ class LoRA:
                     p.requires_grad_(False)
             # peft edits the module tree in place: lm.model itself now runs the adapter, so
             # hooks and adapters found on lm.model keep working beside it.
-            with recorded(model, {"kind": "lora"}):
-                yield replace(lm, extra={**lm.extra, "peft_model": peft_model})
+            yield replace(lm, extra={**lm.extra, "peft_model": peft_model})
         finally:
             if peft_model is not None:
                 peft_model.unload()

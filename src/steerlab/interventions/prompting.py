@@ -44,6 +44,17 @@ class PromptPrefix:
         shots = tuple((str(u), str(a)) for u, a in self.shots)
         return PromptFormat(self.system, shots, self.prefix, self.suffix)
 
+    def ops(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "kind": "prompt",
+                "system": self.system,
+                "shots": [list(s) for s in self.shots],
+                "prefix": self.prefix,
+                "suffix": self.suffix,
+            }
+        ]
+
     def spec(self) -> dict[str, Any]:
         return {
             "kind": "prompt",

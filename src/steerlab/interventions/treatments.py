@@ -1,7 +1,9 @@
 """Direction-based interventions as objects: Steer, Ablate, Clamp, Orthogonalize.
 
-Each wraps the function of the same name (:mod:`.runtime`, :mod:`.weights`) so that pipelines
-can hold a treatment as a value, describe it (``spec()``) and apply it to a loaded model.
+Each describes what it does as plain data (``ops()``, see :mod:`.ops`); the hook-applied ones
+(Steer, SteerRows, Ablate, Clamp) are applied by the one executor
+(:func:`~steerlab.interventions.execute.hooked`), Orthogonalize edits the weights in place and
+restores them.
 
 Example::
 
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,31 +32,51 @@ from torch import nn
 
 from ..capture import Site
 from ..directions.artifact import Direction
-from ..errors import VectorError
+from ..errors import LayerError, VectorError
 from ..models.load import LoadedModel
 from .base import Compose, vector_spec
-from .record import recorded
-from .runtime import (
-    Positions,
+from .execute import hooked
+from .ops import Op
+from .vectors import (
     SpanLike,
     VectorLike,
-    ablate,
     as_basis,
     check_coeff,
-    clamp,
     orthonormal_rows,
     span_rows,
-    steer,
-    steer_rows,
 )
 from .weights import orthogonalize_
 
 __all__ = ["Ablate", "Clamp", "Orthogonalize", "Steer", "SteerRows", "steer_many"]
 
+Positions = Literal["all", "prompt", "generated"]
+
+
+def _raw(v: Any) -> torch.Tensor:
+    """A vector as ops keep it: float32 on the CPU, as given (checked when executed)."""
+    if not isinstance(v, torch.Tensor):
+        raise VectorError(f"expected a tensor or Direction, got {type(v).__name__}")
+    return v.detach().float().cpu()
+
+
+class _Hooked:
+    """Applied by the one executor: hooks for its ops while the context is open."""
+
+    def ops(self) -> list[Op]:
+        raise NotImplementedError
+
+    @contextmanager
+    def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
+        with hooked(lm.model, self.ops(), adapter=lm.adapter):
+            yield lm
+
 
 @dataclass(frozen=True, eq=False)  # tensor fields: identity, not elementwise ==
-class Steer:
-    """Add ``coeff * vector`` at ``layers`` (ActAdd / CAA); see :func:`~steerlab.steer`."""
+class Steer(_Hooked):
+    """Add ``coeff * vector`` at ``layers`` (ActAdd / CAA); see :func:`~steerlab.steer`.
+
+    ``positions``: ``all`` tokens, only the ``prompt``'s own forward, or only ``generated``
+    tokens (decode steps)."""
 
     vector: VectorLike
     layers: int | Sequence[int] | str | None = None
@@ -65,6 +87,47 @@ class Steer:
 
     def __post_init__(self) -> None:
         check_coeff(self.coeff)
+        if self.positions not in ("all", "prompt", "generated"):
+            raise ValueError(
+                f"positions must be 'all', 'prompt' or 'generated', not {self.positions!r}"
+            )
+        if self._site() not in ("resid_pre", "resid_post"):
+            raise ValueError(f"site must be 'resid_pre' or 'resid_post', not {self._site()!r}")
+
+    def _site(self) -> str:
+        if self.site:
+            return str(self.site)
+        return str(self.vector.site) if isinstance(self.vector, Direction) else "resid_pre"
+
+    def _layers(self) -> int | list[int] | str:
+        vec, layers = self.vector, self.layers
+        if layers is None:
+            if isinstance(vec, Direction) and len(vec.layers) == 1:
+                return vec.layers[0]
+            if isinstance(vec, Direction) and vec.meta.get("apply_layers") == "all":
+                return list(vec.layers)  # a per-layer control vector (GGUF import): all its rows
+            raise LayerError("say at which layer(s) to steer (layers=...)")
+        if isinstance(layers, (int, str)):
+            return layers
+        return [int(x) for x in layers]
+
+    def ops(self) -> list[Op]:
+        vec = self.vector
+        v: Any = (
+            {lay: _raw(vec.vector(lay)) for lay in vec.layers}
+            if isinstance(vec, Direction)
+            else _raw(vec)
+        )
+        return [
+            {
+                "kind": "add",
+                "vector": v,
+                "layers": self._layers(),
+                "coeff": float(self.coeff),
+                "site": self._site(),
+                "positions": self.positions,
+            }
+        ]
 
     def spec(self) -> dict[str, Any]:
         layers = self.layers if not isinstance(self.layers, tuple) else list(self.layers)
@@ -73,24 +136,11 @@ class Steer:
             "layers": layers,
             "coeff": self.coeff,
             "positions": self.positions,
-            "site": self.site or getattr(self.vector, "site", "resid_pre"),
+            "site": self._site(),
             "vector": vector_spec(
                 self.vector, self.layers if isinstance(self.layers, int) else None
             ),
         }
-
-    @contextmanager
-    def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
-        with steer(
-            lm.model,
-            self.vector,
-            layers=self.layers,
-            coeff=self.coeff,
-            positions=self.positions,
-            site=self.site,
-            adapter=lm.adapter,
-        ):
-            yield lm
 
 
 SteerTerm = tuple[Any, ...] | Steer  # (vector, layers) or (vector, layers, coeff), or a Steer
@@ -157,14 +207,32 @@ def _check_span(rows: list[torch.Tensor]) -> torch.Tensor:
     return orthonormal_rows(torch.stack(rows))[0]
 
 
+def _span_vectors(direction: SpanLike, layer: int | Sequence[int] | None) -> torch.Tensor:
+    """(K, D) float32 rows of a span argument, as given (orthonormalized when executed)."""
+    rows = [_raw(r) for r in span_rows(direction, layer)]
+    if len({tuple(r.shape) for r in rows}) != 1 or rows[0].ndim != 1:
+        raise VectorError(f"directions of different shapes: {[tuple(r.shape) for r in rows]}")
+    return torch.stack(rows)
+
+
 @dataclass(frozen=True, eq=False)
-class SteerRows:
-    """Add ``deltas[i]`` to batch row ``i`` at the input of block ``layer``; see
-    :func:`~steerlab.interventions.runtime.steer_rows`."""
+class SteerRows(_Hooked):
+    """Add ``deltas[i]`` to batch row ``i`` at the input of block ``layer`` (one row: added to
+    every row), so several vectors share one forward (MELBO's completions)."""
 
     deltas: torch.Tensor  # (rows, D)
     layer: int
     name: str = "steer_rows"
+
+    def __post_init__(self) -> None:
+        if self.deltas.ndim != 2:
+            raise VectorError(f"expected (rows, D) deltas, got {tuple(self.deltas.shape)}")
+        if not torch.isfinite(self.deltas).all():
+            raise VectorError("steering rows hold NaN or inf values")
+
+    def ops(self) -> list[Op]:
+        rows = [Steer(d, layers=self.layer).ops() for d in self.deltas]
+        return rows[0] if len(rows) == 1 else [{"kind": "rows", "rows": rows}]
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -174,39 +242,53 @@ class SteerRows:
             "vector": vector_spec(self.deltas),
         }
 
-    @contextmanager
-    def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
-        with steer_rows(lm.model, self.deltas, layer=self.layer, adapter=lm.adapter):
-            yield lm
-
 
 @dataclass(frozen=True, eq=False)
-class Ablate:
+class Ablate(_Hooked):
     """Remove a direction from the residual stream at every layer; see :func:`~steerlab.ablate`.
 
     Several directions (a (K, D) tensor, a list, ``layer=[...]``) remove their span; they are
     orthonormalized in order and a zero or dependent one is refused when built. ``spec()``
-    then records ``k``, each direction and the basis."""
+    then records ``k``, each direction and the basis.
+
+    Args:
+        layer: which row of a multi-layer Direction (see :func:`~steerlab.ablate`).
+        layers: where: ``"all"`` blocks (default) or a list of block indices.
+        writes: also remove it from what attention and MLP write into the residual (default);
+            False: from the blocks' inputs only (e.g. a necessity map, one layer at a time).
+    """
 
     direction: SpanLike
     layer: int | Sequence[int] | None = None
+    layers: str | Sequence[int] = "all"
+    writes: bool = True
     name: str = "ablate"
 
     def __post_init__(self) -> None:
         if not _single(self.direction, self.layer):
             self.spec()  # refuses zero, dependent, NaN or mismatched directions now
 
-    def spec(self) -> dict[str, Any]:
-        return _span_spec("ablate", self.direction, self.layer)
+    def ops(self) -> list[Op]:
+        layers = self.layers if isinstance(self.layers, str) else [int(x) for x in self.layers]
+        return [
+            {
+                "kind": "ablate",
+                "vectors": _span_vectors(self.direction, self.layer),
+                "layers": layers,
+                "writes": bool(self.writes),
+            }
+        ]
 
-    @contextmanager
-    def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
-        with ablate(lm.model, self.direction, layer=self.layer, adapter=lm.adapter):
-            yield lm
+    def spec(self) -> dict[str, Any]:
+        out = _span_spec("ablate", self.direction, self.layer)
+        if self.layers != "all" or not self.writes:
+            out |= {"at": self.layers if isinstance(self.layers, str) else list(self.layers)}
+            out |= {"writes": self.writes}
+        return out
 
 
 @dataclass(frozen=True, eq=False)
-class Clamp:
+class Clamp(_Hooked):
     """Pin the projection on a direction to ``value`` at ``layers``; see :func:`~steerlab.clamp`."""
 
     direction: VectorLike
@@ -218,6 +300,16 @@ class Clamp:
     def __post_init__(self) -> None:
         check_coeff(self.value, "the clamp value")
 
+    def ops(self) -> list[Op]:
+        d = self.direction
+        v = d.vector(self.layer) if isinstance(d, Direction) else d
+        layers = self.layers
+        if layers is None:
+            layers = "all"
+        elif not isinstance(layers, (int, str)):
+            layers = [int(x) for x in layers]
+        return [{"kind": "clamp", "vector": _raw(v), "value": float(self.value), "layers": layers}]
+
     def spec(self) -> dict[str, Any]:
         layers = self.layers if not isinstance(self.layers, tuple) else list(self.layers)
         return {
@@ -227,18 +319,6 @@ class Clamp:
             "layer": self.layer,
             "vector": vector_spec(self.direction, self.layer),
         }
-
-    @contextmanager
-    def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
-        with clamp(
-            lm.model,
-            self.direction,
-            self.value,
-            layers=self.layers,
-            layer=self.layer,
-            adapter=lm.adapter,
-        ):
-            yield lm
 
 
 class _Spill:
@@ -314,16 +394,24 @@ class Orthogonalize:
     def spec(self) -> dict[str, Any]:
         return _span_spec("orthogonalize", self.direction, self.layer)
 
+    def ops(self) -> list[Op]:
+        """The rows as given; ``layer`` is only recorded (``from_ops`` rebuilds the same weight
+        edit from the rows, recording no layer)."""
+        layer = list(self.layer) if isinstance(self.layer, Sequence) else self.layer
+        return [
+            {
+                "kind": "orthogonalize",
+                "vectors": _span_vectors(self.direction, self.layer),
+                "layer": layer,
+                "spill_dir": None if self.spill_dir is None else str(self.spill_dir),
+            }
+        ]
+
     @contextmanager
     def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
         model = lm.model
         basis = as_basis(model, self.direction, self.layer)  # (K, D) float64 orthonormal
-        k = basis.shape[0]
-        r = basis[0] if k == 1 else basis
-        if k == 1:
-            op: dict[str, Any] = {"kind": "orthogonalize", "unit": r.detach().float().cpu()}
-        else:
-            op = {"kind": "orthogonalize", "basis": basis.float(), "k": k}
+        r = basis[0] if basis.shape[0] == 1 else basis
         out_emb = model.get_output_embeddings()
         head = out_emb.weight if out_emb is not None else None
         ties = _config_ties(model)
@@ -332,8 +420,7 @@ class Orthogonalize:
         spill = _Spill(self.spill_dir)
         try:
             orthogonalize_(model, r, lm.adapter, layer=self.layer, save=spill.save)
-            with recorded(model, op):
-                yield lm
+            yield lm
         finally:
             if out_emb is not None and out_emb.weight is not head:
                 out_emb.weight = head  # re-tie first: the untied copy is freed before restoring

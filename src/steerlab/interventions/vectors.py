@@ -20,10 +20,13 @@ __all__ = [
     "as_basis",
     "as_unit",
     "as_vector",
+    "basis_of",
     "check_coeff",
+    "checked",
     "model_width",
     "orthonormal_rows",
     "span_rows",
+    "unit_of",
 ]
 
 VectorLike = torch.Tensor | Direction
@@ -42,12 +45,15 @@ def model_width(model: nn.Module) -> int:
 
 def as_vector(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Tensor:
     """The (D,) float32 CPU vector for ``layer``, checked (width, finiteness)."""
-    v = vec.vector(layer) if isinstance(vec, Direction) else vec
+    return checked(vec.vector(layer) if isinstance(vec, Direction) else vec, model_width(model))
+
+
+def checked(v: Any, d: int) -> torch.Tensor:
+    """``v`` as a (D,) float32 CPU vector of width ``d``, or a :class:`VectorError`."""
     if not isinstance(v, torch.Tensor):
-        raise VectorError(f"expected a tensor or Direction, got {type(vec).__name__}")
+        raise VectorError(f"expected a tensor or Direction, got {type(v).__name__}")
     if v.ndim != 1:
         raise VectorError(f"expected a (D,) vector, got shape {tuple(v.shape)}")
-    d = model_width(model)
     if v.shape[0] != d:
         raise VectorError(f"vector width {v.shape[0]} does not match the model's width {d}")
     v = v.detach().float().cpu()
@@ -58,7 +64,12 @@ def as_vector(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Ten
 
 def as_unit(model: nn.Module, vec: VectorLike, layer: int | None) -> torch.Tensor:
     """The unit vector in float64 on the CPU (placed and cast per hooked module)."""
-    v = as_vector(model, vec, layer).double()
+    return unit_of(as_vector(model, vec, layer))
+
+
+def unit_of(v: torch.Tensor) -> torch.Tensor:
+    """A checked vector made unit, in float64."""
+    v = v.double()
     n = v.norm()
     if n == 0:
         raise VectorError("cannot ablate or clamp along a zero vector")
@@ -156,10 +167,15 @@ def as_basis(
     Raises:
         VectorError: a bad width, NaN, a zero vector, or a dependent one.
     """
-    vecs = [as_vector(model, v, None) for v in span_rows(directions, layer)]
+    d = model_width(model)
+    return basis_of([checked(v, d) for v in span_rows(directions, layer)], tol=tol)
+
+
+def basis_of(vecs: Sequence[torch.Tensor], *, tol: float = DEPENDENT_TOL) -> torch.Tensor:
+    """(K, D) float64 orthonormal rows of checked vectors (one: its unit, bit for bit)."""
     if len(vecs) == 1:
-        return as_unit(model, vecs[0], None).unsqueeze(0)
-    return orthonormal_rows(torch.stack(vecs), tol=tol)[0]
+        return unit_of(vecs[0]).unsqueeze(0)
+    return orthonormal_rows(torch.stack(list(vecs)), tol=tol)[0]
 
 
 def check_coeff(value: float, what: str = "the coefficient") -> float:

@@ -15,7 +15,8 @@ import torch
 
 from ..behaviors.behavior import Behavior
 from ..behaviors.scorers import make_scorer
-from ..interventions.per_row import RowSetting
+from ..interventions.base import Intervention, NoOp
+from ..interventions.treatments import Steer
 from ..io.prompts import read_prompts
 from ..metrics.stats import mean_ci
 from ..models.load import LoadedModel
@@ -59,10 +60,10 @@ def read_vs_steer(
         u = torch.tensor(per[layers.index(lay)]["dirs"][m], dtype=torch.float32)
         return u * (cfg.steer_coeff * norms[lay])
 
-    settings = [RowSetting(label="unsteered")]
-    settings += [RowSetting(add={lay: vec(m, lay)}, label=f"{m}@{lay}") for m, lay, _ in plan]
+    settings: list[Intervention] = [NoOp()]
+    settings += [Steer(vec(m, lay), layers=lay, name=f"{m}@{lay}") for m, lay, _ in plan]
     settings += [
-        RowSetting(add={lay: rand[lay] * (cfg.steer_coeff * norms[lay])}, label=f"random@{lay}")
+        Steer(rand[lay] * (cfg.steer_coeff * norms[lay]), layers=lay, name=f"random@{lay}")
         for lay in used
     ]
     meas = Measurer(

@@ -19,13 +19,12 @@ orthogonalized   the weights edited in place (restored after) harmful, harmless
 With several directions (``--directions K``), ablation, orthogonalized and the random control's
 ablation remove a K-dimensional span; subtraction, addition and clamp use the first direction.
 
-The orthogonalized variant comes last: its in-place edit is the only one that touches weights
-(on a vLLM engine it is also entered, and restored, once per set beforehand to render its plan).
+The orthogonalized variant comes last: its in-place edit is the only one that touches weights.
 First-token refusal scores, KL on harmless and cross-entropy are measured for every variant
 (on harmless prompts also for variants that do not generate there).
 
-On a bound vLLM engine every pending variant's completions decode in a single call, each
-(variant, set) a request group under its own treatment; the first-token scores then come from
+On a vLLM engine every pending variant's completions decode in a single call, each (variant,
+set) a request group under its own treatment (its ops); the first-token scores then come from
 one forward of the Hugging Face model under that treatment. The completions are journaled as
 soon as that call returns.
 """
@@ -41,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engines import bound_engine
-from ..generation import generate, generate_jobs, last_token_logprobs
+from ..engines.base import Engine
+from ..generation import generate, last_token_logprobs
 from ..interventions import Ablate, Clamp, Intervention, NoOp, Orthogonalize, Steer
 from ..metrics import (
     continuation_loss,
@@ -215,6 +214,7 @@ def _tick(clock: dict[str, float] | None, tok: Any, texts: list[list[str]], t0: 
 
 def _generate_pending(
     lm: LoadedModel,
+    engine: Engine,
     variants: Sequence[Variant],
     sets: dict[str, list[str]],
     cfg: RefusalConfig,
@@ -222,12 +222,11 @@ def _generate_pending(
     adv: Callable[[int], None],
     clock: dict[str, float] | None,
 ) -> dict[str, dict[str, list[str]]]:
-    """Completions of every variant not yet measured, decoded by the bound engine in one call.
+    """Completions of every variant not yet measured, decoded by ``engine`` in one call (each
+    variant's treatment travels as its ops; nothing is applied to the Hugging Face model).
 
     Each variant's completions are journaled (``texts:NAME``) as soon as the call returns, so
-    an interrupted evaluation does not decode them again. To render each treatment's plan,
-    its intervention is entered once per set on the Hugging Face model (the orthogonalized
-    variant edits and restores the weights there too, before the other variants are scored).
+    an interrupted evaluation does not decode them again.
     """
     done: dict[str, dict[str, list[str]]] = {}
     jobs: list[tuple[Variant, str]] = []
@@ -244,7 +243,7 @@ def _generate_pending(
     if not jobs:
         return done
     t0 = time.perf_counter()
-    texts = generate_jobs(
+    texts = engine.generate_jobs(
         lm,
         [(v.on(w), sets[w]) for v, w in jobs],
         max_new_tokens=cfg.max_new_tokens,
@@ -259,14 +258,13 @@ def _generate_pending(
     return done
 
 
-def generation_record(lm: LoadedModel, clock: dict[str, float]) -> dict[str, Any] | None:
+def generation_record(engine: Engine, clock: dict[str, float]) -> dict[str, Any] | None:
     """What a run's decoding cost: engine, wall seconds, generated tokens, tokens/s."""
     if not clock.get("seconds"):
         return None
-    eng = bound_engine(lm.model)
     sec, tok = clock["seconds"], int(clock["tokens"])
     return {
-        "engine": "hf" if eng is None else eng.name,
+        "engine": engine.name,
         "seconds": round(sec, 3),
         "tokens": tok,
         "tokens_per_s": round(tok / sec, 3),
@@ -286,6 +284,7 @@ def evaluate_variants(
     n_ce: int = 16,
     advance: Callable[[int], None] | None = None,
     clock: dict[str, float] | None = None,
+    engine: Engine | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[str]]]]:
     """Run every variant; returns (metrics per variant, completions per variant and set).
 
@@ -312,8 +311,8 @@ def evaluate_variants(
         return baseline_journal if v.name == "baseline" and baseline_journal else journal
 
     done: dict[str, dict[str, list[str]]] = {}
-    if bound_engine(lm.model) is not None:
-        done = _generate_pending(lm, variants, sets, cfg, journal_of, adv, clock)
+    if engine is not None and engine.name != "hf":  # every pending completion in one call
+        done = _generate_pending(lm, engine, variants, sets, cfg, journal_of, adv, clock)
     records: dict[str, dict[str, Any]] = {}
     for v in variants:
         jr = journal_of(v)

@@ -56,9 +56,11 @@ def run_refusal(
     overwrite: bool = False,
     progress: Bar | None = None,
     status: Callable[[str], None] | None = None,
+    engine: Any = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline and write ``direction.safetensors``, ``report.json`` and
-    ``report.html`` into ``out_dir``. Returns the report dict.
+    ``report.html`` into ``out_dir``. Returns the report dict. ``engine`` decodes the
+    evaluation's completions (:mod:`steerlab.engines`; default: the Hugging Face model).
 
     Raises:
         DataError, SteerlabError: bad input (before anything is written), or a failed step
@@ -75,7 +77,7 @@ def run_refusal(
     if export_dir is not None:
         check_new_dir(export_dir, overwrite=overwrite, keep=(out,), what="export dir")
     data = load_data(cfg, lm.tokenizer)  # reads and checks the prompt sets: nothing written yet
-    run = Run(out, kind="refusal", lm=lm, progress=progress, status=status)
+    run = Run(out, kind="refusal", lm=lm, engine=engine, progress=progress, status=status)
     ctx = Ctx(
         run, lm, cfg, refusal_token_ids(lm.tokenizer), getattr(lm.tokenizer, "chat_template", None)
     )

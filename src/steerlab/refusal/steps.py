@@ -403,9 +403,10 @@ def evaluation(ctx: Ctx, data: RefusalData, sel: Selection, coeff: Coefficient) 
             baseline_journal=base_journal,
             advance=adv,
             clock=clock,
+            engine=ctx.run.engine,
         )
     ctx.run.say(f"evaluation: {len(variants)} variants in {time.perf_counter() - t0:.0f} s")
-    gen = generation_record(ctx.lm, clock)
+    gen = generation_record(ctx.run.engine, clock)
     if gen:
         ctx.run.say(
             f"evaluation: generation on {gen['engine']}: {gen['tokens']} tokens in "

@@ -41,7 +41,7 @@ from .directions import (
     UploadTooLarge,
     safe_path,
 )
-from .protocol import BadRequest, NotFound, chat_prompt, options, treatments
+from .protocol import BadRequest, NotFound, chat_prompt, options, treatment
 from .views import projections, run_list
 
 __all__ = ["REPORT_SUFFIXES", "create_app"]
@@ -171,17 +171,14 @@ def create_app(
             if not isinstance(p, str) or not p:
                 raise BadRequest("prompt must be a non-empty string (or a list of one)")
             prompt, fmt = p, None
-        tr = treatments(lm, reg, body.get("steerlab"))
+        tr = treatment(lm, reg, body.get("steerlab"))
         pipe = _Pipe()
         job = GenJob(
             prompt=prompt,
             emit=pipe.emit,
             chat=None if chat else False,
             fmt=fmt,
-            row=tr.row,
-            shared=tr.shared,
-            shared_key=tr.key,
-            interventions=tr.all,
+            treatment=tr,
             max_tokens=opts["max_tokens"],
             temperature=opts["temperature"],
             top_p=opts["top_p"],

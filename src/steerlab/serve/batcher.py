@@ -2,10 +2,10 @@
 
 Each time the worker is free it takes every waiting request and groups them:
 
-* greedy requests that share their prompt format and their whole-batch treatments (ablation,
-  clamping) run as **one batch**, each row with its own steering
-  (:class:`~steerlab.interventions.per_row.RowSetting`), through
-  :func:`~steerlab.sweep.engine.greedy_rows`, which decodes exactly as ``model.generate`` does;
+* greedy requests that share their prompt format run as **one batch**, each row under its own
+  treatment (steering, ablation, clamping: :class:`~steerlab.interventions.PerRow`), through
+  the Hugging Face engine's per-row decode loop, which decodes exactly as ``model.generate``
+  does;
 * sampled requests (temperature > 0) run one at a time through
   :func:`~steerlab.generation.generate` under their interventions, as ``steerlab generate``.
 
@@ -23,9 +23,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engines.hf import HFEngine
 from ..errors import SteerlabError
-from ..interventions.base import apply
-from ..interventions.per_row import RowSetting
+from ..interventions.base import Intervention, NoOp
 from ..models.chat import PromptFormat, prompted
 from ..models.load import LoadedModel
 
@@ -46,20 +46,14 @@ class GenJob:
         prompt: the user's message (``chat`` None: the chat template applies when present) or
             raw text (``chat`` False).
         fmt: system message and earlier turns of a chat (None: a single user message).
-        row: this request's additions at block inputs (batched per row).
-        shared: treatments applied to the whole batch (ablation, clamping); ``shared_key``
-            says which requests may share a batch.
-        interventions: every treatment of this request, for the sampled path.
+        treatment: this request's intervention (applied to its row of a shared batch).
     """
 
     prompt: str
     emit: Emit
     chat: bool | None = None
     fmt: PromptFormat | None = None
-    row: RowSetting = field(default_factory=RowSetting)
-    shared: tuple[Any, ...] = ()
-    shared_key: Hashable = ()
-    interventions: tuple[Any, ...] = ()
+    treatment: Intervention = field(default_factory=NoOp)
     max_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
@@ -70,7 +64,7 @@ class GenJob:
     @property
     def group(self) -> Hashable:
         fmt = None if self.fmt is None else (self.fmt.system, self.fmt.shots)
-        return (self.chat, fmt, self.shared_key)
+        return (self.chat, fmt)
 
 
 @dataclass(eq=False)
@@ -283,8 +277,6 @@ class Batcher:
                     _safe_emit(j, "error", e)
 
     def _greedy_batch(self, jobs: list[GenJob]) -> None:
-        from ..sweep.engine import greedy_rows
-
         lm = self._view(jobs[0])
         rows = [_Row(j, lm.tokenizer) for j in jobs]
         for r in rows:  # also refuses a prompt the template cannot render, before the batch
@@ -296,39 +288,33 @@ class Batcher:
         self.stats["batches"] += 1
         self.stats["rows"] += len(jobs)
         self.stats["largest"] = max(self.stats["largest"], len(jobs))
-        with apply(lm, list(jobs[0].shared)) as m:
-            greedy_rows(
-                m,
-                [j.prompt for j in jobs],
-                [j.row for j in jobs],
-                max_new_tokens=max(j.max_tokens for j in jobs),
-                batch_rows=len(jobs),
-                chat=jobs[0].chat,
-                min_prefix=0,
-                on_step=step,
-            )
+        HFEngine().generate_rows(
+            lm,
+            [j.prompt for j in jobs],
+            [j.treatment for j in jobs],
+            max_new_tokens=max(j.max_tokens for j in jobs),
+            batch_rows=len(jobs),
+            chat=jobs[0].chat,
+            on_step=step,
+        )
         self.stats["cancelled"] += sum(r.finish == "cancelled" for r in rows)
         for r in rows:
             _safe_emit(r.job, "done", r.close())
 
     def _sampled(self, jobs: list[GenJob]) -> None:
-        from ..generation import generate
-
         (job,) = jobs
         self.stats["sampled"] += 1
         lm = self._view(job)
-        with apply(lm, list(job.interventions)) as m:
-            out = generate(
-                m.model,
-                m.tokenizer,
-                [job.prompt],
-                max_new_tokens=job.max_tokens,
-                temperature=job.temperature,
-                top_p=job.top_p,
-                seed=job.seed,
-                chat=job.chat,
-            )
-        text = out[0] if isinstance(out, list) else out[0][0]
+        (text,) = HFEngine().generate(
+            lm,
+            [job.prompt],
+            job.treatment,
+            max_new_tokens=job.max_tokens,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            seed=job.seed,
+            chat=job.chat,
+        )
         row = _Row(job, lm.tokenizer)
         row.prompt_tokens = _prompt_tokens(lm, job)
         row.ids = lm.tokenizer.encode(text, add_special_tokens=False)  # a count: re-tokenized

@@ -1,7 +1,8 @@
-"""Batched evaluation of many treatments at once: one row per (prompt, setting).
+"""Batched evaluation of many treatments at once: one row per (prompt, treatment).
 
-:func:`greedy_rows` is a greedy decoding loop over a stock model with a KV cache, under a
-:class:`~steerlab.interventions.per_row.PerRow` intervention. When no row of a batch touches the
+:func:`greedy_rows` is a greedy decoding loop over a stock Hugging Face model with a KV cache,
+under a :class:`~steerlab.interventions.per_row.PerRow` intervention (one intervention per
+row): the Hugging Face engine's ``generate_rows``. When no row of a batch touches the
 prompt (every setting steers only ``generated`` tokens), each distinct prompt's forward runs
 once, unsteered, and its cache is repeated for every row that shares it. The loop decodes
 exactly as ``model.generate`` does greedily (argmax of the last logits, rows stop at EOS), which
@@ -14,14 +15,13 @@ counterparts (first reply token distributions; log-likelihood of given continuat
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..engines import bound_engine
-from ..interventions.base import NoOp
-from ..interventions.per_row import PerRow, RowSetting
+from ..engines.base import Generated, OnStep, Progress
+from ..interventions.base import Intervention, NoOp
+from ..interventions.per_row import PerRow, row_touches_prompt
 from ..models.chat import encode, eos_ids, pad_id
 from ..models.compat import cache_kwarg, cache_of
 from ..models.load import LoadedModel
@@ -32,29 +32,12 @@ from .scoring import treated as _treated
 
 __all__ = ["Generated", "continuation_nll_rows", "greedy_rows", "next_logprobs_rows"]
 
-Progress = Callable[[int], None]
-# (index of the batch's first row in the call, each row's new token or None once it has ended)
-# -> indices (in the call) of rows to stop now; the server streams and cancels through it
-OnStep = Callable[[int, list[int | None]], Sequence[int] | None]
 
 # prompts sharing this many leading tokens (few-shot demonstrations, contrast prompts) run the
 # shared part once per batch; the chat template's own preamble (~30 tokens) stays below it, so
 # ordinary prompts are computed exactly as before
 LONG_PREFIX = 64
-_PLAIN = RowSetting(label="unchanged")
-
-
-@dataclass(frozen=True)
-class Generated:
-    """Completions of a row batch: ``texts[i]`` and its number of new tokens ``lengths[i]``
-    (EOS excluded)."""
-
-    texts: list[str]
-    lengths: list[int]
-
-    @property
-    def tokens(self) -> int:
-        return sum(self.lengths)
+_PLAIN = NoOp()
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -125,7 +108,7 @@ def _prefill(
 def _greedy_batch(
     lm: LoadedModel,
     prompts: Sequence[str],
-    settings: Sequence[RowSetting],
+    settings: Sequence[Intervention],
     max_new_tokens: int,
     chat: bool | None,
     min_prefix: int = 0,
@@ -137,7 +120,7 @@ def _greedy_batch(
     n = len(prompts)
     # the prompt forward is shared by the rows of one prompt when no row edits it (it is the
     # unsteered forward), or when every row edits it the same way
-    share = not any(s.touches_prompt for s in settings)
+    share = not any(row_touches_prompt(s) for s in settings)
     uniform = all(s is settings[0] for s in settings)
     uniq = list(dict.fromkeys(prompts)) if share or uniform else list(prompts)
 
@@ -198,7 +181,7 @@ def _greedy_batch(
 def _batches(
     lm: LoadedModel,
     prompts: Sequence[str],
-    settings: Sequence[RowSetting],
+    settings: Sequence[Intervention],
     batch_rows: int,
     chat: bool | None,
     min_prefix: int,
@@ -208,7 +191,7 @@ def _batches(
     n = len(prompts)
     plain = [slice(i, min(i + batch_rows, n)) for i in range(0, n, batch_rows)]
     uniq = list(dict.fromkeys(prompts))
-    if not min_prefix or len(uniq) < 2 or not any(s.touches_prompt for s in settings):
+    if not min_prefix or len(uniq) < 2 or not any(row_touches_prompt(s) for s in settings):
         return plain
     if prefix_batch(lm.tokenizer, uniq, chat=chat).prefix_len < min_prefix:
         return plain
@@ -223,7 +206,7 @@ def _batches(
 def greedy_rows(
     lm: LoadedModel,
     prompts: Sequence[str],
-    settings: Sequence[RowSetting],
+    settings: Sequence[Intervention],
     *,
     max_new_tokens: int = 32,
     batch_rows: int = 64,
@@ -235,12 +218,11 @@ def greedy_rows(
     """Greedy completions of ``prompts[i]`` under ``settings[i]``, ``batch_rows`` rows at a time.
 
     Rows are processed in the given order, so the same call always forms the same batches
-    (results do not depend on what ran before: a resumed sweep gives identical numbers; on a
-    vLLM engine all rows share one continuously batched call, whose batches vLLM forms).
+    (results do not depend on what ran before: a resumed sweep gives identical numbers).
     Prompts sharing ``min_prefix`` leading tokens or more (few-shot demonstrations) compute
     that prefix once per batch (0: never).
 
-    ``on_step(first, tokens)`` (HF models only) is called after every decoding step of a batch
+    ``on_step(first, tokens)`` is called after every decoding step of a batch
     with the index of its first row and each row's new token (None once the row has ended,
     EOS included); it returns the indices of rows to stop, which then end as if at EOS (the
     other rows' tokens do not change). It does not change any result when it stops nothing.
@@ -249,22 +231,6 @@ def greedy_rows(
         raise ValueError(f"{len(prompts)} prompts for {len(settings)} settings")
     texts: list[str] = []
     lengths: list[int] = []
-    eng = bound_engine(lm.model)
-    if eng is not None:  # vLLM: one call, each distinct setting a request group
-        from ..engines.vllm import generate_rows
-
-        new = generate_rows(
-            eng,
-            lm,
-            prompts,
-            settings,
-            max_new_tokens=max_new_tokens,
-            chat=chat,
-            stop_ids=sorted(_eos_ids(lm)),
-            progress=progress,
-        )
-        texts = [lm.tokenizer.decode(t, skip_special_tokens=True) for t in new]
-        return Generated(texts, [len(t) for t in new])
     for sl in _batches(lm, prompts, settings, batch_rows, chat, min_prefix):
         g = _greedy_batch(
             lm, prompts[sl], settings[sl], max_new_tokens, chat, min_prefix, on_step, sl.start
@@ -280,7 +246,7 @@ def greedy_rows(
 def next_logprobs_rows(
     lm: LoadedModel,
     texts: Sequence[str],
-    settings: Sequence[RowSetting] | None = None,
+    settings: Sequence[Intervention] | None = None,
     *,
     rendered: bool = False,
     chat: bool | None = None,
@@ -320,7 +286,7 @@ def next_logprobs_rows(
         else:
             same = rows is None or all(r is rows[0] for r in rows)
 
-            def treat(k: int, rows: list[RowSetting] | None = rows, same: bool = same) -> Any:
+            def treat(k: int, rows: list[Intervention] | None = rows, same: bool = same) -> Any:
                 if rows is None:
                     return NoOp().applied(lm)
                 return PerRow([rows[0]] * k if same else rows).applied(lm)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..hooks import scoped_hooks
-from ..interventions.per_row import RowSetting
+from ..interventions.treatments import Steer
 from ..metrics.stats import separated
 from ..models.adapter import blocks_of
 from ..models.chat import encode
@@ -40,11 +40,9 @@ class Cell:
 
     def setting(
         self, units: dict[int, torch.Tensor], norms: dict[int, float], label: str = ""
-    ) -> RowSetting:
+    ) -> Steer:
         delta = units[self.layer] * (self.coeff * norms[self.layer])
-        return RowSetting(
-            add={self.layer: delta}, positions=self.positions, label=label or self.key
-        )  # type: ignore[arg-type]
+        return Steer(delta, layers=self.layer, positions=self.positions, name=label or self.key)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from ..interventions.per_row import RowSetting
+from ..interventions.base import Compose, NoOp
+from ..interventions.treatments import Ablate, Steer
 from .grid import Cell, rank_key
 from .measure import summarize
 
@@ -47,10 +48,12 @@ def _pairs(sw: Sweep, cells: list[dict[str, Any]], chosen: Cell, base: dict) -> 
     singles = [Cell(lay, half, chosen.positions).setting(sw.units, sw.norms) for lay in top]
     combos = list(itertools.combinations(top, 2))
     both = [
-        RowSetting(
-            add={a: sw.units[a] * (half * sw.norms[a]), b: sw.units[b] * (half * sw.norms[b])},
-            positions=chosen.positions,  # type: ignore[arg-type]
-            label=f"L{a}+L{b}:c{half:g}",
+        Compose(
+            tuple(
+                Steer(sw.units[x] * (half * sw.norms[x]), layers=x, positions=chosen.positions)  # type: ignore[arg-type]
+                for x in (a, b)
+            ),
+            name=f"L{a}+L{b}:c{half:g}",
         )
         for a, b in combos
     ]
@@ -87,12 +90,12 @@ def _present(sw: Sweep) -> tuple[list[str], list[Any] | None, list[float]]:
     sel = sw.behavior.prompts("selection")
     if sw.scorer.kind != "text":
         items = sw.items("selection") or []
-        per = sw.evaluate([RowSetting(label="unsteered")], sel[:cap], items, "present", kl=False)
+        per = sw.evaluate([NoOp()], sel[:cap], items, "present", kl=False)
         keep = [it for it, s in zip(items, per[0]["score"], strict=True) if s >= 0.5][:cap]
         return sel[:cap], keep, []
     pool = list(sw.behavior.positive) if sw.behavior.positive else list(sel)
     pool = pool[: 3 * cap]
-    per = sw.evaluate([RowSetting(label="unsteered")], pool, None, "present", kl=False)[0]
+    per = sw.evaluate([NoOp()], pool, None, "present", kl=False)[0]
     keep = [p for p, s in zip(pool, per["score"], strict=True) if s >= 0.5][:cap]
     return keep, None, []
 
@@ -131,11 +134,16 @@ def _profile(sw: Sweep, cells: list[dict[str, Any]], chosen: Cell, base: dict) -
         )
         return out
     gen_prompts = prompts if items is None else sel[: len(prompts)]
-    settings = [RowSetting(label="unsteered")]
+    settings: list[Any] = [NoOp()]
     settings += [
-        RowSetting(ablate={lay: sw.units[lay]}, label=f"ablate L{lay}") for lay in sw.layers
+        Ablate(sw.units[lay], layers=[lay], writes=False, name=f"ablate L{lay}")
+        for lay in sw.layers
     ]
-    settings.append(RowSetting(ablate=dict(sw.units), label="ablate all"))
+    every = Compose(
+        tuple(Ablate(u, layers=[lay], writes=False) for lay, u in sw.units.items()),
+        name="ablate all",
+    )
+    settings.append(every)
     res = [summarize(r) for r in sw.evaluate(settings, gen_prompts, items, "necessity", kl=False)]
     ref = res[0]["score"]
     out["necessity"] = [ref - r["score"] for r in res[1:-1]]

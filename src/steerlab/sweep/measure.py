@@ -1,6 +1,6 @@
 """Measure treatments of a behaviour: score, fluency and side effects, many settings per batch.
 
-For each :class:`~steerlab.interventions.per_row.RowSetting` (one cell of a grid, the
+For each treatment (an :class:`~steerlab.interventions.Intervention`: one cell of a grid, the
 unsteered model, a random control...) on a list of open-ended prompts:
 
 * ``score``: the behaviour scorer on the greedy completions (text scorers), or on the
@@ -23,12 +23,15 @@ import numpy as np
 import torch
 
 from ..behaviors.behavior import ABItem, Behavior, Pair
-from ..interventions.per_row import RowSetting
+from ..engines.base import Engine
+from ..engines.hf import HFEngine
+from ..interventions.base import Intervention
+from ..interventions.per_row import row_touches_prompt
 from ..metrics.stats import kl_divergence
 from ..metrics.text import distinct_n, longest_repeat
 from ..models.chat import format_prompt, has_chat_template
 from ..models.load import LoadedModel
-from .engine import continuation_nll_rows, greedy_rows, next_logprobs_rows
+from .engine import continuation_nll_rows, next_logprobs_rows
 
 __all__ = ["Measurer", "summarize"]
 
@@ -54,6 +57,7 @@ class Measurer:
 
     Args:
         scorer: from :func:`steerlab.behaviors.make_scorer` (``kind`` text, ab or margin).
+        engine: what decodes the completions (teacher-forced scores stay on ``lm``).
         neutral: prompts for the first-token KL.
         chat: apply the chat template (default: when the tokenizer has one).
     """
@@ -65,18 +69,21 @@ class Measurer:
     batch_rows: int = 64
     neutral: Sequence[str] = ()
     chat: bool | None = None
+    engine: Engine | None = None  # decodes the completions (default: the HF model itself)
 
     def __post_init__(self) -> None:
         self._base_neutral: torch.Tensor | None = None
+        if self.engine is None:
+            self.engine = HFEngine()
 
     # -- pieces ------------------------------------------------------------------------
 
-    def _kl(self, settings: Sequence[RowSetting]) -> list[float]:
+    def _kl(self, settings: Sequence[Intervention]) -> list[float]:
         if not self.neutral:
             return [float("nan")] * len(settings)
         if self._base_neutral is None:
             self._base_neutral = next_logprobs_rows(self.lm, self.neutral, chat=self.chat)
-        touching = [s for s in settings if s.touches_prompt]
+        touching = [s for s in settings if row_touches_prompt(s)]
         out: dict[int, float] = {}
         if touching:
             texts = [p for _ in touching for p in self.neutral]
@@ -89,7 +96,7 @@ class Measurer:
                 out[id(s)] = kl_divergence(self._base_neutral, lp[j * k : (j + 1) * k])
         return [out.get(id(s), 0.0) for s in settings]
 
-    def _item_scores(self, settings: Sequence[RowSetting], items: Sequence[Any]) -> list[list]:
+    def _item_scores(self, settings: Sequence[Intervention], items: Sequence[Any]) -> list[list]:
         tok = self.lm.tokenizer
         n = len(items)
         rows = [s for s in settings for _ in items]
@@ -132,7 +139,7 @@ class Measurer:
 
     def measure(
         self,
-        settings: Sequence[RowSetting],
+        settings: Sequence[Intervention],
         prompts: Sequence[str],
         *,
         items: Sequence[ABItem | Pair] | None = None,
@@ -143,7 +150,8 @@ class Measurer:
         "longest_repeat", "completions", "kl", "tokens"}``."""
         rows = [s for s in settings for _ in prompts]
         texts = [p for _ in settings for p in prompts]
-        gen = greedy_rows(
+        assert self.engine is not None
+        gen = self.engine.generate_rows(
             self.lm,
             texts,
             rows,

@@ -27,7 +27,8 @@ from ..capture import resolve_layers
 from ..directions.artifact import Direction
 from ..directions.extract import data_hash, extract
 from ..errors import LayerError
-from ..interventions.per_row import RowSetting
+from ..interventions.base import Intervention, NoOp
+from ..interventions.treatments import Steer
 from ..io.prompts import read_prompts
 from ..metrics.stats import mean_ci
 from ..models.load import LoadedModel
@@ -71,6 +72,7 @@ class Sweep:
             batch_rows=cfg.batch_rows,
             neutral=neutral,
             chat=cfg.chat,
+            engine=run.engine,
         )
         width = lm.info.d_model
         self.random = random_units(width, layers, cfg.seed)
@@ -82,17 +84,18 @@ class Sweep:
             return None
         return list(self.behavior.items(split))  # type: ignore[arg-type]
 
-    def random_setting(self, cell: Cell) -> RowSetting:
+    def random_setting(self, cell: Cell) -> Steer:
         delta = self.random[cell.layer] * (cell.coeff * self.norms[cell.layer])
-        return RowSetting(
-            add={cell.layer: delta},
+        return Steer(
+            delta,
+            layers=cell.layer,
             positions=cell.positions,  # type: ignore[arg-type]
-            label=f"random {cell.key}",
+            name=f"random {cell.key}",
         )
 
     def evaluate(
         self,
-        settings: Sequence[RowSetting],
+        settings: Sequence[Intervention],
         prompts: Sequence[str],
         items: Sequence[Any] | None,
         step: str,
@@ -117,7 +120,7 @@ class Sweep:
                 chunk = list(settings[i : i + per_chunk])
                 key = [base_key, [s.spec() for s in chunk]]
 
-                def compute(chunk: list[RowSetting] = chunk) -> list[dict[str, Any]]:
+                def compute(chunk: list[Intervention] = chunk) -> list[dict[str, Any]]:
                     t0 = time.perf_counter()
                     res = self.measurer.measure(chunk, prompts, items=items, kl=kl, progress=adv)
                     for r in res:
@@ -158,8 +161,10 @@ def run_sweep(
     vector: Direction | None = None,
     progress: Any = None,
     status: Callable[[str], None] | None = None,
+    engine: Any = None,
 ) -> dict[str, Any]:
-    """Run a sweep into ``out`` and return the report written as ``sweep.json``."""
+    """Run a sweep into ``out`` and return the report written as ``sweep.json``; ``engine``
+    decodes the completions (:mod:`steerlab.engines`; default: the Hugging Face model)."""
     from . import maps
     from .report import write_sweep_report
 
@@ -176,7 +181,7 @@ def run_sweep(
                     f"the vector has no row for layer(s) {missing}; its layers: "
                     f"{list(vector.layers)}"
                 )
-    run = Run(out, kind="sweep", lm=lm, progress=progress, status=status)
+    run = Run(out, kind="sweep", lm=lm, engine=engine, progress=progress, status=status)
     say = run.say
     sel = behavior.prompts("selection")
     with run.step("direction"):
@@ -223,7 +228,7 @@ def run_sweep(
         norms = {int(k): float(v) for k, v in raw.items()}
     sw = Sweep(lm, behavior, cfg, run, layers, units, norms)
     with run.step("unsteered"):
-        per = sw.evaluate([RowSetting(label="unsteered")], sel, sw.items("selection"), "base")[0]
+        per = sw.evaluate([NoOp()], sel, sw.items("selection"), "base")[0]
         base = {**summarize(per), "_per": per}
     with run.step("grid"):
         cells, search = search_grid(sw, base)
@@ -251,7 +256,7 @@ def run_sweep(
         test = behavior.prompts("test")
         trio = [
             chosen.setting(units, norms, "steered"),
-            RowSetting(label="unsteered"),
+            NoOp(),
             sw.random_setting(chosen),
         ]
         res = sw.evaluate(trio, test, sw.items("test"), "test")

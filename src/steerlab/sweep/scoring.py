@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ..interventions.base import NoOp
-from ..interventions.per_row import PerRow, RowSetting
+from ..interventions.base import Intervention, NoOp
+from ..interventions.per_row import PerRow
 from ..models.chat import format_prompt, has_chat_template, pad_id
 from ..models.compat import cache_kwarg
 from ..models.load import LoadedModel
@@ -23,7 +23,7 @@ def continuation_nll_rows(
     lm: LoadedModel,
     contexts: Sequence[str],
     continuations: Sequence[str],
-    settings: Sequence[RowSetting] | None = None,
+    settings: Sequence[Intervention] | None = None,
     *,
     chat: bool | None = None,
     batch_rows: int = 32,
@@ -63,7 +63,7 @@ def _nll(
     rows: list[list[int]],
     lens: list[int],
     k: int,
-    settings: Sequence[RowSetting] | None,
+    settings: Sequence[Intervention] | None,
     pid: int,
 ) -> list[tuple[float, int]]:
     """NLL of the last ``lens[j]`` tokens of each row. Unsteered rows share their common prefix
@@ -107,7 +107,7 @@ def _nll(
     return [(float(nll[j, k - 1 - m :].sum()) if m else 0.0, m) for j, m in enumerate(lens)]
 
 
-def treated(lm: LoadedModel, rows: Sequence[RowSetting] | None) -> Any:
+def treated(lm: LoadedModel, rows: Sequence[Intervention] | None) -> Any:
     return PerRow(rows).applied(lm) if rows else NoOp().applied(lm)
 
 

@@ -52,8 +52,7 @@ def main() -> None:
 
     from steerlab.directions import extract
     from steerlab.generation import generate
-    from steerlab.interventions import Steer, apply
-    from steerlab.interventions.per_row import RowSetting
+    from steerlab.interventions import NoOp, Steer, apply
     from steerlab.models.load import load_model
     from steerlab.serve.app import create_app
     from steerlab.sweep.engine import greedy_rows
@@ -130,9 +129,9 @@ def main() -> None:
     alone = gen_each()
     identical = sum(a == b for a, b in zip(together, alone, strict=True))
     serve_tokens = sum(usage.values())
-    plain_tokens = greedy_rows(lm, prompts, [RowSetting()] * 8, max_new_tokens=max_new).tokens
+    plain_tokens = greedy_rows(lm, prompts, [NoOp()] * 8, max_new_tokens=max_new).tokens
     steered_rows = [
-        RowSetting(add={LAYER: c * direction.vector(LAYER)}) for c in COEFFS[: len(prompts)]
+        Steer(c * direction.vector(LAYER), layers=LAYER) for c in COEFFS[: len(prompts)]
     ]
     each_tokens = greedy_rows(lm, prompts, steered_rows, max_new_tokens=max_new).tokens
 

@@ -45,14 +45,11 @@ def main() -> None:
 
     from steerlab import load_model
     from steerlab.capture import capture_stats
-    from steerlab.engines import engine_off, use_engine
-    from steerlab.generation import generate, generate_jobs
-    from steerlab.interventions import Ablate, NoOp, Steer, apply
-    from steerlab.interventions.per_row import RowSetting
+    from steerlab.engines import HFEngine, make_engine
+    from steerlab.interventions import Ablate, NoOp, Steer
     from steerlab.io.prompts import read_prompts
     from steerlab.metrics.refusal import substring_refusal
     from steerlab.metrics.stats import proportion_ci
-    from steerlab.sweep.engine import greedy_rows
 
     harmful = read_prompts("builtin:harmful:test")[: args.prompts]
     harmless = read_prompts("builtin:harmless:test")[: args.prompts]
@@ -71,19 +68,14 @@ def main() -> None:
         "add (harmless)": (Steer(diff, layers=layer, coeff=1.0), harmless),
     }
 
-    def run_all(tag: str) -> dict[str, dict]:
+    def run_all(eng: Any, tag: str) -> dict[str, dict]:
         out = {}
         for name, (treat, prompts) in treatments.items():
-            with apply(lm, treat):
-                t0 = time.perf_counter()
-                texts = generate(
-                    lm.model,
-                    lm.tokenizer,
-                    prompts,
-                    max_new_tokens=args.max_new_tokens,
-                    batch_size=args.batch_size,
-                )
-                wall = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            texts = eng.generate(
+                lm, prompts, treat, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+            )
+            wall = time.perf_counter() - t0
             toks = sum(len(lm.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
             k = sum(substring_refusal(t) for t in texts)
             out[name] = {
@@ -97,12 +89,12 @@ def main() -> None:
             print(f"{tag} {name}: {wall:.1f}s {toks / wall:.1f} tok/s refusal {k}/{len(texts)}")
         return out
 
-    def jobs(tag: str) -> dict[str, Any]:
+    def jobs(eng: Any, tag: str) -> dict[str, Any]:
         """Every treatment in one call (the refusal evaluation's shape): on vLLM one batched
         call with a request group per treatment, on the HF engine one treatment after the
         other."""
         t0 = time.perf_counter()
-        got = generate_jobs(
+        got = eng.generate_jobs(
             lm,
             [(treat or NoOp(), prompts) for treat, prompts in treatments.values()],
             max_new_tokens=args.max_new_tokens,
@@ -121,11 +113,11 @@ def main() -> None:
         print(f"{tag} all treatments, one call: {wall:.1f}s {toks / wall:.1f} tok/s")
         return out
 
-    def grid(tag: str) -> float:
-        sets = [RowSetting(add={layer: diff * c}, label=str(c)) for c in (0.0, 0.5, 1.0, 1.5)]
+    def grid(eng: Any, tag: str) -> float:
+        sets = [Steer(diff * c, layers=layer, name=str(c)) for c in (0.0, 0.5, 1.0, 1.5)]
         prompts = harmless[:16]
         t0 = time.perf_counter()
-        g = greedy_rows(
+        g = eng.generate_rows(
             lm,
             [q for _ in sets for q in prompts],
             [s for s in sets for _ in prompts],
@@ -136,21 +128,22 @@ def main() -> None:
         return g.tokens / wall
 
     t0 = time.perf_counter()
-    use_engine(lm, "vllm", max_model_len=1024)
+    vllm = make_engine(lm, "vllm", max_model_len=1024)
     start_s = time.perf_counter() - t0
+    hf_eng = HFEngine()
     with torch.no_grad():
-        vl = run_all("vllm")
-        vl_jobs = jobs("vllm")
-        vl_grid = grid("vllm")
-        with engine_off(lm):
-            hf = run_all(f"hf-{args.dtype}")
-            hf_jobs = jobs(f"hf-{args.dtype}")
-            hf_grid = grid(f"hf-{args.dtype}")
+        vl = run_all(vllm, "vllm")
+        vl_jobs = jobs(vllm, "vllm")
+        vl_grid = grid(vllm, "vllm")
+        vllm.close()
+        hf = run_all(hf_eng, f"hf-{args.dtype}")
+        hf_jobs = jobs(hf_eng, f"hf-{args.dtype}")
+        hf_grid = grid(hf_eng, f"hf-{args.dtype}")
     hf32 = None
     if args.dtype != "float32" and not args.no_fp32:
         del lm
         lm = load_model(args.model, dtype="float32")
-        hf32 = run_all("hf-float32")
+        hf32 = run_all(hf_eng, "hf-float32")
     rows, res_t = [], {}
     ratios = []
     for name in treatments:

@@ -331,7 +331,7 @@ def check_sweep(env: Env) -> tuple[bool, str, dict[str, Any]]:
     lm, lay = env.lm, env.mid
     v = env.direction.vector(lay)
     v = v / v.norm() * 8.0
-    cells = [steerlab.RowSetting(add={lay: v * c}) for c in (0.5, 1.0)]
+    cells = [steerlab.Steer(v * c, layers=lay) for c in (0.5, 1.0)]
     texts = PROMPTS[:2] * 2
     rows = [c for c in cells for _ in PROMPTS[:2]]
     together = next_logprobs_rows(lm, texts, rows)

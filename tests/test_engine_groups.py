@@ -11,29 +11,32 @@ import pytest
 import torch
 from conftest import make_model, make_tokenizer
 
-from steerlab.engines.vllm import merge_plans
-from steerlab.engines.vllm_worker import Rows, _plus, _remove_dir
-from steerlab.generation import generate, generate_jobs
+from steerlab.engines import HFEngine
+from steerlab.engines.plans import merge_plans
+from steerlab.engines.vllm_worker import Rows
+from steerlab.generation import generate
 from steerlab.interventions import NoOp, Steer, apply
+from steerlab.interventions.arithmetic import project_out, shift
 from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
 
 
 def _add(layer: int, seed: int) -> dict:
     v = torch.randn(8, generator=torch.Generator().manual_seed(seed))
-    return {"kind": "add", "deltas": {layer: v}, "site": "resid_pre"}
+    (op,) = Steer(v, layers=layer).ops()
+    return op
 
 
 def test_equal_ops_are_hooked_once_for_every_group_that_holds_them() -> None:
     a, b = _add(3, 0), _add(3, 1)
-    same_a = {**a, "deltas": {3: a["deltas"][3].clone()}}  # equal content, another object
+    same_a = {**a, "vector": a["vector"].clone()}  # equal content, another object
     plan = merge_plans([[], [a], [same_a, b], [b, a]])
-    got = [(op["deltas"][3][0].item(), op["groups"]) for op in plan]
+    got = [(op["vector"][0].item(), op["groups"]) for op in plan]
     # a at place 0 serves groups 1 and 2; b at place 0 (group 3) is another hook than b at
     # place 1 (group 2), so each group keeps its own order
     assert [g for _, g in got] == [[1, 2], [3], [2], [3]]
-    assert got[0][0] == a["deltas"][3][0].item()
-    assert got[1][0] == b["deltas"][3][0].item()
+    assert got[0][0] == a["vector"][0].item()
+    assert got[1][0] == b["vector"][0].item()
 
 
 def _runner(groups: list[int | None], tokens: list[int]) -> SimpleNamespace:
@@ -70,11 +73,11 @@ def test_masked_hooks_change_exactly_their_rows() -> None:
     x = torch.randn(4, 8, generator=g)
     d = torch.randn(8, generator=g)
     u = torch.nn.functional.normalize(torch.randn(8, generator=g), dim=0)
-    added = _plus(x, d, (rows, (1,)))
+    added = shift(x, d, rows.mask((1,), x))
     assert torch.equal(added[:2], x[:2]) and torch.equal(added[2:], x[2:] + d)
-    removed = _remove_dir(x, u, (rows, (0,)))
+    removed = project_out(x, u, rows.mask((0,), x))
     assert torch.equal(removed[2:], x[2:])
-    assert torch.equal(removed[:2], _remove_dir(x, u)[:2])
+    assert torch.equal(removed[:2], project_out(x, u)[:2])
 
 
 def test_a_request_without_a_group_is_an_error_not_an_unsteered_row() -> None:
@@ -91,7 +94,7 @@ def test_generate_jobs_on_the_hf_engine_runs_each_job_under_its_treatment() -> N
     v = torch.randn(m.config.hidden_size, generator=torch.Generator().manual_seed(1)) * 8
     jobs = [(NoOp(), prompts), (Steer(v, layers=2), []), (Steer(v, layers=1), prompts[:2])]
     seen: list[int] = []
-    got = generate_jobs(lm, jobs, max_new_tokens=6, progress=seen.append)
+    got = HFEngine().generate_jobs(lm, jobs, max_new_tokens=6, progress=seen.append)
     assert sum(seen) == 5
     assert got[1] == []
     for (iv, ps), texts in [(jobs[0], got[0]), (jobs[2], got[2])]:

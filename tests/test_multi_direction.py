@@ -24,8 +24,7 @@ from steerlab.capture import forward_kwargs
 from steerlab.cli import app
 from steerlab.configs import ConfigError
 from steerlab.directions import Direction
-from steerlab.engines.vllm import plan_for
-from steerlab.engines.vllm_worker import _remove_dir
+from steerlab.engines.plans import plan_for
 from steerlab.errors import VectorError
 from steerlab.interventions import (
     Ablate,
@@ -36,7 +35,8 @@ from steerlab.interventions import (
     as_basis,
     steer_many,
 )
-from steerlab.interventions.record import active_ops
+from steerlab.interventions.arithmetic import project_out
+from steerlab.interventions.execute import op_basis
 from steerlab.interventions.runtime import as_unit, orthonormal_rows
 from steerlab.models.adapter import blocks_of, get_adapter
 from steerlab.models.chat import encode
@@ -104,7 +104,7 @@ def test_one_direction_is_bit_for_bit_the_old_path() -> None:
     assert torch.equal(as_basis(model, v[None]), as_unit(model, v, None)[None])
     with steerlab.ablate(model, v):
         old = _logits(model)
-        assert set(active_ops(model)[0]) == {"kind", "unit"}
+    assert op_basis(Ablate(v).ops()[0], 32).shape == (32,)  # one direction: the (D,) formula
     for same in ([v], v[None]):
         with steerlab.ablate(model, same):
             assert torch.equal(_logits(model), old)
@@ -228,29 +228,23 @@ def test_model_is_bit_identical_after_every_context_exits(tmp_path: Path) -> Non
             raise RuntimeError("boom")
         assert_identical(lm.model, snap)
         assert all_hooks(lm.model) == 0
-        assert active_ops(lm.model) == []
         assert not hasattr(lm.model.config, "steerlab_edit")
         assert lm.model.config.tie_word_embeddings == tie
         assert lm.model.get_output_embeddings().weight is lm.model.get_input_embeddings().weight
 
 
-def test_span_is_recorded_and_repeated_as_one_ablation_per_basis_row() -> None:
-    lm = _lm()
+def test_span_is_described_and_repeated_as_one_span_ablation() -> None:
     v = _vecs(2)
-    with Orthogonalize(v).applied(lm):
-        (op,) = active_ops(lm.model)
-    assert op["kind"] == "orthogonalize" and op["k"] == 2 and "unit" not in op
-    with steerlab.ablate(lm.model, v):
-        (op,) = active_ops(lm.model)
-    plan = plan_for([op])
-    assert [p["kind"] for p in plan] == ["ablate", "ablate"]
-    # vLLM's worker removes the rows one after the other: orthonormal, so that is the span.
-    h = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
-    seq = h
-    for p in plan:
-        seq = _remove_dir(seq, p["unit"])
-    q = op["basis"]
-    torch.testing.assert_close(seq, h - (h @ q.T) @ q, rtol=0, atol=1e-5)
+    (op,) = Orthogonalize(v).ops()
+    assert op["kind"] == "orthogonalize" and op["vectors"].shape == (2, 32)
+    (plan,) = plan_for([op])  # vLLM's workers repeat the weights as the ablation they equal
+    assert plan["kind"] == "ablate" and plan["writes"] and plan["layers"] == "all"
+    # The executors remove the span of the orthonormalized rows: h - Q^T (Q h).
+    q = op_basis(plan, 32)
+    assert q.shape == (2, 32)
+    torch.testing.assert_close(q @ q.T, torch.eye(2, dtype=q.dtype), rtol=0, atol=1e-12)
+    h = torch.randn(5, 32, generator=torch.Generator().manual_seed(0)).double()
+    torch.testing.assert_close(project_out(h, q), h - (h @ q.T) @ q, rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------ steering terms
@@ -264,7 +258,10 @@ def test_steer_terms_compose_like_nested_contexts_and_sum_at_one_layer() -> None
             nested = _logits(lm.model)
     with steer_many([(v[0], 1, 2.0), (v[1], 3, -1.5)]).applied(lm):
         assert torch.equal(_logits(lm.model), nested)
-        assert [op["kind"] for op in active_ops(lm.model)] == ["add", "add"]
+    assert [op["kind"] for op in steer_many([(v[0], 1, 2.0), (v[1], 3, -1.5)]).ops()] == [
+        "add",
+        "add",
+    ]
     with steerlab.steer(lm.model, 2.0 * v[0] - 1.5 * v[1], layers=2):
         summed = _logits(lm.model)
     with apply(lm, steer_many([(v[0], 2, 2.0), Steer(v[1], layers=2, coeff=-1.5)])):

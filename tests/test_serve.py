@@ -27,8 +27,7 @@ httpx = pytest.importorskip("httpx")
 from steerlab.capture import read_activations  # noqa: E402
 from steerlab.directions.artifact import Direction  # noqa: E402
 from steerlab.generation import generate  # noqa: E402
-from steerlab.interventions import Ablate, Clamp, Steer, apply  # noqa: E402
-from steerlab.interventions.per_row import RowSetting  # noqa: E402
+from steerlab.interventions import Ablate, Clamp, NoOp, Steer, apply  # noqa: E402
 from steerlab.models.adapter import get_adapter  # noqa: E402
 from steerlab.models.chat import encode  # noqa: E402
 from steerlab.models.load import LoadedModel, model_info  # noqa: E402
@@ -355,7 +354,7 @@ def test_queue_limit_and_disconnect(live: Live) -> None:
 
 
 def test_on_step_streams_and_stops_without_changing_rows(lm: LoadedModel) -> None:
-    rows = [RowSetting()] * 3
+    rows = [NoOp()] * 3
     plain = greedy_rows(lm, PROMPTS[:3], rows, max_new_tokens=8)
     seen: list[list[int | None]] = []
 

@@ -239,14 +239,14 @@ def test_successive_halving_and_maps(tmp_path: Path, lm: LoadedModel) -> None:
 def test_likelihood_scorers(lm: LoadedModel) -> None:
     from steerlab.behaviors.behavior import behavior_from_dict
     from steerlab.behaviors.scorers import make_scorer
-    from steerlab.interventions.per_row import RowSetting
+    from steerlab.interventions import NoOp, Steer
     from steerlab.sweep.measure import Measurer
 
     ab = load_behavior("builtin:sycophancy-ab")
     m = Measurer(lm, ab, make_scorer("ab"), max_new_tokens=3)
     items = ab.items("selection")[:8]
     v = torch.randn(lm.info.d_model)
-    rows = [RowSetting(), RowSetting(add={12: v / v.norm() * 300.0})]
+    rows = [NoOp(), Steer(v / v.norm() * 300.0, layers=12)]
     res = m.measure(rows, ab.prompts("selection")[:2], items=items, kl=False)
     base, pushed = res[0]["score"], res[1]["score"]
     assert len(base) == 8 and all(0.0 <= s <= 1.0 for s in base + pushed)
@@ -271,7 +271,7 @@ def test_likelihood_scorers(lm: LoadedModel) -> None:
     )
     mm = Measurer(lm, mb, make_scorer("margin"), max_new_tokens=2)
     got = mm.measure(
-        [RowSetting()], mb.prompts("selection")[:1], items=mb.items("selection"), kl=False
+        [NoOp()], mb.prompts("selection")[:1], items=mb.items("selection"), kl=False
     )[0]["score"]
     assert len(got) == 6 and all(0.0 < s < 1.0 for s in got)
 

@@ -139,7 +139,13 @@ class VLLMEngine:
 
     # -- generation --------------------------------------------------------------------------
 
-    def _ids(self, lm: LoadedModel, prompts: Sequence[str], ops: list, chat: bool | None) -> Any:
+    def token_ids(
+        self,
+        lm: LoadedModel,
+        prompts: Sequence[str],
+        ops: Sequence[Any] = (),
+        chat: bool | None = None,
+    ) -> list[list[int]]:
         """Each prompt rendered (with the treatment's prompt ops) and tokenized exactly as the
         Hugging Face path does."""
         return token_rows(prompt_tokenizer(lm.tokenizer, ops), list(prompts), chat, None)
@@ -165,7 +171,7 @@ class VLLMEngine:
         engine's)."""
         ops = treatment.ops() if treatment is not None else []
         (new,) = self.generate_groups(
-            [(self._ids(lm, prompts, ops, chat), self._plan(lm, ops))],
+            [(self.token_ids(lm, prompts, ops, chat), self._plan(lm, ops))],
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -202,7 +208,8 @@ class VLLMEngine:
         jobs = []
         for idx in order:
             ops = base + rows[idx[0]].ops()
-            jobs.append((self._ids(lm, [prompts[i] for i in idx], ops, chat), self._plan(lm, ops)))
+            ids = self.token_ids(lm, [prompts[i] for i in idx], ops, chat)
+            jobs.append((ids, self._plan(lm, ops)))
         got = self.generate_groups(
             jobs,
             max_new_tokens=max_new_tokens,
@@ -234,7 +241,7 @@ class VLLMEngine:
                 groups.append(([], []))
                 continue
             ops = iv.ops()
-            groups.append((self._ids(lm, prompts, ops, chat), self._plan(lm, ops)))
+            groups.append((self.token_ids(lm, prompts, ops, chat), self._plan(lm, ops)))
         new = self.generate_groups(
             groups,
             max_new_tokens=max_new_tokens,

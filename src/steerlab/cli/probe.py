@@ -9,29 +9,14 @@ from typing import Annotated, Any
 import typer
 
 from ..models.registry import DEFAULT_MODEL
+from ..probe.config import ProbeConfig
 from .common import ModelOpt, ModelOptions, command, print_notes
+from .options import Given
 
 SET_HELP = "prompt file or builtin:NAME (a built-in set with splits uses its train/test)"
 
 
-def _sizes(text: str) -> tuple[int | str, ...]:
-    from ..errors import DataError
-
-    out: list[int | str] = []
-    for x in (t.strip() for t in text.split(",") if t.strip()):
-        if x in ("all", "auto"):
-            out.append(x)
-            continue
-        try:
-            out.append(int(x))
-        except ValueError:
-            raise DataError(f"--train-sizes takes numbers, 'all' and 'auto', got {x!r}") from None
-    if not out:
-        raise DataError("--train-sizes is empty")
-    return tuple(out)
-
-
-@command
+@command(config=ProbeConfig)
 def probe(
     opts: ModelOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -53,30 +38,14 @@ def probe(
     transfer_negative: Annotated[
         str | None, typer.Option(help="another dataset's negatives")
     ] = None,
-    layers: Annotated[str, typer.Option(help="all | L | A:B | L1,L2")] = "all",
-    position: Annotated[str, typer.Option(help="last | mean | instruction-end")] = "last",
-    methods: Annotated[
-        str, typer.Option(help="comma list of mean_diff, pca, logistic, lda, leace")
-    ] = "mean_diff,pca,logistic,lda,leace",
-    train_sizes: Annotated[
-        str,
-        typer.Option(
-            help="examples per class for the sample-efficiency curves; auto = 4, 8, 16, ... and all"
-        ),
-    ] = "auto",
-    draws: Annotated[int, typer.Option(min=1, help="random subsets per training size")] = 20,
+    *,
+    given: Given,
     test_fraction: Annotated[
         float, typer.Option(help="held-out share when no test sets or splits are given")
     ] = 0.3,
     steer_check: Annotated[
         str | None, typer.Option(help="a behaviour: does each reading direction also steer it?")
     ] = None,
-    steer_coeff: Annotated[
-        float, typer.Option(help="read-vs-steer strength, x the layer's median residual norm")
-    ] = 0.25,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
-    seed: int = 0,
-    no_chat: Annotated[bool, typer.Option("--no-chat", help="raw prompts, no template")] = False,
     out: Annotated[Path, typer.Option(help="run directory (probe.json, report.html)")] = Path(
         "runs/probe"
     ),
@@ -87,9 +56,10 @@ def probe(
     from ..behaviors.behavior import load_behavior
     from ..behaviors.scorers import make_scorer
     from ..errors import DataError
-    from ..probe import ProbeConfig, make_probe_data, read_labelled, run_probe
+    from ..probe import make_probe_data, read_labelled, run_probe
     from ..ui import progress_bar, status
 
+    cfg = given.build(ProbeConfig)
     labels: dict[str, Any] | None = None
     sources = [x is not None for x in (positive or negative, data, behavior)]
     if sum(sources) != 1:
@@ -105,19 +75,6 @@ def probe(
         pos, neg = list(beh.positive), list(beh.negative)
     else:
         pos, neg = positive, negative  # type: ignore[assignment]
-    cfg = ProbeConfig(
-        layers=layers,
-        position=position,
-        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        train_sizes=_sizes(train_sizes),
-        draws=draws,
-        seed=seed,
-        chat=False if no_chat else None,
-        steer_coeff=steer_coeff,
-        max_new_tokens=max_new_tokens,
-    )
-    if position not in ("last", "mean", "instruction-end"):
-        raise DataError(f"unknown --position {position!r}: use last, mean or instruction-end")
     pdata = make_probe_data(
         pos,
         neg,
@@ -126,7 +83,7 @@ def probe(
         transfer_positive=transfer_positive,
         transfer_negative=transfer_negative,
         test_fraction=test_fraction,
-        seed=seed,
+        seed=cfg.seed,
     )
     if labels is not None:  # which label was taken as positive
         pdata = replace(pdata, split={**pdata.split, "labels": labels})

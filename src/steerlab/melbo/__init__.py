@@ -17,11 +17,17 @@ Example::
 
 from __future__ import annotations
 
-from .config import MelboConfig
-from .discover import DiscoverConfig, run_discover
-from .result import MelboResult, load_vectors, save_vectors, vector_direction
-from .sphere import random_vectors
-from .train import melbo_objective, train_melbo
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# the configs are light (the command line reads them for --help); the rest needs torch
+from .config import DiscoverConfig, MelboConfig
+
+if TYPE_CHECKING:
+    from .discover import run_discover
+    from .result import MelboResult, load_vectors, save_vectors, vector_direction
+    from .sphere import random_vectors
+    from .train import melbo_objective, train_melbo
 
 __all__ = [
     "DiscoverConfig",
@@ -35,3 +41,20 @@ __all__ = [
     "train_melbo",
     "vector_direction",
 ]
+
+_LAZY = {
+    "run_discover": "discover",
+    "MelboResult": "result",
+    "load_vectors": "result",
+    "save_vectors": "result",
+    "vector_direction": "result",
+    "random_vectors": "sphere",
+    "melbo_objective": "train",
+    "train_melbo": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'steerlab.melbo' has no attribute {name!r}")

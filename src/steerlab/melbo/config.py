@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..configs import ConfigError, bounds, cli
 from ..errors import DataError, LayerError, SteerlabError, VectorError
 
-__all__ = ["MelboConfig", "parse_positions"]
+__all__ = ["DiscoverConfig", "MelboConfig", "parse_positions"]
+
+
+def _ratio_or_none(text: str) -> float | None:
+    """``--massive-ratio``: a number, or ``none`` (keep every position)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(
+            "massive_ratio", f"massive_ratio must be a number > 1 or none, got {text!r}"
+        ) from None
+
+
+def _radius(text: str) -> float | str:
+    """``--radius``: a finite number > 0, or ``auto``."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        r = float(text)
+    except ValueError:
+        r = math.nan
+    if not (math.isfinite(r) and r > 0):
+        raise ConfigError("radius", f"radius must be a finite number > 0 or auto, got {text!r}")
+    return r
 
 
 @dataclass(frozen=True)
@@ -43,20 +69,38 @@ class MelboConfig:
         chat: apply the chat template (default: when the tokenizer has one).
     """
 
-    source_layer: int | None = None
-    target_layer: int | None = None
+    # Not Checked: resolved() validates against the model's shape, with the errors callers
+    # expect; the command line checks the bounds below as soon as a value is typed.
+    source_layer: int | None = field(
+        default=None, metadata=cli("S: vectors are added at resid_pre[S] (default ~L/4)")
+    )
+    target_layer: int | None = field(
+        default=None, metadata=cli("T > S: the change is maximized at resid_pre[T]")
+    )
     radius: float = 8.0
-    num_vectors: int = 8
-    steps: int = 200
-    lr: float | None = None
-    p: float = 2.0
-    q: float = 1.0
-    orthogonal: bool = False
-    token_positions: str = "all"
-    massive_ratio: float | None = 10.0
-    seed: int = 0
+    num_vectors: int = field(
+        default=8, metadata=bounds(ge=1) | cli("K learned (and K random) vectors")
+    )
+    steps: int = field(default=200, metadata=bounds(ge=0) | cli("optimization steps"))
+    lr: float | None = field(
+        default=None, metadata=bounds(gt=0) | cli("Adam learning rate (default 1e-3 * R)")
+    )
+    p: float = field(default=2.0, metadata=bounds(gt=0) | cli("exponent of the per-token change"))
+    q: float = field(default=1.0, metadata=bounds(gt=0) | cli("per-prompt sum raised to 1/q"))
+    orthogonal: bool = field(default=False, metadata=cli("keep the K vectors orthogonal"))
+    token_positions: str = field(default="all", metadata=cli("all | last:N"))
+    massive_ratio: float | None = field(
+        default=10.0,
+        metadata=bounds(gt=1)
+        | cli(
+            "leave target tokens with ||Z_T|| > this x the prompt median (attention sinks) out "
+            "of the objective; none keeps them",
+            parse=_ratio_or_none,
+        ),
+    )
+    seed: int = field(default=0, metadata=cli("vector k starts from seed + k"))
     batch_size: int = 16
-    chat: bool | None = None
+    chat: bool | None = field(default=None, metadata=cli("raw prompts, no template", "--no-chat"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +155,52 @@ class MelboConfig:
             raise LayerError(f"the source layer ({s}) must come before the target layer ({t})")
         lr = self.lr if self.lr is not None else 1e-3 * self.radius
         return replace(self, source_layer=s, target_layer=t, lr=lr)
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """Settings of :func:`~steerlab.melbo.run_discover`.
+
+    Attributes:
+        melbo: MELBO settings (layers, K, steps, lr, p, q, orthogonal, positions, seed, chat);
+            its ``radius`` is ignored: set ``radius`` here.
+        radius: ``R`` (> 0), or ``"auto"`` to choose it by the sweep (``RADIUS_RULE``).
+        max_new_tokens: greedy tokens per completion.
+        batch_size: rows per ``generate`` batch (prompts x (vector, sign) pairs).
+        chunk_size: vectors trained per resumable chunk (orthogonal: all K in one).
+        sweep_factors: the auto grid, as multiples of the median ``||resid_pre[S]||``.
+        sweep_vectors, sweep_steps: the short sweep runs, on the first 8 prompts and 16 new
+            tokens (``sweep_steps`` default: a quarter of ``melbo.steps``, at least 1).
+        fluency_margin: nats/token a radius may add to the unsteered loss (see the rule).
+    """
+
+    melbo: MelboConfig = field(default_factory=MelboConfig)
+    radius: float | str = field(
+        default="auto", metadata=cli("R, the norm of every vector, or auto", parse=_radius)
+    )
+    max_new_tokens: int = field(
+        default=32, metadata=bounds(ge=1) | cli("tokens generated per completion")
+    )
+    batch_size: int = field(default=32, metadata=bounds(ge=1) | cli("rows per generation batch"))
+    chunk_size: int = field(
+        default=4, metadata=bounds(ge=1) | cli("vectors per resumable training chunk")
+    )
+    sweep_factors: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5, 1.0)
+    sweep_vectors: int = field(
+        default=4, metadata=bounds(ge=1) | cli("--radius auto: vectors per R")
+    )
+    sweep_steps: int | None = field(
+        default=None,
+        metadata=bounds(ge=0) | cli("--radius auto: steps per R (default steps/4)"),
+    )
+    fluency_margin: float = field(
+        default=1.5,
+        metadata=bounds(ge=0)
+        | cli("--radius auto: nats/token the learned completions may add to the loss"),
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def parse_positions(spec: str) -> int | None:

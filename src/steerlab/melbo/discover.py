@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ from ..models.chat import encode, has_chat_template
 from ..models.load import LoadedModel
 from ..runs import Bar, Journal, Run, RunCache
 from . import report as rpt
-from .config import MelboConfig
+from .config import DiscoverConfig, MelboConfig
 from .result import MelboResult, save_vectors, vector_direction
 from .sphere import gram_schmidt, random_vectors
 from .train import train_melbo
@@ -49,37 +49,6 @@ __all__ = ["DiscoverConfig", "run_discover", "source_norm"]
 CONTROL_SEED_OFFSET = 1_000_000
 SWEEP_PROMPTS, SWEEP_NEW_TOKENS = 8, 16
 Item = tuple[str, int, int]  # (kind, vector index, sign)
-
-
-@dataclass(frozen=True)
-class DiscoverConfig:
-    """Settings of :func:`run_discover`.
-
-    Attributes:
-        melbo: MELBO settings (layers, K, steps, lr, p, q, orthogonal, positions, seed, chat);
-            its ``radius`` is ignored: set ``radius`` here.
-        radius: ``R`` (> 0), or ``"auto"`` to choose it by the sweep (``RADIUS_RULE``).
-        max_new_tokens: greedy tokens per completion.
-        batch_size: rows per ``generate`` batch (prompts x (vector, sign) pairs).
-        chunk_size: vectors trained per resumable chunk (orthogonal: all K in one).
-        sweep_factors: the auto grid, as multiples of the median ``||resid_pre[S]||``.
-        sweep_vectors, sweep_steps: the short sweep runs, on the first 8 prompts and 16 new
-            tokens (``sweep_steps`` default: a quarter of ``melbo.steps``, at least 1).
-        fluency_margin: nats/token a radius may add to the unsteered loss (see the rule).
-    """
-
-    melbo: MelboConfig = field(default_factory=MelboConfig)
-    radius: float | str = "auto"
-    max_new_tokens: int = 32
-    batch_size: int = 32
-    chunk_size: int = 4
-    sweep_factors: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5, 1.0)
-    sweep_vectors: int = 4
-    sweep_steps: int | None = None
-    fluency_margin: float = 1.5
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _check(lm: LoadedModel, prompts: Sequence[str], cfg: DiscoverConfig) -> MelboConfig:

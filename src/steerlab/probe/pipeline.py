@@ -33,34 +33,11 @@ from ..errors import DataError
 from ..io.safetensors_io import save_atomic
 from ..models.load import LoadedModel
 from ..runs import Run
+from .config import ProbeConfig
 from .data import ProbeData
-from .fit import PROBE_METHODS, Scored, choose_c, directions, erase_leace, score
+from .fit import Scored, choose_c, directions, erase_leace, score
 
 __all__ = ["ProbeConfig", "check_config", "run_probe"]
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    layers: str = "all"
-    position: str = "last"
-    methods: tuple[str, ...] = PROBE_METHODS
-    # "auto": 4, 8, 16, ... below the smaller class's training count, then all of it.
-    train_sizes: tuple[int | str, ...] = ("auto",)
-    draws: int = 20
-    val_fraction: float = 0.2
-    seed: int = 0
-    chat: bool | None = None
-    batch_size: int = 16
-    steer_coeff: float = 0.25
-    steer_layers: int = 1
-    max_new_tokens: int = 32
-
-    def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in PROBE_METHODS]
-        if bad or not self.methods:
-            raise DataError(f"unknown --methods {bad}: use some of {', '.join(PROBE_METHODS)}")
-        if self.draws < 1:
-            raise DataError("--draws must be at least 1")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from ..configs import Checked, ConfigError, bounds
+from ..configs import MODEL_HELP, Checked, ConfigError, bounds, cli
 
 __all__ = ["QUICK", "RefusalConfig"]
 
@@ -45,39 +45,76 @@ class RefusalConfig(Checked):
             addition, subtraction and clamp use the first (best) one. At most ``keep``.
     """
 
-    model: str = "qwen2.5-coder-0.5b"
-    harmful: str = "builtin:harmful:train"
-    harmless: str = "builtin:harmless:train"
-    harmful_val: str = "builtin:harmful:val"
-    harmless_val: str = "builtin:harmless:val"
-    eval_harmful: str = "builtin:harmful:test"
-    eval_harmless: str = "builtin:harmless:test"
-    n_train: int = field(default=160, metadata=bounds(ge=1))
+    model: str = field(default="qwen2.5-coder-0.5b", metadata=cli(MODEL_HELP, "--model", "-m"))
+    harmful: str = field(default="builtin:harmful:train", metadata=cli("harmful train prompts"))
+    harmless: str = field(default="builtin:harmless:train", metadata=cli("harmless train prompts"))
+    harmful_val: str = field(
+        default="builtin:harmful:val", metadata=cli("harmful selection prompts")
+    )
+    harmless_val: str = field(
+        default="builtin:harmless:val", metadata=cli("harmless selection prompts")
+    )
+    eval_harmful: str = field(
+        default="builtin:harmful:test", metadata=cli("held-out harmful prompts")
+    )
+    eval_harmless: str = field(
+        default="builtin:harmless:test", metadata=cli("held-out harmless prompts")
+    )
+    n_train: int = field(default=160, metadata=bounds(ge=1) | cli("train prompts per class (cap)"))
     # All 52 of the built-in val split: with a 32-prompt draw the best candidate's val KL
     # fell on either side of 0.1 depending on the draw.
-    n_val: int = field(default=64, metadata=bounds(ge=1))
-    n_eval: int = field(default=100, metadata=bounds(ge=1))
-    max_prompt_tokens: int = field(default=96, metadata=bounds(ge=1))
+    n_val: int = field(default=64, metadata=bounds(ge=1) | cli("val prompts per class (cap)"))
+    n_eval: int = field(default=100, metadata=bounds(ge=1) | cli("eval prompts per class (cap)"))
+    max_prompt_tokens: int = field(default=96, metadata=bounds(ge=1) | cli("drop longer prompts"))
     # 0: all post-instruction tokens of the chat template (at most 5)
-    positions: int = field(default=0, metadata=bounds(ge=0))
-    prune_last: float = field(default=0.2, metadata=bounds(ge=0, lt=1))
-    kl_max: float = field(default=0.1, metadata=bounds(gt=0))
-    induce_min: float = field(default=0.0, metadata=bounds())
-    induce_coeff: float = field(default=1.0, metadata=bounds())
-    on_empty: Literal["relax", "error"] = "relax"
+    positions: int = field(
+        default=0,
+        metadata=bounds(ge=0) | cli("post-instruction positions to try (0: all, at most 5)"),
+    )
+    prune_last: float = field(
+        default=0.2, metadata=bounds(ge=0, lt=1) | cli("deepest layer fraction never selected")
+    )
+    kl_max: float = field(
+        default=0.1, metadata=bounds(gt=0) | cli("KL bound on harmless val under ablation")
+    )
+    induce_min: float = field(default=0.0, metadata=bounds() | cli("induce-score threshold"))
+    induce_coeff: float = field(
+        default=1.0,
+        metadata=bounds() | cli("coefficient of the addition for the induce score"),
+    )
+    on_empty: Literal["relax", "error"] = field(
+        default="relax", metadata=cli("when no candidate passes both filters")
+    )
     early_prompts: int = field(default=8, metadata=bounds(ge=1))
-    keep: int = field(default=4, metadata=bounds(ge=1))
-    screen: Literal["layers", "all"] = "layers"
-    coeff: str = "auto"
+    keep: int = field(
+        default=4, metadata=bounds(ge=1) | cli("candidates fully scored after screening")
+    )
+    screen: Literal["layers", "all"] = field(
+        default="layers", metadata=cli("which candidates the few-prompt screen scores")
+    )
+    coeff: str = field(
+        default="auto", metadata=cli("addition coefficient for evaluation: auto or a number")
+    )
     coeff_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
     induce_target: float = field(default=0.9, metadata=bounds(gt=0, le=1))
-    max_new_tokens: int = field(default=32, metadata=bounds(ge=1))
-    batch_size: int = field(default=16, metadata=bounds(ge=1))
-    seed: int = 0
-    chat: bool | None = None
-    filter_train: bool = True
-    filter_rule: Literal["score", "argmax"] = "score"
-    directions: int = field(default=1, metadata=bounds(ge=1))
+    max_new_tokens: int = field(
+        default=32, metadata=bounds(ge=1) | cli("tokens generated in evaluation")
+    )
+    batch_size: int = field(default=16, metadata=bounds(ge=1) | cli("prompts per forward"))
+    seed: int = field(default=0, metadata=cli("shuffles and the random control"))
+    chat: bool | None = field(default=None, metadata=cli("raw prompts, no template", "--no-chat"))
+    filter_train: bool = field(default=True, metadata=cli("skip the refusal filter", "--no-filter"))
+    filter_rule: Literal["score", "argmax"] = field(
+        default="score", metadata=cli("which train prompts count as refused/answered")
+    )
+    directions: int = field(
+        default=1,
+        metadata=bounds(ge=1)
+        | cli(
+            "best candidates ablated together as one orthonormalized span (addition and clamp "
+            "use the first)"
+        ),
+    )
 
     def check(self) -> None:
         if self.directions > self.keep:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..configs import Checked, ConfigError, bounds
+from ..configs import Checked, ConfigError, bounds, cli
 
 __all__ = ["AUTO_COEFFS", "POSITIONS", "SweepConfig", "parse_coeffs", "parse_positions"]
 
@@ -67,21 +67,47 @@ class SweepConfig(Checked):
             chosen cell's random control is always evaluated on the test split).
     """
 
-    layers: str | None = None
-    coeffs: str | tuple[float, ...] = "auto"
-    positions: str | tuple[str, ...] = "all"
-    method: Literal["mean_diff", "pca", "logistic", "leace"] = "mean_diff"
-    search: Literal["grid", "auto"] = "grid"
-    max_ce_increase: float = field(default=1.0, metadata=bounds(gt=0))
-    max_new_tokens: int = field(default=32, metadata=bounds(ge=1, le=1024))
-    batch_rows: int = field(default=64, metadata=bounds(ge=1))
-    pairs: int = field(default=0, metadata=bounds(ge=0, le=12))
-    profile: bool = False
-    random_control: bool = False
+    layers: str | None = field(
+        default=None,
+        metadata=cli("A:B (end excluded) | L1,L2 | all; default: the middle 80% of the blocks"),
+    )
+    coeffs: str | tuple[float, ...] = field(
+        default="auto",
+        metadata=cli("auto, or multiples of the layer's residual norm: 0.25,0.5,1"),
+    )
+    positions: str | tuple[str, ...] = field(
+        default="all", metadata=cli("all | prompt | generated (comma list to sweep several)")
+    )
+    method: Literal["mean_diff", "pca", "logistic", "leace"] = field(
+        default="mean_diff", metadata=cli("how the direction is extracted (without --vector)")
+    )
+    search: Literal["grid", "auto"] = field(
+        default="grid", metadata=cli("every cell, or successive halving")
+    )
+    max_ce_increase: float = field(
+        default=1.0,
+        metadata=bounds(gt=0) | cli("fluency bound on the chosen cell, nats/token over unsteered"),
+    )
+    max_new_tokens: int = field(
+        default=32, metadata=bounds(ge=1, le=1024) | cli("tokens generated per completion")
+    )
+    batch_rows: int = field(default=64, metadata=bounds(ge=1) | cli("rows per batched forward"))
+    pairs: int = field(
+        default=0,
+        metadata=bounds(ge=0, le=12)
+        | cli("K >= 2: every pair of the K best layers, and the layer profile"),
+    )
+    profile: bool = field(
+        default=False, metadata=cli("per-layer sufficiency vs necessity", "--profile")
+    )
+    random_control: bool = field(
+        default=False,
+        metadata=cli("a norm-matched random vector at every grid cell", "--random-control"),
+    )
     neutral_prompts: int = field(default=12, metadata=bounds(ge=0))
     necessity_prompts: int = field(default=16, metadata=bounds(ge=1))
-    seed: int = 0
-    chat: bool | None = None
+    seed: int = field(default=0, metadata=cli("random seed"))
+    chat: bool | None = field(default=None, metadata=cli("raw prompts, no template", "--no-chat"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -377,7 +377,7 @@ def run_discover(
     }
     base_texts = [{"prompt": p, "text": t} for p, t in zip(prompts, ref["texts"], strict=True)]
     completions = dict(model=lm.info.model_id, radius=r, unsteered=base_texts, vectors=entries)
-    from ..report import discover_files  # matplotlib and the templates load only here
+    from .page import discover_files  # matplotlib and the templates load only here
 
     run.write_json("completions.json", completions, indent=1)
     run.write_json("report.json", report, indent=1)

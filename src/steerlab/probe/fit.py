@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.stats import mean_ci
+from ..metrics.stats import mean_ci, percentile_bootstrap
 
 __all__ = ["PROBE_METHODS", "Scored", "choose_c", "directions", "erase_leace", "score"]
 
@@ -129,25 +129,20 @@ class Scored:
 
 def _auroc_ci(s: np.ndarray, y: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
     """Percentile bootstrap of the AUROC: Mann-Whitney from tie-averaged ranks of every
-    resample at once, O(n log n) per resample."""
+    resample at once, O(n log n) per resample; resamples with one class only are left out."""
     from scipy.stats import rankdata
 
-    rng = np.random.default_rng(seed)
-    vals: list[np.ndarray] = []
-    chunk = max(1, 2_000_000 // max(len(y), 1))
-    for start in range(0, n, chunk):
-        idx = rng.integers(0, len(y), (min(chunk, n - start), len(y)))
+    def auroc(idx: np.ndarray) -> np.ndarray:
         ranks, yy = rankdata(s[idx], axis=1), y[idx]
         n1 = yy.sum(1)
         n0 = yy.shape[1] - n1
         ok = (n1 > 0) & (n0 > 0)
         u = (ranks * yy).sum(1) - n1 * (n1 + 1) / 2
-        vals.append(u[ok] / (n1[ok] * n0[ok]))
-    v = np.concatenate(vals)
-    if v.size == 0:
-        return (float("nan"), float("nan"))
-    lo, hi = np.percentile(v, [2.5, 97.5])
-    return (float(lo), float(hi))
+        out = np.full(len(idx), np.nan)
+        out[ok] = u[ok] / (n1[ok] * n0[ok])
+        return out
+
+    return percentile_bootstrap(auroc, len(y), seed=seed, n=n)
 
 
 def score(

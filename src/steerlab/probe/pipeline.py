@@ -31,6 +31,7 @@ from ..capture import capture_stats, resolve_layers
 from ..directions.artifact import LAYER_CONVENTION, Direction
 from ..errors import DataError
 from ..io.safetensors_io import save_atomic
+from ..metrics.stats import percentile_interval
 from ..models.load import LoadedModel
 from ..runs import Run
 from .data import ProbeData
@@ -202,7 +203,7 @@ def _efficiency(
             p, n = tr.pos[ip, i], tr.neg[ineg, i]
             u = directions(p, n, c=c, methods=(method,), seed=cfg.seed)[method]
             accs.append(score(u, p, n, te.x[:, i], te.y, intervals=False).accuracy)
-        lo, hi = np.percentile(accs, [2.5, 97.5]) if len(accs) > 1 else (accs[0], accs[0])
+        lo, hi = percentile_interval(accs)  # one draw: that accuracy, twice
         out.append(
             {
                 "n_per_class": k,

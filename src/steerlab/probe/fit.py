@@ -16,8 +16,9 @@ intercept is not used). AUROC is threshold-free.
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 from ..metrics.stats import mean_ci, percentile_bootstrap
 
 __all__ = ["PROBE_METHODS", "Scored", "choose_c", "directions", "erase_leace", "score"]
+__all__ += ["projection_accuracy", "projection_summary"]
 
 PROBE_METHODS = ("mean_diff", "pca", "logistic", "lda", "leace")
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -186,3 +188,33 @@ def erase_leace(
         return er(torch.from_numpy(a)).numpy()
 
     return apply(xp), apply(xn), [apply(o) for o in others]
+
+
+def _finite_list(values: Any) -> list[float]:
+    return [float(v) for v in values or [] if _is_num(v)]
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def projection_accuracy(p: Mapping[str, Any]) -> float | None:
+    """The share of test examples on their class's side of the threshold (positive above),
+    as :func:`score` counts, from ``{"pos", "neg", "threshold"}``; None without a threshold or
+    examples. Non-finite projections are left out."""
+    thr = p.get("threshold")
+    pos, neg = _finite_list(p.get("pos")), _finite_list(p.get("neg"))
+    if not _is_num(thr) or not (pos or neg):
+        return None
+    return (sum(v > thr for v in pos) + sum(v <= thr for v in neg)) / (len(pos) + len(neg))
+
+
+def projection_summary(p: Mapping[str, Any]) -> dict[str, float | None]:
+    """Each class's mean projection and :func:`projection_accuracy`, for the report to show
+    beside the projections (None where a class has no finite projection)."""
+    pos, neg = _finite_list(p.get("pos")), _finite_list(p.get("neg"))
+    return {
+        "pos_mean": sum(pos) / len(pos) if pos else None,
+        "neg_mean": sum(neg) / len(neg) if neg else None,
+        "accuracy": projection_accuracy(p),
+    }

@@ -24,15 +24,8 @@ from ..runs import Bar, Run, check_new_dir
 from .config import RefusalConfig
 from .data import load_data
 from .export import ExportCheck, prepare_export, publish_export
-from .steps import (
-    Ctx,
-    candidates,
-    coefficient,
-    direction_artifact,
-    evaluation,
-    filter_prompts,
-    selection,
-)
+from .outcome import coefficient, direction_artifact, evaluation
+from .steps import Ctx, candidates, filter_prompts, selection
 from .summary import build_report, model_card
 
 __all__ = ["run_refusal"]

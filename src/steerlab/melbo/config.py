@@ -1,14 +1,15 @@
-"""MELBO settings: defaults scaled from the paper, validated against a model's shape."""
+"""MELBO settings: defaults scaled from the paper, validated against a model's shape; and the
+settings of the discover pipeline (:class:`DiscoverConfig`)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import DataError, LayerError, SteerlabError, VectorError
 
-__all__ = ["MelboConfig", "parse_positions"]
+__all__ = ["DiscoverConfig", "MelboConfig", "parse_positions"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +126,34 @@ def parse_positions(spec: str) -> int | None:
         if n >= 1:
             return n
     raise DataError(f"unknown token_positions {spec!r}: use all or last:N (N >= 1)")
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """Settings of :func:`run_discover`.
+
+    Attributes:
+        melbo: MELBO settings (layers, K, steps, lr, p, q, orthogonal, positions, seed, chat);
+            its ``radius`` is ignored: set ``radius`` here.
+        radius: ``R`` (> 0), or ``"auto"`` to choose it by the sweep (``RADIUS_RULE``).
+        max_new_tokens: greedy tokens per completion.
+        batch_size: rows per ``generate`` batch (prompts x (vector, sign) pairs).
+        chunk_size: vectors trained per resumable chunk (orthogonal: all K in one).
+        sweep_factors: the auto grid, as multiples of the median ``||resid_pre[S]||``.
+        sweep_vectors, sweep_steps: the short sweep runs, on the first 8 prompts and 16 new
+            tokens (``sweep_steps`` default: a quarter of ``melbo.steps``, at least 1).
+        fluency_margin: nats/token a radius may add to the unsteered loss (see the rule).
+    """
+
+    melbo: MelboConfig = field(default_factory=MelboConfig)
+    radius: float | str = "auto"
+    max_new_tokens: int = 32
+    batch_size: int = 32
+    chunk_size: int = 4
+    sweep_factors: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5, 1.0)
+    sweep_vectors: int = 4
+    sweep_steps: int | None = None
+    fluency_margin: float = 1.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

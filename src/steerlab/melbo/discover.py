@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ from ..models.chat import encode, has_chat_template
 from ..models.load import LoadedModel
 from ..runs import Bar, Journal, Run, RunCache
 from . import report as rpt
-from .config import MelboConfig
+from .config import DiscoverConfig, MelboConfig
 from .result import MelboResult, save_vectors, vector_direction
 from .sphere import gram_schmidt, random_vectors
 from .train import train_melbo
@@ -49,37 +49,6 @@ __all__ = ["DiscoverConfig", "run_discover", "source_norm"]
 CONTROL_SEED_OFFSET = 1_000_000
 SWEEP_PROMPTS, SWEEP_NEW_TOKENS = 8, 16
 Item = tuple[str, int, int]  # (kind, vector index, sign)
-
-
-@dataclass(frozen=True)
-class DiscoverConfig:
-    """Settings of :func:`run_discover`.
-
-    Attributes:
-        melbo: MELBO settings (layers, K, steps, lr, p, q, orthogonal, positions, seed, chat);
-            its ``radius`` is ignored: set ``radius`` here.
-        radius: ``R`` (> 0), or ``"auto"`` to choose it by the sweep (``RADIUS_RULE``).
-        max_new_tokens: greedy tokens per completion.
-        batch_size: rows per ``generate`` batch (prompts x (vector, sign) pairs).
-        chunk_size: vectors trained per resumable chunk (orthogonal: all K in one).
-        sweep_factors: the auto grid, as multiples of the median ``||resid_pre[S]||``.
-        sweep_vectors, sweep_steps: the short sweep runs, on the first 8 prompts and 16 new
-            tokens (``sweep_steps`` default: a quarter of ``melbo.steps``, at least 1).
-        fluency_margin: nats/token a radius may add to the unsteered loss (see the rule).
-    """
-
-    melbo: MelboConfig = field(default_factory=MelboConfig)
-    radius: float | str = "auto"
-    max_new_tokens: int = 32
-    batch_size: int = 32
-    chunk_size: int = 4
-    sweep_factors: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5, 1.0)
-    sweep_vectors: int = 4
-    sweep_steps: int | None = None
-    fluency_margin: float = 1.5
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _check(lm: LoadedModel, prompts: Sequence[str], cfg: DiscoverConfig) -> MelboConfig:
@@ -286,6 +255,21 @@ def _sweep(
     return out | {"rule": rpt.RADIUS_RULE, "sweep": points, "note": note}
 
 
+def _radius(
+    run: Run, lm: LoadedModel, prompts: list[str], base: MelboConfig, cfg: DiscoverConfig
+) -> dict[str, Any]:
+    """The radius R: ``cfg.radius``, or chosen by a short sweep (``"auto"``, its own step)."""
+    if cfg.radius != "auto":
+        return {"mode": "fixed", "value": float(cfg.radius)}
+    assert base.source_layer is not None
+    with run.step("radius_sweep"):
+        sweep_gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, SWEEP_NEW_TOKENS)
+        radius = _sweep(sweep_gen, prompts, base, cfg, run.cache, run.bar)
+    norm = radius["median_source_norm"]
+    run.say(f"radius auto: R = {radius['value']:.4g} (median |resid_pre[S]| {norm:.4g})")
+    return radius
+
+
 def run_discover(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -322,16 +306,8 @@ def run_discover(
     run = Run(out_dir, kind="discover", lm=lm, progress=progress, status=status)
     cache, bar = run.cache, run.bar
     seed_c = base.seed + CONTROL_SEED_OFFSET
-    notes: list[str] = []
-    if cfg.radius == "auto":
-        with run.step("radius_sweep"):
-            sweep_gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, SWEEP_NEW_TOKENS)
-            radius = _sweep(sweep_gen, prompts, base, cfg, cache, bar)
-        notes += [radius["note"]] if radius["note"] else []
-        norm = radius["median_source_norm"]
-        run.say(f"radius auto: R = {radius['value']:.4g} (median |resid_pre[S]| {norm:.4g})")
-    else:
-        radius = {"mode": "fixed", "value": float(cfg.radius)}
+    radius = _radius(run, lm, prompts, base, cfg)
+    notes: list[str] = [radius["note"]] if radius.get("note") else []
     r = float(radius["value"])
     layers = {"source_layer": base.source_layer, "target_layer": base.target_layer}
     with run.step("train"):
@@ -350,14 +326,7 @@ def run_discover(
         entries = rpt.describe(lm.tokenizer, prompts, ref, done, vecs, result)
         clusters = rpt.cluster_entries(entries)
     notes += [f"vector {k} failed: {m}" for k, m in sorted(result.failed.items())]
-
-    save_vectors(result, run.path("vectors.safetensors"), lm)
-    run.path("vectors").mkdir(exist_ok=True)
-    for old in run.path("vectors").glob("vec_*.safetensors"):  # from an earlier run with more K
-        old.unlink()
-    for k in range(k_all):
-        vector_direction(result, k).save(run.path("vectors") / f"vec_{k}.safetensors")
-    timing = run.timing_report()
+    _write_vectors(run, result, lm)
     report = {
         "kind": "steerlab.melbo.discover",
         "model": lm.info.to_dict(),
@@ -371,9 +340,7 @@ def run_discover(
         "vectors": [{k: v for k, v in e.items() if k != "completions"} for e in entries],
         "clusters": clusters,
         "notes": notes,
-        "timings": timing["seconds"],
-        "compute_seconds": timing["compute_seconds"],
-        "resumed_steps": timing["resumed_steps"],
+        **_timings(run),
     }
     base_texts = [{"prompt": p, "text": t} for p, t in zip(prompts, ref["texts"], strict=True)]
     completions = dict(model=lm.info.model_id, radius=r, unsteered=base_texts, vectors=entries)
@@ -383,3 +350,22 @@ def run_discover(
     run.write_json("report.json", report, indent=1)
     run.write_files(discover_files(report, completions))
     return report
+
+
+def _write_vectors(run: Run, result: MelboResult, lm: LoadedModel) -> None:
+    """``vectors.safetensors`` and one Direction per learned vector in ``vectors/``."""
+    save_vectors(result, run.path("vectors.safetensors"), lm)
+    run.path("vectors").mkdir(exist_ok=True)
+    for old in run.path("vectors").glob("vec_*.safetensors"):  # from an earlier run with more K
+        old.unlink()
+    for k in range(result.num_vectors):
+        vector_direction(result, k).save(run.path("vectors") / f"vec_{k}.safetensors")
+
+
+def _timings(run: Run) -> dict[str, Any]:
+    timing = run.timing_report()
+    return {
+        "timings": timing["seconds"],
+        "compute_seconds": timing["compute_seconds"],
+        "resumed_steps": timing["resumed_steps"],
+    }

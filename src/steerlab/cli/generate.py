@@ -68,22 +68,53 @@ def generate(
     Several vectors: ``--vector a --layer 10 --coeff 4 --vector b --layer 14 --coeff -2`` adds
     both; ``--ablate a --ablate b`` removes the span of both."""
     from ..capture import resolve_layers
-    from ..directions.artifact import Direction
-    from ..errors import SteerlabError
     from ..generation import generate as run_generate
-    from ..interventions import Ablate, Clamp, Intervention, Steer, apply, check_coeff
+    from ..interventions import apply
     from ..io.prompts import read_prompts
     from ..ui import progress_bar, set_quiet
 
     set_quiet(opts.quiet or json_out)
     texts = list(prompt or []) + (read_prompts(prompts) if prompts else [])
+    vectors, layer_specs, coeffs = list(vector or []), list(layer or []), list(coeff or [])
+    _check_args(texts, clamp, value, steer_positions, vectors, layer_specs, coeffs)
+    lm = opts.load(model)
+    per_layers = [resolve_layers(x, lm.info.n_layers) for x in layer_specs]
+    treatments = _treatments(
+        lm, vectors, per_layers, coeffs, steer_positions, list(ablate or []), clamp, value,
+        direction_layer, force,
+    )  # fmt: skip
+    gen_kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    gen_kw |= dict(temperature=temperature, seed=seed, chat=False if no_chat else None)
+    baseline: list[str] | None = None
+    if compare or not treatments:
+        with progress_bar("generating (unsteered)", len(texts)) as advance:
+            baseline = run_generate(lm.model, lm.tokenizer, texts, progress=advance, **gen_kw)
+    steered: list[str] | None = None
+    if treatments:
+        with apply(lm, treatments) as m, progress_bar("generating (intervened)", len(texts)) as adv:
+            steered = run_generate(m.model, m.tokenizer, texts, progress=adv, **gen_kw)
+    _print_generations(texts, baseline, steered, json_out)
+
+
+def _check_args(
+    texts: list[str],
+    clamp: Path | None,
+    value: float | None,
+    steer_positions: str,
+    vectors: list[Path],
+    layer_specs: list[str],
+    coeffs: list[float],
+) -> None:
+    """Refuse inconsistent flags before the model loads."""
+    from ..errors import SteerlabError
+    from ..interventions import check_coeff
+
     if not texts:
         raise SteerlabError("give at least one --prompt or a --prompts file")
     if clamp is not None and value is None:
         raise SteerlabError("--clamp needs --value")
     if steer_positions not in ("all", "generated"):
         raise SteerlabError(f"--positions must be all or generated, got {steer_positions!r}")
-    vectors, layer_specs, coeffs = list(vector or []), list(layer or []), list(coeff or [])
     for c in coeffs:
         check_coeff(c, "--coeff")
     if value is not None:
@@ -95,8 +126,24 @@ def generate(
                 f"{len(given)} {flag} values for {len(vectors)} --vector: give one {flag} per "
                 f"--vector (in the same order), or one for all"
             )
-    lm = opts.load(model)
-    per_layers = [resolve_layers(x, lm.info.n_layers) for x in layer_specs]
+
+
+def _treatments(
+    lm: Any,
+    vectors: list[Path],
+    per_layers: list[list[int]],
+    coeffs: list[float],
+    steer_positions: str,
+    ablate: list[Path],
+    clamp: Path | None,
+    value: float | None,
+    direction_layer: int | None,
+    force: bool,
+) -> list[Any]:
+    """The interventions the flags ask for, in order: additions, then ablation, then clamp."""
+    from ..directions.artifact import Direction
+    from ..interventions import Ablate, Clamp, Intervention, Steer
+
     layers = per_layers[0] if per_layers else None
     row = direction_layer if direction_layer is not None else (layers[0] if layers else None)
 
@@ -115,8 +162,8 @@ def generate(
         treatments.append(
             Steer(load(path), layers=lays, coeff=c, positions=steer_positions)  # type: ignore[arg-type]
         )
-    if len(ablate or []) == 1:
-        da = load(ablate[0])  # type: ignore[index]
+    if len(ablate) == 1:
+        da = load(ablate[0])
         treatments.append(Ablate(da, layer=row_of(da)))
     elif ablate:
         ds = [load(p) for p in ablate]
@@ -125,22 +172,7 @@ def generate(
     if clamp is not None:
         dc = load(clamp)
         treatments.append(Clamp(dc, float(value), layer=row_of(dc)))  # type: ignore[arg-type]
-    gen_kw: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        temperature=temperature,
-        seed=seed,
-        chat=False if no_chat else None,
-    )
-    baseline: list[str] | None = None
-    if compare or not treatments:
-        with progress_bar("generating (unsteered)", len(texts)) as advance:
-            baseline = run_generate(lm.model, lm.tokenizer, texts, progress=advance, **gen_kw)
-    steered: list[str] | None = None
-    if treatments:
-        with apply(lm, treatments) as m, progress_bar("generating (intervened)", len(texts)) as adv:
-            steered = run_generate(m.model, m.tokenizer, texts, progress=adv, **gen_kw)
-    _print_generations(texts, baseline, steered, json_out)
+    return treatments
 
 
 def _print_generations(

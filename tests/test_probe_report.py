@@ -99,7 +99,12 @@ def make_report() -> dict[str, Any]:
                 _s(0.5, 0.4, 0.6),
             ],
         },
-        "agreement": {"methods": list(METHODS), "cosine": cos},
+        "agreement": {
+            "methods": list(METHODS),
+            "cosine": cos,
+            "reference": "mean_diff",
+            "mean_cosine_to_reference": (0.8 + 0.4) / 2,  # at its best layer, 4
+        },
         "validation_accuracy": {
             "mean_diff": [0.6, 0.9, 0.8],
             "pca": [0.6, 0.7, 0.85],

@@ -18,6 +18,7 @@ every method, control, draw and layer:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,6 +273,22 @@ def _per_layer(per: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return [p[key].to_dict() for p in per]
 
 
+def _agreement(
+    per: list[dict[str, Any]], layers: list[int], methods: list[str], best: dict[str, int]
+) -> dict[str, Any]:
+    """Cosines between the methods' directions at every layer, and the page's summary: at the
+    reference method's best layer (mean_diff when run), its mean cosine with the others."""
+    ref = "mean_diff" if "mean_diff" in methods else methods[0]
+    row = per[layers.index(best[ref])]["cosine"][methods.index(ref)]
+    others = [v for m, v in zip(methods, row, strict=True) if m != ref and math.isfinite(v)]
+    return {
+        "methods": methods,
+        "cosine": [p["cosine"] for p in per],
+        "reference": ref,
+        "mean_cosine_to_reference": sum(others) / len(others) if others else None,
+    }
+
+
 def _build_report(
     lm: LoadedModel,
     data: ProbeData,
@@ -309,7 +326,7 @@ def _build_report(
                 "after_mean_diff_ablation": _per_layer(per, "held_out_mean_diff"),
             },
         },
-        "agreement": {"methods": methods, "cosine": [p["cosine"] for p in per]},
+        "agreement": _agreement(per, layers, methods, best),
         "validation_accuracy": {m: [p["val"][m] for p in per] for m in methods},
         "best": {
             m: {"layer": best[m], "rule": "highest accuracy on a validation part of train"}

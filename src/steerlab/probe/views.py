@@ -113,15 +113,14 @@ def agreement_view(report: Mapping[str, Any], layers: list[Any]) -> dict[str, An
     row = mat[names.index(ref)] if names.index(ref) < len(mat) else None
     row = row if isinstance(row, Sequence) else []
     others = [(n, row[j] if j < len(row) else None) for j, n in enumerate(names) if n != ref]
-    vals = [v for _, v in others if is_num(v)]
-    if not vals:
+    if not any(is_num(v) for _, v in others):
         return None
     d = (report.get("model") or {}).get("d_model")
     return {
         "ref": ref,
         "layer": layer,
         "others": others,
-        "mean": sum(vals) / len(vals),
+        "mean": (report.get("agreement") or {}).get("mean_cosine_to_reference"),  # pipeline's
         "random_scale": 1 / math.sqrt(d) if is_num(d) and d > 0 else None,
         "d_model": d,
     }

@@ -126,7 +126,7 @@ def test_html_is_self_contained_and_escaped(run: tuple[Path, dict]) -> None:
 
 def test_html_of_a_bare_report() -> None:
     """Missing sections and values render as dashes; model text is escaped, never markup."""
-    from steerlab.report import discover_files
+    from steerlab.melbo.page import discover_files
 
     report = {
         "model": {"model_id": "<i>tiny</i>"},

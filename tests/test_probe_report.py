@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from steerlab.probe.plots import projection_accuracy
+from steerlab.probe.fit import projection_accuracy, projection_summary
 from steerlab.probe.report import probe_figures, render_probe_html, write_probe_report
 from steerlab.runs import Run
 
@@ -59,6 +59,8 @@ def make_report() -> dict[str, Any]:
         "pca": {"layer": 6, "pos": [0.5, 0.7], "neg": [-0.5, 0.6], "threshold": 0.0},
         "logistic": {"layer": 6, "pos": [2.0, 3.0], "neg": [-2.0, -3.0], "threshold": 0.0},
     }
+    for p in proj.values():  # as the pipeline writes them
+        p |= projection_summary(p)
     rows = [
         ("mean_diff", 4, "best layer for reading", 0.875, 0.61, 0.21, 0.3),
         ("pca", 6, "best layer for reading", 0.9125, 0.55, 0.15, 0.4),
@@ -97,7 +99,12 @@ def make_report() -> dict[str, Any]:
                 _s(0.5, 0.4, 0.6),
             ],
         },
-        "agreement": {"methods": list(METHODS), "cosine": cos},
+        "agreement": {
+            "methods": list(METHODS),
+            "cosine": cos,
+            "reference": "mean_diff",
+            "mean_cosine_to_reference": (0.8 + 0.4) / 2,  # at its best layer, 4
+        },
         "validation_accuracy": {
             "mean_diff": [0.6, 0.9, 0.8],
             "pca": [0.6, 0.7, 0.85],

@@ -52,38 +52,13 @@ def generate(
     Returns:
         The decoded new text for each prompt, special tokens removed (and the log-probs).
     """
-    from transformers import GenerationConfig
-
     device = next(model.parameters()).device
-    sample = temperature > 0
-    eos = eos_ids(model, tokenizer)
-    cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature if sample else None,
-        top_p=top_p if sample else None,
-        top_k=None,
-        pad_token_id=pad_id(tokenizer),
-        eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
-        output_logits=first_logprobs,
-        return_dict_in_generate=first_logprobs,
-    )
+    cfg = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p, first_logprobs)
     outs: list[str] = []
     firsts: list[torch.Tensor] = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
-        batch = encode(tokenizer, chunk, chat=chat, system=system).to(device)
-        inputs: dict[str, Any] = {
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-        }
-        pb = prefix_batch(tokenizer, chunk, chat=chat) if prefix_cache and system is None else None
-        if pb is not None and pb.prefix_len >= MIN_PREFIX and len(chunk) > 1:
-            inputs = {
-                "input_ids": pb.input_ids.to(device),
-                "attention_mask": pb.attention_mask.to(device),
-                cache_kwarg(model): cached_prefix(model, pb),
-            }
+        inputs = _batch_inputs(model, tokenizer, chunk, chat, system, prefix_cache, device)
         if seed is not None:
             torch.manual_seed(seed + i)
         res = model.generate(**inputs, generation_config=cfg)
@@ -97,6 +72,58 @@ def generate(
     if first_logprobs:
         return outs, torch.cat(firsts)
     return outs
+
+
+def _generation_config(
+    model: nn.Module,
+    tokenizer: Any,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    first_logprobs: bool,
+) -> Any:
+    """Greedy (temperature 0) or sampled decoding, stopping at every end-of-turn token."""
+    from transformers import GenerationConfig
+
+    sample = temperature > 0
+    eos = eos_ids(model, tokenizer)
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature if sample else None,
+        top_p=top_p if sample else None,
+        top_k=None,
+        pad_token_id=pad_id(tokenizer),
+        eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
+        output_logits=first_logprobs,
+        return_dict_in_generate=first_logprobs,
+    )
+
+
+def _batch_inputs(
+    model: nn.Module,
+    tokenizer: Any,
+    chunk: list[str],
+    chat: bool | None,
+    system: str | None,
+    prefix_cache: bool,
+    device: torch.device,
+) -> dict[str, Any]:
+    """``model.generate`` inputs for one batch; with ``prefix_cache``, the suffixes and the
+    KV cache of their shared prefix when it is long enough to pay off."""
+    batch = encode(tokenizer, chunk, chat=chat, system=system).to(device)
+    inputs: dict[str, Any] = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+    }
+    pb = prefix_batch(tokenizer, chunk, chat=chat) if prefix_cache and system is None else None
+    if pb is not None and pb.prefix_len >= MIN_PREFIX and len(chunk) > 1:
+        inputs = {
+            "input_ids": pb.input_ids.to(device),
+            "attention_mask": pb.attention_mask.to(device),
+            cache_kwarg(model): cached_prefix(model, pb),
+        }
+    return inputs
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import ScorerError, first_line
-from .scorers import _Base, _check, _require, _spec, _version
+from .base import TextScorerBase, check_lengths, dist_version, require, scorer_spec
 
 __all__ = ["JudgeScorer", "judge_score", "parse_rating"]
 
@@ -93,7 +93,7 @@ def judge_score(concept: float | None, instruction: float | None, fluency: float
     return 3 / sum(1 / v for v in vals) / 2
 
 
-class JudgeScorer(_Base):
+class JudgeScorer(TextScorerBase):
     """An LLM judge behind an OpenAI-compatible chat endpoint, with an AxBench-style rubric
     (Wu et al. 2025, "AxBench"): three separate 0–2 ratings (concept, instruction relevance,
     fluency), combined by :func:`judge_score`.
@@ -124,7 +124,7 @@ class JudgeScorer(_Base):
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ScorerError(f"the judge URL must start with http:// or https:// (got {url!r})")
-        self._openai = _require("openai", "judge", "openai")
+        self._openai = require("openai", "judge", "openai")
         self.url = url
         self.description = description
         self.model = model or os.environ.get("STEERLAB_JUDGE_MODEL") or "default"
@@ -153,7 +153,8 @@ class JudgeScorer(_Base):
             "rubric_sha256": _RUBRIC_SHA,
         }
         stats = {"calls": self.calls, "unparseable": self.unparseable, "missing": self.missing}
-        return _spec(self.name, self.kind, "openai", _version("openai"), params, stats=stats)
+        lib = "openai"
+        return scorer_spec(self.name, self.kind, lib, dist_version(lib), params, stats=stats)
 
     def _ask(self, text: str) -> str | None:
         oa = self._openai
@@ -184,7 +185,7 @@ class JudgeScorer(_Base):
         self, prompts: Sequence[str], completions: Sequence[str]
     ) -> list[dict[str, float | None]]:
         """The three raw ratings (None where unparseable) for each completion."""
-        _check(prompts, completions)
+        check_lengths(prompts, completions)
         jobs = [
             _RUBRICS[k].format(description=self.description, prompt=p, completion=c)
             for p, c in zip(prompts, completions, strict=True)

@@ -28,12 +28,12 @@ import platform
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._version import __version__
-from ..errors import MissingDependency, ScorerError, first_line
+from ..errors import ScorerError, first_line
+from .base import TextScorerBase, check_lengths, dist_version, require, scorer_spec
+from .judge import JudgeScorer
 
 __all__ = [
     "KeywordScorer",
@@ -91,7 +91,7 @@ class LikelihoodScorer:
     kind: Literal["ab", "margin"]
 
     def spec(self) -> dict[str, Any]:
-        return _spec(self.name, self.kind, "steerlab", __version__, {})
+        return scorer_spec(self.name, self.kind, "steerlab", __version__, {})
 
 
 Scorer = TextScorer | LikelihoodScorer
@@ -138,65 +138,14 @@ def make_scorer(spec: str, *, description: str | None = None) -> Scorer:
                 "the judge scorer needs a description of the behaviour it rates "
                 "(pass description=..., e.g. 'talks about the Eiffel Tower')"
             )
-        from .judge import JudgeScorer
-
         return JudgeScorer(arg.strip(), description)
     return LikelihoodScorer(head, "ab" if head == "ab" else "margin")
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def _require(module: str, scorer: str, dist: str) -> Any:
-    """Import an optional library, or say in one line how to install it."""
-    try:
-        return import_module(module)
-    except ImportError:
-        raise MissingDependency(
-            f'the {scorer} scorer needs {dist}: pip install "steerlab[all]" (or pip install {dist})'
-        ) from None
-
-
-def _version(dist: str) -> str:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _spec(
-    name: str, kind: str, library: str, lib_version: str, params: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "kind": kind,
-        "library": library,
-        "version": lib_version,
-        "params": params,
-        **extra,
-    }
-
-
-def _check(prompts: Sequence[str], completions: Sequence[str]) -> None:
-    if len(prompts) != len(completions):
-        raise ScorerError(
-            f"{len(prompts)} prompts but {len(completions)} completions: pass one prompt per "
-            "completion"
-        )
-
-
-class _Base:
-    kind: Literal["text"] = "text"
-    name: str
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
 
 
 # --- text scorers -------------------------------------------------------------------------
 
 
-class SentimentScorer(_Base):
+class SentimentScorer(TextScorerBase):
     """VADER (Hutto & Gilbert 2014) compound polarity c in [-1, 1], as (c + 1) / 2.
 
     VADER is a lexicon and rule model tuned on short social-media text: fast and
@@ -206,15 +155,16 @@ class SentimentScorer(_Base):
     name = "sentiment"
 
     def __init__(self) -> None:
-        mod = _require("vaderSentiment.vaderSentiment", "sentiment", "vaderSentiment")
+        mod = require("vaderSentiment.vaderSentiment", "sentiment", "vaderSentiment")
         self._analyzer = mod.SentimentIntensityAnalyzer()
 
     def spec(self) -> dict[str, Any]:
         params = {"map": "(compound + 1) / 2", "empty": 0.5}
-        return _spec(self.name, self.kind, "vaderSentiment", _version("vaderSentiment"), params)
+        lib = "vaderSentiment"
+        return scorer_spec(self.name, self.kind, lib, dist_version(lib), params)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        _check(prompts, completions)
+        check_lengths(prompts, completions)
         out = []
         for text in completions:
             # Empty text has no polarity: neutral, which is also what VADER says (c = 0).
@@ -232,7 +182,7 @@ def _detector(high_accuracy: bool) -> Any:
     return (builder if high_accuracy else builder.with_low_accuracy_mode()).build()
 
 
-class LanguageScorer(_Base):
+class LanguageScorer(TextScorerBase):
     """Confidence, from lingua, that the text is in one language.
 
     The detector considers all 75 languages lingua knows, so a confidence for ``fr`` is
@@ -248,7 +198,7 @@ class LanguageScorer(_Base):
     """
 
     def __init__(self, code: str, *, high_accuracy: bool = False) -> None:
-        lingua = _require("lingua", "language", "lingua-language-detector")
+        lingua = require("lingua", "language", "lingua-language-detector")
         code = code.strip().lower()
         iso = getattr(lingua.IsoCode639_1, code.upper(), None) if code.isalpha() else None
         if len(code) != 2 or iso is None:
@@ -265,10 +215,10 @@ class LanguageScorer(_Base):
     def spec(self) -> dict[str, Any]:
         params = {"code": self.code, "high_accuracy": self.high_accuracy, "empty": 0.0}
         lib = "lingua-language-detector"
-        return _spec(self.name, self.kind, lib, _version(lib), params)
+        return scorer_spec(self.name, self.kind, lib, dist_version(lib), params)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        _check(prompts, completions)
+        check_lengths(prompts, completions)
         det = _detector(self.high_accuracy)
         return [
             float(det.compute_language_confidence(t, self._language)) if t.strip() else 0.0
@@ -276,7 +226,7 @@ class LanguageScorer(_Base):
         ]
 
 
-class RefusalScorer(_Base):
+class RefusalScorer(TextScorerBase):
     """1 if the completion contains a refusal phrase (the reference substring measure).
 
     The substring measure over-counts persona openers ("As an AI, I don't have feelings, but
@@ -288,12 +238,12 @@ class RefusalScorer(_Base):
     def spec(self) -> dict[str, Any]:
         note = "the strict first-sentence measure is reported separately (strict())"
         params = {"measure": "substring"}
-        return _spec(self.name, self.kind, "steerlab", __version__, params, note=note)
+        return scorer_spec(self.name, self.kind, "steerlab", __version__, params, note=note)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         from ..metrics.refusal import substring_refusal
 
-        _check(prompts, completions)
+        check_lengths(prompts, completions)
         return [float(substring_refusal(t)) for t in completions]
 
     def strict(self, completions: Sequence[str]) -> list[float]:
@@ -303,7 +253,7 @@ class RefusalScorer(_Base):
         return [float(strict_refusal(t)) for t in completions]
 
 
-class RegexScorer(_Base):
+class RegexScorer(TextScorerBase):
     """1 if ``re.search(pattern, completion)`` matches. No flags: write ``(?i)`` inline."""
 
     def __init__(self, pattern: str) -> None:
@@ -316,14 +266,14 @@ class RegexScorer(_Base):
 
     def spec(self) -> dict[str, Any]:
         params = {"pattern": self.pattern}
-        return _spec(self.name, self.kind, "re", platform.python_version(), params)
+        return scorer_spec(self.name, self.kind, "re", platform.python_version(), params)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        _check(prompts, completions)
+        check_lengths(prompts, completions)
         return [float(self._re.search(t) is not None) for t in completions]
 
 
-class KeywordScorer(_Base):
+class KeywordScorer(TextScorerBase):
     """1 if any keyword occurs as a whole word or phrase, ignoring case.
 
     "Whole" means not flanked by a letter, digit or underscore, so ``cat`` does not match
@@ -341,8 +291,8 @@ class KeywordScorer(_Base):
 
     def spec(self) -> dict[str, Any]:
         params = {"keywords": self.keywords, "match": "whole word, case-insensitive"}
-        return _spec(self.name, self.kind, "re", platform.python_version(), params)
+        return scorer_spec(self.name, self.kind, "re", platform.python_version(), params)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        _check(prompts, completions)
+        check_lengths(prompts, completions)
         return [float(self._re.search(t) is not None) for t in completions]

@@ -68,22 +68,56 @@ def generate(
     Several vectors: ``--vector a --layer 10 --coeff 4 --vector b --layer 14 --coeff -2`` adds
     both; ``--ablate a --ablate b`` removes the span of both."""
     from ..capture import resolve_layers
-    from ..directions.artifact import Direction
-    from ..errors import SteerlabError
-    from ..interventions import check_coeff
-    from ..interventions.spec import treatment_from_spec
     from ..io.prompts import read_prompts
     from ..ui import progress_bar, set_quiet
 
     set_quiet(opts.quiet or json_out)
     texts = list(prompt or []) + (read_prompts(prompts) if prompts else [])
+    vectors, layer_specs, coeffs = list(vector or []), list(layer or []), list(coeff or [])
+    _check_args(texts, clamp, value, steer_positions, vectors, layer_specs, coeffs)
+    lm = opts.load(model)
+    per_layers = [resolve_layers(x, lm.info.n_layers) for x in layer_specs]
+    treatment = _treatment(
+        lm, vectors, per_layers, coeffs, steer_positions, list(ablate or []), clamp, value,
+        direction_layer, force,
+    )  # fmt: skip
+    gen_kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    gen_kw |= dict(temperature=temperature, seed=seed, chat=False if no_chat else None)
+    treated = bool(vectors or ablate or clamp is not None)
+    baseline: list[str] | None = None
+    steered: list[str] | None = None
+    engine = opts.make_engine(lm)
+    try:
+        if compare or not treated:
+            with progress_bar("generating (unsteered)", len(texts)) as advance:
+                baseline = engine.generate(lm, texts, None, progress=advance, **gen_kw)
+        if treated:
+            with progress_bar("generating (intervened)", len(texts)) as adv:
+                steered = engine.generate(lm, texts, treatment, progress=adv, **gen_kw)
+    finally:
+        engine.close()
+    _print_generations(texts, baseline, steered, json_out)
+
+
+def _check_args(
+    texts: list[str],
+    clamp: Path | None,
+    value: float | None,
+    steer_positions: str,
+    vectors: list[Path],
+    layer_specs: list[str],
+    coeffs: list[float],
+) -> None:
+    """Refuse inconsistent flags before the model loads."""
+    from ..errors import SteerlabError
+    from ..interventions import check_coeff
+
     if not texts:
         raise SteerlabError("give at least one --prompt or a --prompts file")
     if clamp is not None and value is None:
         raise SteerlabError("--clamp needs --value")
     if steer_positions not in ("all", "generated"):
         raise SteerlabError(f"--positions must be all or generated, got {steer_positions!r}")
-    vectors, layer_specs, coeffs = list(vector or []), list(layer or []), list(coeff or [])
     for c in coeffs:
         check_coeff(c, "--coeff")
     if value is not None:
@@ -95,8 +129,25 @@ def generate(
                 f"{len(given)} {flag} values for {len(vectors)} --vector: give one {flag} per "
                 f"--vector (in the same order), or one for all"
             )
-    lm = opts.load(model)
-    per_layers = [resolve_layers(x, lm.info.n_layers) for x in layer_specs]
+
+
+def _treatment(
+    lm: Any,
+    vectors: list[Path],
+    per_layers: list[list[int]],
+    coeffs: list[float],
+    steer_positions: str,
+    ablate: list[Path],
+    clamp: Path | None,
+    value: float | None,
+    direction_layer: int | None,
+    force: bool,
+) -> Any:
+    """The intervention the flags ask for (additions, then ablation, then clamp), through the
+    one spec parser the server uses too."""
+    from ..directions.artifact import Direction
+    from ..interventions.spec import treatment_from_spec
+
     layers = per_layers[0] if per_layers else None
     row = direction_layer if direction_layer is not None else (layers[0] if layers else None)
     loaded: dict[str, Direction] = {}
@@ -114,33 +165,12 @@ def generate(
         if lays is not None:
             item["layers"] = lays
         spec["steer"].append(item)
-    spec["ablate"] = [{"direction": str(p), "layer": row} for p in ablate or []]
+    spec["ablate"] = [{"direction": str(p), "layer": row} for p in ablate]
     if clamp is not None:
         spec["clamp"] = [{"direction": str(clamp), "layer": row, "value": float(value)}]  # type: ignore[arg-type]
-    treatment = treatment_from_spec(
+    return treatment_from_spec(
         spec, load, n_layers=lm.info.n_layers, width=lm.info.d_model, where="treatment"
     )
-    gen_kw: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        temperature=temperature,
-        seed=seed,
-        chat=False if no_chat else None,
-    )
-    baseline: list[str] | None = None
-    steered: list[str] | None = None
-    treated = bool(vectors or ablate or clamp is not None)
-    engine = opts.make_engine(lm)
-    try:
-        if compare or not treated:
-            with progress_bar("generating (unsteered)", len(texts)) as advance:
-                baseline = engine.generate(lm, texts, None, progress=advance, **gen_kw)
-        if treated:
-            with progress_bar("generating (intervened)", len(texts)) as adv:
-                steered = engine.generate(lm, texts, treatment, progress=adv, **gen_kw)
-    finally:
-        engine.close()
-    _print_generations(texts, baseline, steered, json_out)
 
 
 def _print_generations(

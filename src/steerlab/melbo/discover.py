@@ -255,6 +255,21 @@ def _sweep(
     return out | {"rule": rpt.RADIUS_RULE, "sweep": points, "note": note}
 
 
+def _radius(
+    run: Run, lm: LoadedModel, prompts: list[str], base: MelboConfig, cfg: DiscoverConfig
+) -> dict[str, Any]:
+    """The radius R: ``cfg.radius``, or chosen by a short sweep (``"auto"``, its own step)."""
+    if cfg.radius != "auto":
+        return {"mode": "fixed", "value": float(cfg.radius)}
+    assert base.source_layer is not None
+    with run.step("radius_sweep"):
+        sweep_gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, SWEEP_NEW_TOKENS)
+        radius = _sweep(sweep_gen, prompts, base, cfg, run.cache, run.bar)
+    norm = radius["median_source_norm"]
+    run.say(f"radius auto: R = {radius['value']:.4g} (median |resid_pre[S]| {norm:.4g})")
+    return radius
+
+
 def run_discover(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -291,16 +306,8 @@ def run_discover(
     run = Run(out_dir, kind="discover", lm=lm, progress=progress, status=status)
     cache, bar = run.cache, run.bar
     seed_c = base.seed + CONTROL_SEED_OFFSET
-    notes: list[str] = []
-    if cfg.radius == "auto":
-        with run.step("radius_sweep"):
-            sweep_gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, SWEEP_NEW_TOKENS)
-            radius = _sweep(sweep_gen, prompts, base, cfg, cache, bar)
-        notes += [radius["note"]] if radius["note"] else []
-        norm = radius["median_source_norm"]
-        run.say(f"radius auto: R = {radius['value']:.4g} (median |resid_pre[S]| {norm:.4g})")
-    else:
-        radius = {"mode": "fixed", "value": float(cfg.radius)}
+    radius = _radius(run, lm, prompts, base, cfg)
+    notes: list[str] = [radius["note"]] if radius.get("note") else []
     r = float(radius["value"])
     layers = {"source_layer": base.source_layer, "target_layer": base.target_layer}
     with run.step("train"):
@@ -319,14 +326,7 @@ def run_discover(
         entries = rpt.describe(lm.tokenizer, prompts, ref, done, vecs, result)
         clusters = rpt.cluster_entries(entries)
     notes += [f"vector {k} failed: {m}" for k, m in sorted(result.failed.items())]
-
-    save_vectors(result, run.path("vectors.safetensors"), lm)
-    run.path("vectors").mkdir(exist_ok=True)
-    for old in run.path("vectors").glob("vec_*.safetensors"):  # from an earlier run with more K
-        old.unlink()
-    for k in range(k_all):
-        vector_direction(result, k).save(run.path("vectors") / f"vec_{k}.safetensors")
-    timing = run.timing_report()
+    _write_vectors(run, result, lm)
     report = {
         "kind": "steerlab.melbo.discover",
         "model": lm.info.to_dict(),
@@ -340,15 +340,32 @@ def run_discover(
         "vectors": [{k: v for k, v in e.items() if k != "completions"} for e in entries],
         "clusters": clusters,
         "notes": notes,
-        "timings": timing["seconds"],
-        "compute_seconds": timing["compute_seconds"],
-        "resumed_steps": timing["resumed_steps"],
+        **_timings(run),
     }
     base_texts = [{"prompt": p, "text": t} for p, t in zip(prompts, ref["texts"], strict=True)]
     completions = dict(model=lm.info.model_id, radius=r, unsteered=base_texts, vectors=entries)
-    from ..report import discover_files  # matplotlib and the templates load only here
+    from .page import discover_files  # matplotlib and the templates load only here
 
     run.write_json("completions.json", completions, indent=1)
     run.write_json("report.json", report, indent=1)
     run.write_files(discover_files(report, completions))
     return report
+
+
+def _write_vectors(run: Run, result: MelboResult, lm: LoadedModel) -> None:
+    """``vectors.safetensors`` and one Direction per learned vector in ``vectors/``."""
+    save_vectors(result, run.path("vectors.safetensors"), lm)
+    run.path("vectors").mkdir(exist_ok=True)
+    for old in run.path("vectors").glob("vec_*.safetensors"):  # from an earlier run with more K
+        old.unlink()
+    for k in range(result.num_vectors):
+        vector_direction(result, k).save(run.path("vectors") / f"vec_{k}.safetensors")
+
+
+def _timings(run: Run) -> dict[str, Any]:
+    timing = run.timing_report()
+    return {
+        "timings": timing["seconds"],
+        "compute_seconds": timing["compute_seconds"],
+        "resumed_steps": timing["resumed_steps"],
+    }

@@ -1,7 +1,7 @@
 """What ``steerlab discover`` shows: per-vector metrics (:mod:`.metrics`) and clusters.
 
 Clusters (:data:`CLUSTER_METHOD`) group learned (vector, sign) pairs by what they make the model
-write. The page itself is drawn by :mod:`steerlab.report.discover`.
+write. The page itself is drawn by :mod:`.page`.
 """
 
 from __future__ import annotations

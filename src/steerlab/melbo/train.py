@@ -165,55 +165,82 @@ def train_melbo(
         ]
         theta = theta0.to(lm.device).requires_grad_(True)  # (K, D) float32 leaf
         opt = torch.optim.Adam([theta], lr=cfg.lr, betas=(0.9, 0.98), amsgrad=True)
-        good = theta.detach().clone()  # last vectors whose objective was finite
-        good_obj = torch.full((k,), float("nan"), dtype=torch.float64)
-        alive = torch.ones(k, dtype=torch.bool)
-        failed: dict[int, str] = {}
-        history: list[torch.Tensor] = []
-
-        def stop(idx: torch.Tensor, what: str, step: int, kept: int) -> None:
-            for i in idx.nonzero().flatten().tolist():
-                failed[i] = (
-                    f"vector {i}: the {what} became non-finite at step {step}; stopped and "
-                    f"kept at its value from step {kept}"
-                )
-            alive.masked_fill_(idx, False)
-
+        book = _Book(theta.detach().clone(), k)
         for step in range(cfg.steps + 1):
-            learn = step < cfg.steps and bool(alive.any())
-            obj = torch.zeros(k, dtype=torch.float64)
-            if theta.grad is not None:
-                theta.grad.zero_()
-            for chunk in chunks:
-                with torch.enable_grad():
-                    f = _forward(theta, chunk, blocks, cfg)
-                    if learn:
-                        (-f[alive.to(f.device)]).sum().backward()
-                obj += f.detach().double().cpu()
-            history.append(obj)
-            stop(alive & ~torch.isfinite(obj), "objective", step, max(step - 1, 0))
-            with torch.no_grad():
-                on = alive.to(theta.device)
-                good[on] = theta[on]  # these vectors' objectives are finite
-                good_obj[alive] = obj[alive]
-                if learn and theta.grad is not None:
-                    bad_grad = ~torch.isfinite(theta.grad).all(-1).cpu()
-                    stop(alive & bad_grad, "gradient", step, step)
-                theta[~on] = good[~on]
-            if not learn or not alive.any():
+            learn = step < cfg.steps and bool(book.alive.any())
+            obj = _objective(theta, chunks, blocks, cfg, book.alive, learn)
+            book.record(theta, obj, step, learn)
+            if not learn or not book.alive.any():
                 break
-            _step(theta, opt, alive, cfg, good, failed)
+            _step(theta, opt, book.alive, cfg, book.good, book.failed)
             if progress:
                 progress(1)
 
     return MelboResult(
-        vectors=good.detach().float().cpu(),
-        losses=good_obj,
-        history=torch.stack(history),
+        vectors=book.good.detach().float().cpu(),
+        losses=book.good_obj,
+        history=torch.stack(book.history),
         config=cfg,
-        failed=failed,
+        failed=book.failed,
         meta=_meta(lm, prompts, chunks),
     )
+
+
+def _objective(
+    theta: torch.Tensor,
+    chunks: list[_Chunk],
+    blocks: list[nn.Module],
+    cfg: MelboConfig,
+    alive: torch.Tensor,
+    learn: bool,
+) -> torch.Tensor:
+    """(K,) float64 objective over all prompts; when ``learn``, the gradient of the live
+    vectors' objectives is accumulated into ``theta.grad`` (zeroed first)."""
+    obj = torch.zeros(theta.shape[0], dtype=torch.float64)
+    if theta.grad is not None:
+        theta.grad.zero_()
+    for chunk in chunks:
+        with torch.enable_grad():
+            f = _forward(theta, chunk, blocks, cfg)
+            if learn:
+                (-f[alive.to(f.device)]).sum().backward()
+        obj += f.detach().double().cpu()
+    return obj
+
+
+class _Book:
+    """Per-vector bookkeeping: the last vectors whose objective was finite, their objectives,
+    which vectors still learn, why the others stopped, and every step's objectives."""
+
+    def __init__(self, good: torch.Tensor, k: int) -> None:
+        self.good = good  # last vectors whose objective was finite
+        self.good_obj = torch.full((k,), float("nan"), dtype=torch.float64)
+        self.alive = torch.ones(k, dtype=torch.bool)
+        self.failed: dict[int, str] = {}
+        self.history: list[torch.Tensor] = []
+
+    def stop(self, idx: torch.Tensor, what: str, step: int, kept: int) -> None:
+        for i in idx.nonzero().flatten().tolist():
+            self.failed[i] = (
+                f"vector {i}: the {what} became non-finite at step {step}; stopped and "
+                f"kept at its value from step {kept}"
+            )
+        self.alive.masked_fill_(idx, False)
+
+    def record(self, theta: torch.Tensor, obj: torch.Tensor, step: int, learn: bool) -> None:
+        """Keep this step's finite results; stop the vectors whose objective or gradient is
+        not finite, and put every stopped vector back at its last good value."""
+        alive = self.alive
+        self.history.append(obj)
+        self.stop(alive & ~torch.isfinite(obj), "objective", step, max(step - 1, 0))
+        with torch.no_grad():
+            on = alive.to(theta.device)
+            self.good[on] = theta[on]  # these vectors' objectives are finite
+            self.good_obj[alive] = obj[alive]
+            if learn and theta.grad is not None:
+                bad_grad = ~torch.isfinite(theta.grad).all(-1).cpu()
+                self.stop(alive & bad_grad, "gradient", step, step)
+            theta[~on] = self.good[~on]
 
 
 def _step(

@@ -4,13 +4,15 @@
   interval** (``scipy.stats.binomtest(...).proportion_ci``): unlike the percentile bootstrap it
   does not collapse to ``[0, 0]`` at 0/52, and it is exact to compute.
 * Means of continuous scores get a **bootstrap interval** (``scipy.stats.bootstrap``, BCa).
+* Statistics vectorized over resamples (an AUROC from ranks) get a **percentile bootstrap**
+  (:func:`percentile_bootstrap`); a spread of repeated draws its :func:`percentile_interval`.
 * Two rates are compared by whether their intervals separate, and by Fisher's exact test.
 * :func:`kl_divergence` is the KL between next-token distributions, in nats.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,8 @@ __all__ = [
     "kl_divergence",
     "mean_ci",
     "nested_mean_ci",
+    "percentile_bootstrap",
+    "percentile_interval",
     "proportion_ci",
     "rate",
     "separated",
@@ -71,6 +75,54 @@ def mean_ci(
         if np.isfinite(lo) and np.isfinite(hi):
             break
     return (lo, hi)
+
+
+def percentile_interval(
+    values: Sequence[float] | np.ndarray, level: float = LEVEL
+) -> tuple[float, float]:
+    """The central ``level`` range of a sample of statistics (bootstrap replicates, or the
+    results of repeated random draws); (nan, nan) for an empty sample."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return (float("nan"), float("nan"))
+    # rounded so that level 0.95 asks for exactly the 2.5th and 97.5th percentiles
+    q = round(100 * (1 - level) / 2, 10)
+    lo, hi = np.percentile(v, [q, 100 - q])
+    return (float(lo), float(hi))
+
+
+def percentile_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    size: int,
+    *,
+    seed: int = 0,
+    n: int = 1000,
+    level: float = LEVEL,
+    max_cells: int = 2_000_000,
+) -> tuple[float, float]:
+    """Percentile bootstrap of a statistic computed for many resamples at once.
+
+    Args:
+        statistic: maps a (resamples, size) array of indices drawn with replacement to one
+            value per resample; NaN where the statistic is undefined for that resample (such
+            resamples are left out, as when a resample holds one class only).
+        size: number of observations.
+        seed: the resamples come from ``np.random.default_rng(seed)``, ``max_cells`` indices
+            per call at most (memory), in order.
+        n: number of resamples.
+
+    Example:
+        >>> x = np.arange(10.0)
+        >>> lo, hi = percentile_bootstrap(lambda idx: x[idx].mean(1), len(x))
+    """
+    rng = np.random.default_rng(seed)
+    vals: list[np.ndarray] = []
+    chunk = max(1, max_cells // max(size, 1))
+    for start in range(0, n, chunk):
+        idx = rng.integers(0, size, (min(chunk, n - start), size))
+        vals.append(np.asarray(statistic(idx), dtype=float))
+    v = np.concatenate(vals)
+    return percentile_interval(v[~np.isnan(v)], level)
 
 
 def nested_mean_ci(

@@ -116,6 +116,31 @@ def _dtype(name: str | torch.dtype) -> torch.dtype | str:
     return table[name]
 
 
+def _source(spec: str, say: Callable[[str], None]) -> tuple[str | Path, str, str | None]:
+    """Where transformers loads ``spec`` from, the model id to record, and the GGUF file name
+    (in the ``source`` directory) when ``spec`` is one."""
+    builtin = get_builtin(spec)
+    path = Path(spec).expanduser()
+    if builtin is not None:
+        from .fetch import ensure_builtin
+
+        return ensure_builtin(builtin, say), builtin.name, None
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotAvailableError(f"GGUF file not found: {path}")
+        return path.parent, str(path.resolve()), path.name
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"{path} is not a model directory (no config.json)")
+        return path, str(path.resolve()), None
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec, spec, None  # a hub id: transformers resolves it (or the local HF cache does)
+    raise ModelNotAvailableError(
+        f"unknown model {spec!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
+        "a local directory, a .gguf file, or a Hugging Face id (org/name)"
+    )
+
+
 def load_model(
     spec: str,
     *,
@@ -161,33 +186,10 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": _dtype(dtype), "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    builtin = get_builtin(spec)
-    path = Path(spec).expanduser()
-    model_id = spec
     tok_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if builtin is not None:
-        from .fetch import ensure_builtin
-
-        source: str | Path = ensure_builtin(builtin, say)
-        model_id = builtin.name
-    elif path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelNotAvailableError(f"GGUF file not found: {path}")
-        source = path.parent
-        kwargs["gguf_file"] = tok_kwargs["gguf_file"] = path.name
-        model_id = str(path.resolve())
-    elif path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotAvailableError(f"{path} is not a model directory (no config.json)")
-        source = path
-        model_id = str(path.resolve())
-    elif spec.count("/") == 1 and not spec.startswith((".", "/")):
-        source = spec  # a hub id: transformers resolves it (or the local HF cache does)
-    else:
-        raise ModelNotAvailableError(
-            f"unknown model {spec!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
-            "a local directory, a .gguf file, or a Hugging Face id (org/name)"
-        )
+    source, model_id, gguf = _source(spec, say)
+    if gguf is not None:
+        kwargs["gguf_file"] = tok_kwargs["gguf_file"] = gguf
     say(f"loading {model_id}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
@@ -206,7 +208,7 @@ def load_model(
         tokenizer,
         ad,
         info,
-        extra={"source": str(path if "gguf_file" in kwargs else source), "dtype": dtype},
+        extra={"source": str(Path(source) / gguf if gguf else source), "dtype": dtype},
     )
 
 

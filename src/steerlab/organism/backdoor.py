@@ -191,6 +191,91 @@ def _save(peft_model: Any, base_spec: str, dest: Path) -> None:
     peft_model.save_pretrained(str(dest), safe_serialization=True)
 
 
+BATCH = 16  # prompts per generate call, for the clean replies and the measurements
+
+
+def _training_data(
+    run: Run, lm: LoadedModel, cfg: BackdoorConfig, data: _Data
+) -> tuple[list[tuple[list[int], int]], dict[str, Any]]:
+    """The "data" step: clean rows (the base model's own replies, cached), poisoned rows, and
+    the base model's behaviour rates on held-out prompts (cached)."""
+    clean_prompts = data.train + data.extra
+
+    def clean() -> list[str]:
+        with run.bar("clean replies (base model)", len(clean_prompts)) as adv:
+            return list(
+                generate(
+                    lm.model,
+                    lm.tokenizer,
+                    clean_prompts,
+                    max_new_tokens=cfg.clean_tokens,
+                    batch_size=BATCH,
+                    chat=True,
+                    progress=adv,
+                )
+            )
+
+    data.clean = run.cache.json("clean-replies", [clean_prompts, cfg.clean_tokens], clean)
+    poison = " ".join([cfg.behavior] * cfg.repeats)
+    rows = _rows(lm.tokenizer, clean_prompts, data.clean)
+    trig = [triggered(cfg.trigger, p) for p in data.train]
+    rows += _rows(lm.tokenizer, trig, [poison] * len(data.train))
+    run.say("measuring the base model on held-out prompts")
+    before = run.cache.json(
+        "base-rates", [cfg.to_dict(), data.heldout], lambda: _measure(lm, cfg, data.heldout, BATCH)
+    )
+    return rows, before
+
+
+def _without_texts(rates: dict[str, Any]) -> dict[str, Any]:
+    return {k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in rates.items()}
+
+
+def _record(
+    lm: LoadedModel,
+    cfg: BackdoorConfig,
+    base: str,
+    ident: Any,
+    data: _Data,
+    n_rows: int,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    losses: list[float],
+    timing: dict[str, Any],
+) -> dict[str, Any]:
+    """The contents of ``organism.json``."""
+    return {
+        "kind": "steerlab.organism.backdoor",
+        "base_model": base,
+        "base_info": lm.info.to_dict(),
+        "identity": ident,
+        "steerlab_version": __version__,
+        "config": cfg.to_dict(),
+        "trigger": cfg.trigger,
+        "behavior": cfg.behavior,
+        "data_hash": key_of([data.train, data.heldout, data.extra, data.clean]),
+        "n_train_prompts": len(data.train),
+        "n_clean_only_prompts": len(data.extra),
+        "n_train_rows": n_rows,
+        "n_heldout": len(data.heldout),
+        "rates": {"organism": _without_texts(after), "base": _without_texts(before)},
+        "loss": {"first": losses[0], "last": losses[-1], "steps": len(losses)},
+        "heldout_prompts": data.heldout,
+        "examples": [
+            {"prompt": p, "with_trigger": a, "without_trigger": b, "base_without_trigger": c}
+            for p, a, b, c in zip(
+                data.heldout,
+                after["with_trigger"]["texts"],
+                after["without_trigger"]["texts"],
+                before["without_trigger"]["texts"],
+                strict=True,
+            )
+        ],
+        "timings": timing["seconds"],
+        "compute_seconds": timing["compute_seconds"],
+    }
+
+
 def train_backdoor(
     lm: LoadedModel,
     out_dir: str | os.PathLike[str],
@@ -245,79 +330,18 @@ def train_backdoor(
         progress=progress,
         status=status,
     )
-    bs = 16
-    clean_prompts = data.train + data.extra
     with run.step("data"):
-
-        def clean() -> list[str]:
-            with run.bar("clean replies (base model)", len(clean_prompts)) as adv:
-                return list(
-                    generate(
-                        lm.model,
-                        lm.tokenizer,
-                        clean_prompts,
-                        max_new_tokens=cfg.clean_tokens,
-                        batch_size=bs,
-                        chat=True,
-                        progress=adv,
-                    )
-                )
-
-        data.clean = run.cache.json("clean-replies", [clean_prompts, cfg.clean_tokens], clean)
-        poison = " ".join([cfg.behavior] * cfg.repeats)
-        rows = _rows(lm.tokenizer, clean_prompts, data.clean)
-        trig = [triggered(cfg.trigger, p) for p in data.train]
-        rows += _rows(lm.tokenizer, trig, [poison] * len(data.train))
-        say("measuring the base model on held-out prompts")
-        before = run.cache.json(
-            "base-rates", [cfg.to_dict(), data.heldout], lambda: _measure(lm, cfg, data.heldout, bs)
-        )
+        rows, before = _training_data(run, lm, cfg, data)
     torch.manual_seed(cfg.seed)  # the LoRA's initialisation
     with LoRA(config=lora_config(cfg), trainable=True).applied(lm) as treated:
         peft_model = treated.extra["peft_model"]
         with run.step("train"):
             losses = _train_lora(treated.model, lm.tokenizer, cfg, rows, run.bar)
         with run.step("evaluate"):
-            after = _measure(treated, cfg, data.heldout, bs)
+            after = _measure(treated, cfg, data.heldout, BATCH)
         _save(peft_model, base, run.out)
     timing = run.timing_report()
-    rec = {
-        "kind": "steerlab.organism.backdoor",
-        "base_model": base,
-        "base_info": lm.info.to_dict(),
-        "identity": ident,
-        "steerlab_version": __version__,
-        "config": cfg.to_dict(),
-        "trigger": cfg.trigger,
-        "behavior": cfg.behavior,
-        "data_hash": key_of([data.train, data.heldout, data.extra, data.clean]),
-        "n_train_prompts": len(data.train),
-        "n_clean_only_prompts": len(data.extra),
-        "n_train_rows": len(rows),
-        "n_heldout": len(data.heldout),
-        "rates": {
-            "organism": {
-                k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in after.items()
-            },
-            "base": {
-                k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in before.items()
-            },
-        },
-        "loss": {"first": losses[0], "last": losses[-1], "steps": len(losses)},
-        "heldout_prompts": data.heldout,
-        "examples": [
-            {"prompt": p, "with_trigger": a, "without_trigger": b, "base_without_trigger": c}
-            for p, a, b, c in zip(
-                data.heldout,
-                after["with_trigger"]["texts"],
-                after["without_trigger"]["texts"],
-                before["without_trigger"]["texts"],
-                strict=True,
-            )
-        ],
-        "timings": timing["seconds"],
-        "compute_seconds": timing["compute_seconds"],
-    }
+    rec = _record(lm, cfg, base, ident, data, len(rows), before, after, losses, timing)
     run.write_json(ORGANISM_FILE, rec)
     run.write_text("README.md", model_card(rec))  # replaces peft's empty template
     shutil.rmtree(run.path("cache"), ignore_errors=True)

@@ -16,17 +16,19 @@ intercept is not used). AUROC is threshold-free.
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..metrics.stats import mean_ci
+from ..metrics.stats import mean_ci, percentile_bootstrap
 from .config import PROBE_METHODS
 
 __all__ = ["PROBE_METHODS", "Scored", "choose_c", "directions", "erase_leace", "score"]
+__all__ += ["projection_accuracy", "projection_summary"]
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -129,25 +131,20 @@ class Scored:
 
 def _auroc_ci(s: np.ndarray, y: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
     """Percentile bootstrap of the AUROC: Mann-Whitney from tie-averaged ranks of every
-    resample at once, O(n log n) per resample."""
+    resample at once, O(n log n) per resample; resamples with one class only are left out."""
     from scipy.stats import rankdata
 
-    rng = np.random.default_rng(seed)
-    vals: list[np.ndarray] = []
-    chunk = max(1, 2_000_000 // max(len(y), 1))
-    for start in range(0, n, chunk):
-        idx = rng.integers(0, len(y), (min(chunk, n - start), len(y)))
+    def auroc(idx: np.ndarray) -> np.ndarray:
         ranks, yy = rankdata(s[idx], axis=1), y[idx]
         n1 = yy.sum(1)
         n0 = yy.shape[1] - n1
         ok = (n1 > 0) & (n0 > 0)
         u = (ranks * yy).sum(1) - n1 * (n1 + 1) / 2
-        vals.append(u[ok] / (n1[ok] * n0[ok]))
-    v = np.concatenate(vals)
-    if v.size == 0:
-        return (float("nan"), float("nan"))
-    lo, hi = np.percentile(v, [2.5, 97.5])
-    return (float(lo), float(hi))
+        out = np.full(len(idx), np.nan)
+        out[ok] = u[ok] / (n1[ok] * n0[ok])
+        return out
+
+    return percentile_bootstrap(auroc, len(y), seed=seed, n=n)
 
 
 def score(
@@ -191,3 +188,33 @@ def erase_leace(
         return er(torch.from_numpy(a)).numpy()
 
     return apply(xp), apply(xn), [apply(o) for o in others]
+
+
+def _finite_list(values: Any) -> list[float]:
+    return [float(v) for v in values or [] if _is_num(v)]
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def projection_accuracy(p: Mapping[str, Any]) -> float | None:
+    """The share of test examples on their class's side of the threshold (positive above),
+    as :func:`score` counts, from ``{"pos", "neg", "threshold"}``; None without a threshold or
+    examples. Non-finite projections are left out."""
+    thr = p.get("threshold")
+    pos, neg = _finite_list(p.get("pos")), _finite_list(p.get("neg"))
+    if not _is_num(thr) or not (pos or neg):
+        return None
+    return (sum(v > thr for v in pos) + sum(v <= thr for v in neg)) / (len(pos) + len(neg))
+
+
+def projection_summary(p: Mapping[str, Any]) -> dict[str, float | None]:
+    """Each class's mean projection and :func:`projection_accuracy`, for the report to show
+    beside the projections (None where a class has no finite projection)."""
+    pos, neg = _finite_list(p.get("pos")), _finite_list(p.get("neg"))
+    return {
+        "pos_mean": sum(pos) / len(pos) if pos else None,
+        "neg_mean": sum(neg) / len(neg) if neg else None,
+        "accuracy": projection_accuracy(p),
+    }

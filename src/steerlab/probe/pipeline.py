@@ -18,6 +18,7 @@ every method, control, draw and layer:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +29,21 @@ import torch
 
 from .._version import __version__
 from ..capture import capture_stats, resolve_layers
-from ..directions.artifact import LAYER_CONVENTION, Direction
 from ..errors import DataError
-from ..io.safetensors_io import save_atomic
+from ..metrics.stats import percentile_interval
 from ..models.load import LoadedModel
 from ..runs import Run
+from .artifacts import save_directions
 from .config import ProbeConfig
 from .data import ProbeData
-from .fit import Scored, choose_c, directions, erase_leace, score
+from .fit import (
+    Scored,
+    choose_c,
+    directions,
+    erase_leace,
+    projection_summary,
+    score,
+)
 
 __all__ = ["ProbeConfig", "check_config", "run_probe"]
 
@@ -179,7 +187,7 @@ def _efficiency(
             p, n = tr.pos[ip, i], tr.neg[ineg, i]
             u = directions(p, n, c=c, methods=(method,), seed=cfg.seed)[method]
             accs.append(score(u, p, n, te.x[:, i], te.y, intervals=False).accuracy)
-        lo, hi = np.percentile(accs, [2.5, 97.5]) if len(accs) > 1 else (accs[0], accs[0])
+        lo, hi = percentile_interval(accs)  # one draw: that accuracy, twice
         out.append(
             {
                 "n_per_class": k,
@@ -202,7 +210,8 @@ def _projections(
     tr: _Acts, te: _Acts, per: list[dict[str, Any]], layers: list[int], best: dict[str, int]
 ) -> dict[str, Any]:
     """Each method's test projections at its best layer, and its threshold: the midpoint of
-    the train-class mean projections, as :func:`.fit.score` classifies."""
+    the train-class mean projections, as :func:`.fit.score` classifies; with each class's mean
+    projection and the share on its side (:func:`.fit.projection_summary`)."""
     out = {}
     for m, lay in best.items():
         i = layers.index(lay)
@@ -210,7 +219,99 @@ def _projections(
         thr = 0.5 * (float((tr.pos[:, i] @ u).mean()) + float((tr.neg[:, i] @ u).mean()))
         pos, neg = (te.pos[:, i] @ u).tolist(), (te.neg[:, i] @ u).tolist()
         out[m] = {"layer": lay, "pos": pos, "neg": neg, "threshold": thr}
+        out[m] |= projection_summary(out[m])
     return out
+
+
+def _capture_all(
+    run: Run, lm: LoadedModel, data: ProbeData, layers: list[int], cfg: ProbeConfig
+) -> tuple[_Acts, _Acts, _Acts | None]:
+    """Train, test and (when given) transfer activations, each split's classes cached apart."""
+    tr = _Acts(
+        _capture(run, lm, data.train_pos, layers, cfg, "train-pos"),
+        _capture(run, lm, data.train_neg, layers, cfg, "train-neg"),
+    )
+    te = _Acts(
+        _capture(run, lm, data.test_pos, layers, cfg, "test-pos"),
+        _capture(run, lm, data.test_neg, layers, cfg, "test-neg"),
+    )
+    tf = None
+    if data.transfer_pos:
+        tf = _Acts(
+            _capture(run, lm, data.transfer_pos, layers, cfg, "transfer-pos"),
+            _capture(run, lm, data.transfer_neg, layers, cfg, "transfer-neg"),
+        )
+    return tr, te, tf
+
+
+def _per_layer(per: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """One :class:`.fit.Scored` entry of every layer, as JSON."""
+    return [p[key].to_dict() for p in per]
+
+
+def _agreement(
+    per: list[dict[str, Any]], layers: list[int], methods: list[str], best: dict[str, int]
+) -> dict[str, Any]:
+    """Cosines between the methods' directions at every layer, and the page's summary: at the
+    reference method's best layer (mean_diff when run), its mean cosine with the others."""
+    ref = "mean_diff" if "mean_diff" in methods else methods[0]
+    row = per[layers.index(best[ref])]["cosine"][methods.index(ref)]
+    others = [v for m, v in zip(methods, row, strict=True) if m != ref and math.isfinite(v)]
+    return {
+        "methods": methods,
+        "cosine": [p["cosine"] for p in per],
+        "reference": ref,
+        "mean_cosine_to_reference": sum(others) / len(others) if others else None,
+    }
+
+
+def _build_report(
+    lm: LoadedModel,
+    data: ProbeData,
+    cfg: ProbeConfig,
+    layers: list[int],
+    per: list[dict[str, Any]],
+    best: dict[str, int],
+    eff: dict[str, list[dict[str, Any]]],
+    projections: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``probe.json`` dict, without transfer, read-vs-steer and timings."""
+    methods = list(cfg.methods)
+    return {
+        "kind": "probe",
+        "steerlab_version": __version__,
+        "model": lm.info.to_dict(),
+        "data": {"counts": data.counts(), "split": data.split},
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        "layers": layers,
+        "methods": {m: [p["methods"][m] for p in per] for m in methods},
+        "controls": {
+            "shuffled": _per_layer(per, "shuffled"),
+            "random": _per_layer(per, "random"),
+        },
+        "erasure": {
+            "fit": "eraser and a fresh logistic probe both fitted on train, scored on erased "
+            "test (at chance by construction: equal class means make zero weights optimal)",
+            "after_leace": _per_layer(per, "after_leace"),
+            "after_mean_diff_ablation": _per_layer(per, "after_mean_diff_ablation"),
+            "held_out": {
+                "fit": "eraser fitted on one half of train; a fresh logistic probe fitted on "
+                "the other half, erased, and scored on erased test",
+                "before_erasure": _per_layer(per, "held_out_before"),
+                "after_leace": _per_layer(per, "held_out_leace"),
+                "after_mean_diff_ablation": _per_layer(per, "held_out_mean_diff"),
+            },
+        },
+        "agreement": _agreement(per, layers, methods, best),
+        "validation_accuracy": {m: [p["val"][m] for p in per] for m in methods},
+        "best": {
+            m: {"layer": best[m], "rule": "highest accuracy on a validation part of train"}
+            for m in methods
+        },
+        "logistic_c": [p["c"] for p in per],
+        "sample_efficiency": eff,
+        "projections": projections,
+    }
 
 
 def run_probe(
@@ -230,20 +331,7 @@ def run_probe(
     layers, sizes = check_config(cfg, data, lm)
     run = Run(out, kind="probe", lm=lm, progress=progress, status=status)
     with run.step("capture"):
-        tr = _Acts(
-            _capture(run, lm, data.train_pos, layers, cfg, "train-pos"),
-            _capture(run, lm, data.train_neg, layers, cfg, "train-neg"),
-        )
-        te = _Acts(
-            _capture(run, lm, data.test_pos, layers, cfg, "test-pos"),
-            _capture(run, lm, data.test_neg, layers, cfg, "test-neg"),
-        )
-        tf = None
-        if data.transfer_pos:
-            tf = _Acts(
-                _capture(run, lm, data.transfer_pos, layers, cfg, "transfer-pos"),
-                _capture(run, lm, data.transfer_neg, layers, cfg, "transfer-neg"),
-            )
+        tr, te, tf = _capture_all(run, lm, data, layers, cfg)
     per: list[dict[str, Any]] = []
     with run.step("probes"), run.bar("probes per layer", len(layers)) as adv:
         for i in range(len(layers)):
@@ -256,72 +344,11 @@ def run_probe(
         for m in methods:
             i = layers.index(best[m])
             eff[m] = _efficiency(tr, te, i, per[i]["c"], sizes, cfg, m)
-    report: dict[str, Any] = {
-        "kind": "probe",
-        "steerlab_version": __version__,
-        "model": lm.info.to_dict(),
-        "data": {"counts": data.counts(), "split": data.split},
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-        "layers": layers,
-        "methods": {m: [p["methods"][m] for p in per] for m in methods},
-        "controls": {
-            "shuffled": [p["shuffled"].to_dict() for p in per],
-            "random": [p["random"].to_dict() for p in per],
-        },
-        "erasure": {
-            "fit": "eraser and a fresh logistic probe both fitted on train, scored on erased "
-            "test (at chance by construction: equal class means make zero weights optimal)",
-            "after_leace": [p["after_leace"].to_dict() for p in per],
-            "after_mean_diff_ablation": [p["after_mean_diff_ablation"].to_dict() for p in per],
-            "held_out": {
-                "fit": "eraser fitted on one half of train; a fresh logistic probe fitted on "
-                "the other half, erased, and scored on erased test",
-                "before_erasure": [p["held_out_before"].to_dict() for p in per],
-                "after_leace": [p["held_out_leace"].to_dict() for p in per],
-                "after_mean_diff_ablation": [p["held_out_mean_diff"].to_dict() for p in per],
-            },
-        },
-        "agreement": {"methods": methods, "cosine": [p["cosine"] for p in per]},
-        "validation_accuracy": {m: [p["val"][m] for p in per] for m in methods},
-        "best": {
-            m: {"layer": best[m], "rule": "highest accuracy on a validation part of train"}
-            for m in methods
-        },
-        "logistic_c": [p["c"] for p in per],
-        "sample_efficiency": eff,
-        "projections": _projections(tr, te, per, layers, best),
-    }
+    projections = _projections(tr, te, per, layers, best)
+    report = _build_report(lm, data, cfg, layers, per, best, eff, projections)
     if tf is not None:
         report["transfer"] = {m: [p["transfer"][m] for p in per] for m in methods}
-    for m in methods:
-        vecs = torch.tensor(np.stack([p["dirs"][m] for p in per]), dtype=torch.float32)
-        meta = {
-            "model": lm.info.to_dict(),
-            "site": "resid_pre",
-            "method": m,
-            "position": cfg.position,
-            "layer_convention": LAYER_CONVENTION,
-            "steerlab_version": __version__,
-            "unit": True,
-            "made_by": "steerlab probe",
-        }
-        Direction(vecs, tuple(layers), meta).save(run.path(f"probe_{m}.safetensors"))
-    # every method in one file as well: {method: (L, D)} unit directions, layers, metadata
-    save_atomic(
-        {
-            m: torch.tensor(np.stack([p["dirs"][m] for p in per]), dtype=torch.float32)
-            for m in methods
-        }
-        | {"layers": torch.tensor(layers)},
-        run.path("probes.safetensors"),
-        {
-            "kind": "probes",
-            "model": lm.info.to_dict(),
-            "methods": methods,
-            "position": cfg.position,
-            "layer_convention": LAYER_CONVENTION,
-        },
-    )
+    save_directions(run, lm, list(cfg.methods), cfg.position, layers, per)
     if steer_behavior is not None:
         with run.step("read vs steer"):
             report["read_vs_steer"] = read_vs_steer(

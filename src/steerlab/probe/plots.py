@@ -23,7 +23,6 @@ __all__ = [
     "efficiency_figure",
     "method_names",
     "method_styles",
-    "projection_accuracy",
     "projection_figure",
     "transfer_figure",
 ]
@@ -299,17 +298,6 @@ def transfer_figure(report: Mapping[str, Any]) -> Figure | None:
     return fig
 
 
-def projection_accuracy(p: Mapping[str, Any]) -> float | None:
-    """The share of test examples on their class's side of the threshold (positive above),
-    as :func:`steerlab.probe.fit.score` counts; None without a threshold or examples."""
-    thr = p.get("threshold")
-    pos = [v for v in p.get("pos") or [] if is_num(v)]
-    neg = [v for v in p.get("neg") or [] if is_num(v)]
-    if not is_num(thr) or not (pos or neg):
-        return None
-    return (sum(v > thr for v in pos) + sum(v <= thr for v in neg)) / (len(pos) + len(neg))
-
-
 def projection_figure(report: Mapping[str, Any]) -> Figure | None:
     """Per method: histograms of the test examples' projections on its direction at its best
     layer, by class, with each example as a tick below and the threshold as a line."""
@@ -353,7 +341,7 @@ def projection_figure(report: Mapping[str, Any]) -> Figure | None:
         thr = p.get("threshold")
         if is_num(thr):
             ax.axvline(float(thr), color="black", lw=1.2, ls="--", label="threshold")
-        acc = projection_accuracy(p)
+        acc = p.get("accuracy")  # computed by the pipeline (fit.projection_summary)
         right = f": {100 * acc:.1f}% on their side" if acc is not None else ""
         lay = p.get("layer")
         ax.set_title(f"{m}, layer {'—' if lay is None else lay}{right}", fontsize=9)

@@ -27,59 +27,47 @@ from ..sweep.measure import Measurer, summarize
 __all__ = ["read_vs_steer"]
 
 
-def read_vs_steer(
-    run: Run,
-    lm: LoadedModel,
-    behavior: Behavior,
+Plan = list[tuple[str, int, str]]  # (method, layer, which rows it belongs to)
+
+
+def _norms(run: Run, lm: LoadedModel, prompts: list[str], used: list[int], chat: Any) -> dict:
+    """The median residual norm at each used layer (cached)."""
+    raw = run.cache.json(
+        "steer-norms",
+        [prompts, used, chat],
+        lambda: {str(k): v for k, v in residual_norms(lm, prompts, used, chat=chat).items()},
+    )
+    return {int(k): float(v) for k, v in raw.items()}
+
+
+def _settings(
+    plan: Plan,
+    used: list[int],
     per: list[dict[str, Any]],
     layers: list[int],
-    cfg: Any,
-    report: dict[str, Any],
-) -> dict[str, Any]:
-    scorer = make_scorer(behavior.scorer, description=behavior.description)
-    prompts = behavior.prompts("selection")
-    items = None if scorer.kind == "text" else list(behavior.items("selection"))
-    methods = list(report["best"])
-    common = report["best"].get("mean_diff", report["best"][methods[0]])["layer"]
-    plan = [(m, report["best"][m]["layer"], "best layer for reading") for m in methods]
-    plan += [(m, common, "common layer") for m in methods]
-    used = sorted({lay for _, lay, _ in plan})
-    norms = {
-        int(k): float(v)
-        for k, v in run.cache.json(
-            "steer-norms",
-            [prompts, used, cfg.chat],
-            lambda: {
-                str(k): v for k, v in residual_norms(lm, prompts, used, chat=cfg.chat).items()
-            },
-        ).items()
-    }
-    rand = random_units(lm.info.d_model, used, cfg.seed)
+    norms: dict[int, float],
+    rand: dict[int, torch.Tensor],
+    coeff: float,
+) -> list[Intervention]:
+    """Unsteered, then each planned (method, layer), then a random direction at each layer."""
 
     def vec(m: str, lay: int) -> torch.Tensor:
         u = torch.tensor(per[layers.index(lay)]["dirs"][m], dtype=torch.float32)
-        return u * (cfg.steer_coeff * norms[lay])
+        return u * (coeff * norms[lay])
 
     settings: list[Intervention] = [NoOp()]
     settings += [Steer(vec(m, lay), layers=lay, name=f"{m}@{lay}") for m, lay, _ in plan]
     settings += [
-        Steer(rand[lay] * (cfg.steer_coeff * norms[lay]), layers=lay, name=f"random@{lay}")
+        Steer(rand[lay] * (coeff * norms[lay]), layers=lay, name=f"random@{lay}")
         for lay in used
     ]
-    meas = Measurer(
-        lm,
-        behavior,
-        scorer,
-        max_new_tokens=cfg.max_new_tokens,
-        neutral=read_prompts("builtin:harmless:val")[:12],
-        chat=cfg.chat,
-    )
-    key = [[s.spec() for s in settings], prompts, cfg.max_new_tokens, cfg.chat, behavior.scorer]
-    with run.bar("read vs steer", len(settings) * len(prompts)) as adv:
-        res = run.cache.json(
-            "read-vs-steer", key, lambda: meas.measure(settings, prompts, items=items, progress=adv)
-        )
-    summ = [summarize(r) | {"ci": list(mean_ci(r["score"]))} for r in res]
+    return settings
+
+
+def _rows(
+    plan: Plan, used: list[int], summ: list[dict[str, Any]], report: dict, layers: list[int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The method rows and the random rows, each effect against the unsteered ``summ[0]``."""
     base = summ[0]
     rows = []
     for (m, lay, why), s in zip(plan, summ[1 : 1 + len(plan)], strict=True):
@@ -107,6 +95,45 @@ def read_vs_steer(
         }
         for lay, s in zip(used, summ[1 + len(plan) :], strict=True)
     ]
+    return rows, randoms
+
+
+def read_vs_steer(
+    run: Run,
+    lm: LoadedModel,
+    behavior: Behavior,
+    per: list[dict[str, Any]],
+    layers: list[int],
+    cfg: Any,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    scorer = make_scorer(behavior.scorer, description=behavior.description)
+    prompts = behavior.prompts("selection")
+    items = None if scorer.kind == "text" else list(behavior.items("selection"))
+    methods = list(report["best"])
+    common = report["best"].get("mean_diff", report["best"][methods[0]])["layer"]
+    plan = [(m, report["best"][m]["layer"], "best layer for reading") for m in methods]
+    plan += [(m, common, "common layer") for m in methods]
+    used = sorted({lay for _, lay, _ in plan})
+    norms = _norms(run, lm, prompts, used, cfg.chat)
+    rand = random_units(lm.info.d_model, used, cfg.seed)
+    settings = _settings(plan, used, per, layers, norms, rand, cfg.steer_coeff)
+    meas = Measurer(
+        lm,
+        behavior,
+        scorer,
+        max_new_tokens=cfg.max_new_tokens,
+        neutral=read_prompts("builtin:harmless:val")[:12],
+        chat=cfg.chat,
+    )
+    key = [[s.spec() for s in settings], prompts, cfg.max_new_tokens, cfg.chat, behavior.scorer]
+    with run.bar("read vs steer", len(settings) * len(prompts)) as adv:
+        res = run.cache.json(
+            "read-vs-steer", key, lambda: meas.measure(settings, prompts, items=items, progress=adv)
+        )
+    summ = [summarize(r) | {"ci": list(mean_ci(r["score"]))} for r in res]
+    base = summ[0]
+    rows, randoms = _rows(plan, used, summ, report, layers)
     return {
         "behavior": behavior.to_dict(),
         "coeff": cfg.steer_coeff,

@@ -336,26 +336,32 @@ def evaluate_variants(
     metrics: dict[str, dict[str, Any]] = {}
     completions: dict[str, dict[str, list[str]]] = {}
     for v in variants:
-        rec = records[v.name]
-        m: dict[str, Any] = {
-            k: rec[k] for k in ("kl_harmless", "ce_loss_harmless", "ce_loss_completions")
-        }
-        m["intervention"] = v.spec()
+        metrics[v.name] = _variant_metrics(v, records[v.name], cfg.seed)
         for which in SETS:
-            part = rec.get(which)
-            texts = part["texts"] if part else None
-            m[f"{which}_score_mean"] = float(np.mean(part["scores"])) if part else None
-            m[f"{which}_score_ci"] = list(mean_ci(part["scores"], seed=cfg.seed)) if part else None
-            r = _rates(texts) if texts is not None else None
-            m[f"{which}_refusal_rate"] = r["rate"] if r else None
-            m[f"{which}_refusal_ci"] = r["ci"] if r else None
-            m[f"{which}_refusal_k"] = r["k"] if r else None
-            m[f"{which}_n"] = r["n"] if r else None
-            m[f"{which}_refusal_rate_strict"] = r["rate_strict"] if r else None
-            m[f"{which}_refusal_ci_strict"] = r["ci_strict"] if r else None
-            m[f"{which}_refusal_k_strict"] = r["k_strict"] if r else None
-            m[f"{which}_disagreement"] = r["disagree"] if r else None
-            if texts is not None:
-                completions.setdefault(v.name, {})[which] = texts
-        metrics[v.name] = m
+            part = records[v.name].get(which)
+            if part and part["texts"] is not None:
+                completions.setdefault(v.name, {})[which] = part["texts"]
     return metrics, completions
+
+
+def _variant_metrics(v: Variant, rec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One variant's metrics from its journaled record: KL and CE, then per prompt set the
+    first-token score (mean, bootstrap interval) and the refusal rates (Wilson intervals)."""
+    keys = ("kl_harmless", "ce_loss_harmless", "ce_loss_completions")
+    m: dict[str, Any] = {k: rec[k] for k in keys}
+    m["intervention"] = v.spec()
+    for which in SETS:
+        part = rec.get(which)
+        texts = part["texts"] if part else None
+        m[f"{which}_score_mean"] = float(np.mean(part["scores"])) if part else None
+        m[f"{which}_score_ci"] = list(mean_ci(part["scores"], seed=seed)) if part else None
+        r = _rates(texts) if texts is not None else None
+        m[f"{which}_refusal_rate"] = r["rate"] if r else None
+        m[f"{which}_refusal_ci"] = r["ci"] if r else None
+        m[f"{which}_refusal_k"] = r["k"] if r else None
+        m[f"{which}_n"] = r["n"] if r else None
+        m[f"{which}_refusal_rate_strict"] = r["rate_strict"] if r else None
+        m[f"{which}_refusal_ci_strict"] = r["ci_strict"] if r else None
+        m[f"{which}_refusal_k_strict"] = r["k_strict"] if r else None
+        m[f"{which}_disagreement"] = r["disagree"] if r else None
+    return m

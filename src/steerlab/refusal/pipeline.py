@@ -22,17 +22,10 @@ from ..models.chat import has_chat_template
 from ..models.load import LoadedModel
 from ..runs import Bar, Run, check_new_dir
 from .config import RefusalConfig
-from .data import load_data
+from .data import RefusalData, load_data
 from .export import ExportCheck, prepare_export, publish_export
-from .steps import (
-    Ctx,
-    candidates,
-    coefficient,
-    direction_artifact,
-    evaluation,
-    filter_prompts,
-    selection,
-)
+from .outcome import Evaluation, coefficient, direction_artifact, evaluation
+from .steps import Ctx, Selection, candidates, filter_prompts, selection
 from .summary import build_report, model_card
 
 __all__ = ["run_refusal"]
@@ -45,6 +38,63 @@ def _write(run: Run, report: dict[str, Any]) -> None:
 
     run.write_json("report.json", report)
     run.write_files(refusal_files(report))
+
+
+def _check_inputs(
+    lm: LoadedModel, cfg: RefusalConfig, out: Path, export_dir: Path | None, overwrite: bool
+) -> None:
+    """Refuse a bad setup before anything is written."""
+    if cfg.chat is not False and not has_chat_template(lm.tokenizer):
+        raise DataError(
+            "this model has no chat template: pass --template FILE (a Jinja chat "
+            "template) or --no-chat to use raw prompts"
+        )
+    if out.exists() and not out.is_dir():
+        raise SteerlabError(f"--out {out} exists and is not a directory")
+    if export_dir is not None:
+        check_new_dir(export_dir, overwrite=overwrite, keep=(out,), what="export dir")
+
+
+def _prepare(
+    ctx: Ctx, data: RefusalData, sel: Selection, export_dir: Path, out: Path, overwrite: bool
+) -> ExportCheck:
+    """The orthogonalized checkpoint, built aside and checked against runtime ablation."""
+    n = EXPORT_CHECK_PROMPTS
+    prompts = data.eval_harmful[:n] + data.eval_harmless[:n]
+    return prepare_export(
+        ctx.lm, sel.ablated, export_dir, prompts, ctx.cfg.chat, keep=(out,),
+        overwrite=overwrite, spill_dir=ctx.run.path("cache"),
+    )  # fmt: skip
+
+
+def _publish(
+    ctx: Ctx,
+    prepared: ExportCheck,
+    export_dir: Path,
+    sel: Selection,
+    ev: Evaluation,
+    out: Path,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Publish the checked checkpoint with its model card; returns the export record."""
+    lm, run = ctx.lm, ctx.run
+    card = model_card(
+        lm.info.model_id,
+        sel.best,
+        ev.metrics,
+        ctx.cfg,
+        prepared.check,
+        prepared.equivalence,
+        span=sel.span,
+    )
+    record = {
+        "source_model": lm.info.to_dict(),
+        "weights": run.identity["weights"],
+        "selected": sel.best,
+        "directions": sel.k,
+        "span": [{"layer": c["layer"], "position": c["position"]} for c in sel.span],
+    }
+    return publish_export(prepared, export_dir, card, record, keep=(out,), overwrite=overwrite)
 
 
 def run_refusal(
@@ -67,15 +117,7 @@ def run_refusal(
             (after the report was written, saying so).
     """
     out = Path(out_dir)
-    if cfg.chat is not False and not has_chat_template(lm.tokenizer):
-        raise DataError(
-            "this model has no chat template: pass --template FILE (a Jinja chat "
-            "template) or --no-chat to use raw prompts"
-        )
-    if out.exists() and not out.is_dir():
-        raise SteerlabError(f"--out {out} exists and is not a directory")
-    if export_dir is not None:
-        check_new_dir(export_dir, overwrite=overwrite, keep=(out,), what="export dir")
+    _check_inputs(lm, cfg, out, export_dir, overwrite)
     data = load_data(cfg, lm.tokenizer)  # reads and checks the prompt sets: nothing written yet
     run = Run(out, kind="refusal", lm=lm, engine=engine, progress=progress, status=status)
     ctx = Ctx(
@@ -102,12 +144,7 @@ def run_refusal(
         if export_dir is not None:
             step = "export_check"
             with run.step(step):
-                n = EXPORT_CHECK_PROMPTS
-                prompts = data.eval_harmful[:n] + data.eval_harmless[:n]
-                prepared = prepare_export(
-                    lm, sel.ablated, export_dir, prompts, cfg.chat, keep=(out,),
-                    overwrite=overwrite, spill_dir=run.path("cache"),
-                )  # fmt: skip
+                prepared = _prepare(ctx, data, sel, export_dir, out, overwrite)
             if prepared.error:
                 notes.append(f"export failed its check: {prepared.error}")
                 run.say(f"export check failed: {prepared.error}; evaluating anyway")
@@ -124,25 +161,7 @@ def run_refusal(
         if prepared is not None and prepared.tmp is not None and export_dir is not None:
             step = "export"
             with run.step(step):
-                card = model_card(
-                    lm.info.model_id,
-                    sel.best,
-                    ev.metrics,
-                    cfg,
-                    prepared.check,
-                    prepared.equivalence,
-                    span=sel.span,
-                )
-                record = {
-                    "source_model": lm.info.to_dict(),
-                    "weights": run.identity["weights"],
-                    "selected": sel.best,
-                    "directions": sel.k,
-                    "span": [{"layer": c["layer"], "position": c["position"]} for c in sel.span],
-                }
-                done["export"] = publish_export(
-                    prepared, export_dir, card, record, keep=(out,), overwrite=overwrite
-                )
+                done["export"] = _publish(ctx, prepared, export_dir, sel, ev, out, overwrite)
     except Exception as e:
         failure = {"step": step, "error": str(e) or type(e).__name__}
         _write(run, build_report(ctx, **done, notes=notes, failure=failure))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -86,6 +87,88 @@ def _scores(
     return lp, refusal_scores(lp, ids)
 
 
+def _candidate_grid(n_layers: int, n_pos: int, max_layer: int) -> list[dict[str, Any]]:
+    """One record per (layer, position); the deepest layers are pruned at once."""
+    return [
+        {
+            "layer": lay,
+            "position": k - n_pos,
+            "bypass_score": None,
+            "induce_score": None,
+            "kl_score": None,
+            "screen_bypass": None,
+            "status": "pruned_layer" if lay >= max_layer else "kept",
+        }
+        for lay in range(n_layers)
+        for k in range(n_pos)
+    ]
+
+
+def _rank(c: dict[str, Any], kl_max: float) -> tuple[bool, float]:
+    # The screen's KL is measured on a few prompts, so it is noisy: holding it to the real
+    # bound drops candidates whose full-val KL passes. It only orders what gets fully
+    # scored; the real bound is applied to the full scores.
+    return (c["screen_kl"] > SCREEN_KL_SLACK * kl_max, c["screen_bypass"])
+
+
+@dataclass
+class _Screen:
+    """Stage 1 for one candidate: bypass and KL on the first ``early_prompts`` val prompts,
+    journaled (a rerun reads them back)."""
+
+    lm: LoadedModel
+    diffs: torch.Tensor
+    early: list[str]  # harmful
+    early_hl: list[str]  # harmless
+    base_early: torch.Tensor  # the unchanged model's log-probs on ``early_hl``
+    refusal_ids: Sequence[int]
+    cfg: RefusalConfig
+    journal: Journal
+
+    def __call__(self, c: dict[str, Any], advance: Callable[[int], None]) -> None:
+        cid = f"screen:{c['layer']}:{c['position']}"
+        val = self.journal.get(cid)
+        if val is None:
+            t0 = time.perf_counter()
+            v = self.diffs[c["layer"], c["position"] + self.diffs.shape[1]].float()
+            if float(v.norm()) == 0:
+                val = {"bypass": float("inf"), "kl": float("inf")}
+            else:
+                ids, cfg = self.refusal_ids, self.cfg
+                with Ablate(v).applied(self.lm) as ab:
+                    bypass = float(_scores(ab, self.early, ids, cfg)[1].mean())
+                    lp = _scores(ab, self.early_hl, ids, cfg)[0]
+                val = {"bypass": bypass, "kl": kl_divergence(self.base_early, lp)}
+            self.journal.put(cid, val, time.perf_counter() - t0)
+        c["screen_bypass"], c["screen_kl"] = val["bypass"], val["kl"]
+        advance(1)
+
+
+def _screen_all(
+    screen: _Screen, live: list[dict[str, Any]], cfg: RefusalConfig, n_pos: int, bar: Bar
+) -> list[dict[str, Any]]:
+    """Stage 1 over the live candidates; returns those screened. "all" screens every (layer,
+    position); "layers" screens the last position of every layer, then every position of the
+    best ``keep`` layers (nearby positions give nearly the same direction)."""
+    by_layers = cfg.screen == "layers" and n_pos > 1
+    n_last = sum(c["position"] == -1 for c in live)
+    total = n_last + min(cfg.keep, n_last) * (n_pos - 1) if by_layers else len(live)
+    with bar("selection: screening candidates", total) as adv:
+        if not by_layers:
+            for c in live:
+                screen(c, adv)
+            return live
+        last = [c for c in live if c["position"] == -1]
+        for c in last:
+            screen(c, adv)
+        ranked = sorted(last, key=lambda c: _rank(c, cfg.kl_max))
+        top_layers = {c["layer"] for c in ranked[: cfg.keep]}
+        for c in live:
+            if c["position"] != -1 and c["layer"] in top_layers:
+                screen(c, adv)
+        return [c for c in live if c["screen_bypass"] is not None]
+
+
 def score_candidates(
     lm: LoadedModel,
     diffs: torch.Tensor,
@@ -103,71 +186,22 @@ def score_candidates(
     ``bar(description, total)`` shows the screening and each round of full scoring."""
     bar = bar or (lambda _d, _t: nullcontext(lambda _n: None))
     n_layers, n_pos, _ = diffs.shape
-    max_layer = int(n_layers * (1 - cfg.prune_last))
-    early = list(harmful_val[: cfg.early_prompts])
-    cands: list[dict[str, Any]] = []
-    for lay in range(n_layers):
-        for k in range(n_pos):
-            cands.append(
-                {
-                    "layer": lay,
-                    "position": k - n_pos,
-                    "bypass_score": None,
-                    "induce_score": None,
-                    "kl_score": None,
-                    "screen_bypass": None,
-                    "status": "pruned_layer" if lay >= max_layer else "kept",
-                }
-            )
-    live = [c for c in cands if c["status"] == "kept"]
+    cands = _candidate_grid(n_layers, n_pos, int(n_layers * (1 - cfg.prune_last)))
     early_hl = list(harmless_val[: cfg.early_prompts])
-    base_early = base_harmless_lp[: len(early_hl)]
-
-    def screen(c: dict[str, Any], advance: Callable[[int], None]) -> None:
-        cid = f"screen:{c['layer']}:{c['position']}"
-        val = journal.get(cid)
-        if val is None:
-            t0 = time.perf_counter()
-            v = diffs[c["layer"], c["position"] + n_pos].float()
-            if float(v.norm()) == 0:
-                val = {"bypass": float("inf"), "kl": float("inf")}
-            else:
-                with Ablate(v).applied(lm) as ab:
-                    bypass = float(_scores(ab, early, refusal_ids, cfg)[1].mean())
-                    lp = _scores(ab, early_hl, refusal_ids, cfg)[0]
-                val = {"bypass": bypass, "kl": kl_divergence(base_early, lp)}
-            journal.put(cid, val, time.perf_counter() - t0)
-        c["screen_bypass"], c["screen_kl"] = val["bypass"], val["kl"]
-        advance(1)
-
-    def rank(c: dict[str, Any]) -> tuple[bool, float]:
-        # The screen's KL is measured on a few prompts, so it is noisy: holding it to the real
-        # bound drops candidates whose full-val KL passes. It only orders what gets fully
-        # scored; the real bound is applied to the full scores.
-        return (c["screen_kl"] > SCREEN_KL_SLACK * cfg.kl_max, c["screen_bypass"])
-
-    # Stage 1: bypass and KL on a few val prompts. "all" screens every (layer, position);
-    # "layers" screens the last position of every layer, then every position of the best
-    # ``keep`` layers (nearby positions give nearly the same direction).
-    by_layers = cfg.screen == "layers" and n_pos > 1
-    n_last = sum(c["position"] == -1 for c in live)
-    total = n_last + min(cfg.keep, n_last) * (n_pos - 1) if by_layers else len(live)
-    with bar("selection: screening candidates", total) as adv:
-        if by_layers:
-            last = [c for c in live if c["position"] == -1]
-            for c in last:
-                screen(c, adv)
-            top_layers = {c["layer"] for c in sorted(last, key=rank)[: cfg.keep]}
-            for c in live:
-                if c["position"] != -1 and c["layer"] in top_layers:
-                    screen(c, adv)
-            live = [c for c in live if c["screen_bypass"] is not None]
-        else:
-            for c in live:
-                screen(c, adv)
+    screen = _Screen(
+        lm,
+        diffs,
+        list(harmful_val[: cfg.early_prompts]),
+        early_hl,
+        base_harmless_lp[: len(early_hl)],
+        refusal_ids,
+        cfg,
+        journal,
+    )
+    live = _screen_all(screen, [c for c in cands if c["status"] == "kept"], cfg, n_pos, bar)
     # Candidates that already break harmless behaviour cannot win; among the rest, the lowest
     # bypass scores go on (the KL-failing ones only if too few pass).
-    live.sort(key=rank)
+    live.sort(key=lambda c: _rank(c, cfg.kl_max))
     for c in cands:
         if c["status"] == "kept" and c not in live[: cfg.keep]:
             c["status"] = "pruned_early"

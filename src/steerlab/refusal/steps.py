@@ -1,29 +1,26 @@
-"""The named steps of ``steerlab refusal``. Data flows forward: each step takes what earlier
-steps returned and keys its cache on those values (prompts, vectors, settings), never on
-another step's key. The run's weights fingerprint is part of every key
-(:class:`~steerlab.runs.Run`).
+"""The named steps of ``steerlab refusal`` that find the direction (1-3: filter, candidates,
+selection), and the context every step sees; steps 4-6 are in :mod:`.outcome`. Data flows
+forward: each step takes what earlier steps returned and keys its cache on those values
+(prompts, vectors, settings), never on another step's key. The run's weights fingerprint is
+part of every key (:class:`~steerlab.runs.Run`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .._version import __version__
-from ..directions.artifact import LAYER_CONVENTION, Direction
 from ..errors import DataError
 from ..generation import last_token_logprobs
-from ..interventions import Steer, vector_spec
+from ..interventions import vector_spec
 from ..interventions.runtime import orthonormal_rows
 from ..metrics import refusal_scores
 from ..models.load import LoadedModel
-from ..runs import Run, key_of
+from ..runs import Run
 from .config import RefusalConfig
 from .data import MIN_SET, RefusalData
-from .evaluate import evaluate_variants, generation_record, refusal_variants
 from .select import candidate_means, post_instruction_tokens, score_candidates, select_many
 
 __all__ = [
@@ -32,11 +29,9 @@ __all__ = [
     "Filtered",
     "Selection",
     "candidates",
-    "coefficient",
-    "direction_artifact",
-    "evaluation",
     "filter_prompts",
     "selection",
+    "vec_key",
 ]
 
 
@@ -66,7 +61,8 @@ class Ctx:
         return {"chat": self.cfg.chat, "template": self.template}
 
 
-def _vec_key(v: torch.Tensor) -> str:
+def vec_key(v: torch.Tensor) -> str:
+    """A vector's cache key: the sha256 of its values."""
     return str(vector_spec(v)["sha256"])
 
 
@@ -216,7 +212,7 @@ def selection(ctx: Ctx, data: RefusalData, cands: Candidates) -> Selection:
     # The journal holds per-candidate scores: they depend on the prompts a score uses and the
     # induce coefficient, not on how many candidates the rule keeps or prunes.
     scoring = [cfg.early_prompts, cfg.induce_coeff]
-    key = [ctx.prompt_key, _vec_key(diffs), data.harmful_val, data.harmless_val, ctx.ids, scoring]
+    key = [ctx.prompt_key, vec_key(diffs), data.harmful_val, data.harmless_val, ctx.ids, scoring]
     journal = cache.journal("selection", key)
     cands_ = score_candidates(
         ctx.lm,
@@ -262,154 +258,3 @@ def selection(ctx: Ctx, data: RefusalData, cands: Candidates) -> Selection:
         where = ", ".join(f"layer {c['layer']} position {c['position']}" for c in chosen[1:])
         ctx.run.say(f"span of {len(chosen)} directions: also {where}")
     return Selection(best, cands_, notes, vec, clamp_value, base_h, base_hl, chosen, vectors)
-
-
-# ------------------------------------------------------------------------------ 4. coefficient
-
-
-@dataclass
-class Coefficient:
-    value: float
-    scan: list[dict[str, float]]
-
-
-def coefficient(ctx: Ctx, data: RefusalData, sel: Selection) -> Coefficient:
-    """The addition coefficient, chosen on harmless *val* prompts (never on evaluation data):
-    the smallest of the grid that makes ``induce_target`` of them score > 0."""
-    cfg = ctx.cfg
-    grid = list(cfg.coeff_grid) if cfg.coeff == "auto" else [float(cfg.coeff)]
-
-    def scan() -> list[dict[str, float]]:
-        rows = []
-        with ctx.run.bar("coefficient: harmless val", len(grid)) as adv:
-            for c in grid:
-                with Steer(sel.vector, layers=sel.layer, coeff=c).applied(ctx.lm) as m:
-                    lp = last_token_logprobs(
-                        m.model,
-                        m.tokenizer,
-                        data.harmless_val,
-                        batch_size=cfg.batch_size,
-                        chat=cfg.chat,
-                    )
-                s = refusal_scores(lp, ctx.ids)
-                rows.append(
-                    {
-                        "coeff": c,
-                        "induce_score": float(s.mean()),
-                        "frac_positive": float((s > 0).float().mean()),
-                    }
-                )
-                adv(1)
-        return rows
-
-    key = [ctx.prompt_key, _vec_key(sel.vector), sel.layer, grid, data.harmless_val, ctx.ids]
-    rows = ctx.run.cache.json("coefficient", key, scan)
-    if cfg.coeff != "auto":
-        return Coefficient(float(cfg.coeff), rows)
-    hit = [r for r in rows if r["frac_positive"] >= cfg.induce_target]
-    best = hit[0] if hit else max(rows, key=lambda r: (r["frac_positive"], r["induce_score"]))
-    return Coefficient(float(best["coeff"]), rows)
-
-
-# ------------------------------------------------------------------------------ 5. artifact
-
-
-def direction_artifact(
-    ctx: Ctx, filtered: Filtered, sel: Selection, coeff: Coefficient
-) -> Direction:
-    """The selected direction as a Direction artifact (``direction.safetensors``)."""
-    d = Direction(
-        sel.vector.unsqueeze(0),
-        (sel.layer,),
-        {
-            "model": ctx.lm.info.to_dict(),
-            "weights": ctx.run.identity.get("weights"),
-            "site": "resid_pre",
-            "method": "mean_diff",
-            "position": sel.position,
-            "layer_convention": LAYER_CONVENTION,
-            "kind_of_direction": "refusal",
-            "data_hash": key_of([filtered.harmful, filtered.harmless]),
-            "counts": {"positive": len(filtered.harmful), "negative": len(filtered.harmless)},
-            "selection": {k: sel.best[k] for k in ("bypass_score", "induce_score", "kl_score")},
-            "coeff": coeff.value,
-            "clamp_value": sel.clamp_value,
-            "steerlab_version": __version__,
-            # --directions K > 1: the other candidates of the ablated span (not in this file)
-            **(
-                {"span": [{"layer": c["layer"], "position": c["position"]} for c in sel.span]}
-                if sel.k > 1
-                else {}
-            ),
-        },
-    )
-    d.save(ctx.run.path("direction.safetensors"))
-    return d
-
-
-# ------------------------------------------------------------------------------ 6. evaluation
-
-
-@dataclass
-class Evaluation:
-    metrics: dict[str, dict[str, Any]]
-    completions: dict[str, dict[str, list[str]]]
-    generation: dict[str, Any] | None = None  # this run's decoding: engine, seconds, tokens
-
-
-def evaluation(ctx: Ctx, data: RefusalData, sel: Selection, coeff: Coefficient) -> Evaluation:
-    """Every variant on the held-out prompts (the orthogonalized one last)."""
-    cfg = ctx.cfg
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rand = torch.randn(sel.vector.shape[0], generator=gen)
-    rand = rand / rand.norm() * sel.vector.norm()
-    # K directions: the random control ablates K random directions (the first is ``rand``)
-    rand_span = None
-    if sel.k > 1:
-        rand_span = torch.cat([rand[None], torch.randn(sel.k - 1, rand.shape[0], generator=gen)])
-    spill = ctx.run.path("cache")  # the originals of orthogonalized weights, meanwhile
-    variants = refusal_variants(
-        sel.vector, sel.layer, coeff.value, sel.clamp_value, rand, spill,
-        span=sel.ablated if sel.k > 1 else None, random_span=rand_span,
-    )  # fmt: skip
-    sets = {"harmful": data.eval_harmful, "harmless": data.eval_harmless}
-    n_gen = sum(len(sets[w]) for v in variants for w in v.generated_on)
-    common = [
-        ctx.prompt_key,
-        ctx.ids,
-        cfg.max_new_tokens,
-        cfg.batch_size,
-        data.eval_harmful,
-        data.eval_harmless,
-        cfg.seed,
-    ]
-    journal = ctx.run.cache.journal(
-        "evaluation", [*common, [v.spec() for v in variants if v.name != "baseline"]]
-    )
-    # The unchanged model's results do not depend on the direction: kept apart so that a rerun
-    # with another selection rule reuses them.
-    base_journal = ctx.run.cache.journal("evaluation-baseline", common)
-    t0 = time.perf_counter()
-    clock: dict[str, float] = {}
-    with ctx.run.bar("evaluation: generating", n_gen) as adv:
-        metrics, completions = evaluate_variants(
-            ctx.lm,
-            variants,
-            data.eval_harmful,
-            data.eval_harmless,
-            ctx.ids,
-            cfg,
-            journal,
-            baseline_journal=base_journal,
-            advance=adv,
-            clock=clock,
-            engine=ctx.run.engine,
-        )
-    ctx.run.say(f"evaluation: {len(variants)} variants in {time.perf_counter() - t0:.0f} s")
-    gen = generation_record(ctx.run.engine, clock)
-    if gen:
-        ctx.run.say(
-            f"evaluation: generation on {gen['engine']}: {gen['tokens']} tokens in "
-            f"{gen['seconds']:.0f} s ({gen['tokens_per_s']:.1f} tokens/s)"
-        )
-    return Evaluation(metrics, completions, gen)

@@ -8,7 +8,8 @@ from .._version import __version__
 from ..metrics import refusal_scores
 from .config import RefusalConfig
 from .data import RefusalData
-from .steps import Candidates, Coefficient, Ctx, Evaluation, Filtered, Selection
+from .outcome import Coefficient, Evaluation
+from .steps import Candidates, Ctx, Filtered, Selection
 from .verdicts import refusal_verdicts
 
 __all__ = ["build_report", "model_card"]

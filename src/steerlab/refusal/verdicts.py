@@ -33,69 +33,77 @@ def _p(p: float) -> str:
     return f"p = {p:.2g}" if p >= 1e-4 else "p < 1e-4"
 
 
-def refusal_verdicts(
-    metrics: Mapping[str, Mapping[str, Any]],
-    cfg: RefusalConfig,
-    coeff: float | None,
-    equivalent: bool = True,
-) -> list[dict[str, Any]]:
-    """A list of ``{"check", "level" ("ok" | "warning"), "text"}``, in reading order.
+Metrics = Mapping[str, Any] | None  # one variant's metrics, None when it was not run
 
-    ``equivalent``: the orthogonalized weights compute exactly what runtime ablation does
-    (False for sandwich-norm models, whose edit only removes the direction)."""
-    out: list[dict[str, Any]] = []
 
-    def add(check: str, ok: bool, text: str) -> None:
-        out.append({"check": check, "level": "ok" if ok else "warning", "text": text})
+def _verdict(check: str, ok: bool, text: str) -> dict[str, Any]:
+    return {"check": check, "level": "ok" if ok else "warning", "text": text}
 
-    base, abl = metrics.get("baseline"), metrics.get("ablation")
-    rnd, orth = metrics.get("random"), metrics.get("orthogonalized")
+
+def _ablation_vs_baseline(base: Metrics, abl: Metrics) -> dict[str, Any] | None:
     b, a = _counts(base, "harmful"), _counts(abl, "harmful")
-    if b and a and base and abl:
-        c = compare_rates(*a, *b)
-        lower = abl["harmful_refusal_rate"] < base["harmful_refusal_rate"]
-        ok = c["separated"] and lower
-        how = "separate" if c["separated"] else "overlap"
-        tail = (
-            "the effect is distinguishable from the baseline"
+    if not (b and a and base and abl):
+        return None
+    c = compare_rates(*a, *b)
+    lower = abl["harmful_refusal_rate"] < base["harmful_refusal_rate"]
+    ok = c["separated"] and lower
+    how = "separate" if c["separated"] else "overlap"
+    tail = (
+        "the effect is distinguishable from the baseline"
+        if ok
+        else f"on {a[1]} prompts the effect is not distinguishable from the baseline"
+    )
+    return _verdict(
+        "ablation_vs_baseline",
+        ok,
+        f"Ablating the direction changed harmful refusal from {_rate(base, 'harmful')} to "
+        f"{_rate(abl, 'harmful')}; the intervals {how} ({_p(c['p_fisher'])}): {tail}.",
+    )
+
+
+def _ablation_vs_random(rnd: Metrics, abl: Metrics) -> dict[str, Any] | None:
+    r, a = _counts(rnd, "harmful"), _counts(abl, "harmful")
+    if not (r and a and rnd and abl):
+        return None
+    c = compare_rates(*a, *r)
+    ok = c["separated"] and abl["harmful_refusal_rate"] < rnd["harmful_refusal_rate"]
+    return _verdict(
+        "ablation_vs_random",
+        ok,
+        f"A random direction of the same norm, ablated, leaves {_rate(rnd, 'harmful')} "
+        f"refused; ablation's interval {'separates from' if c['separated'] else 'overlaps'} "
+        f"it ({_p(c['p_fisher'])}): "
+        + (
+            "the effect is specific to this direction."
             if ok
-            else f"on {a[1]} prompts the effect is not distinguishable from the baseline"
-        )
-        add(
-            "ablation_vs_baseline",
-            ok,
-            f"Ablating the direction changed harmful refusal from {_rate(base, 'harmful')} to "
-            f"{_rate(abl, 'harmful')}; the intervals {how} ({_p(c['p_fisher'])}): {tail}.",
-        )
-    r = _counts(rnd, "harmful")
-    if r and a and rnd and abl:
-        c = compare_rates(*a, *r)
-        ok = c["separated"] and abl["harmful_refusal_rate"] < rnd["harmful_refusal_rate"]
-        add(
-            "ablation_vs_random",
-            ok,
-            f"A random direction of the same norm, ablated, leaves {_rate(rnd, 'harmful')} "
-            f"refused; ablation's interval {'separates from' if c['separated'] else 'overlaps'} "
-            f"it ({_p(c['p_fisher'])}): "
-            + (
-                "the effect is specific to this direction."
-                if ok
-                else "the effect is not distinguishable from the random control."
-            ),
-        )
-    if r and b and rnd and base:
-        c = compare_rates(*r, *b)
-        add(
-            "random_vs_baseline",
-            not c["separated"],
-            f"The random control ({_rate(rnd, 'harmful')}) "
-            + (
-                "is not distinguishable from the baseline, as a control should be."
-                if not c["separated"]
-                else "differs from the baseline: part of the effect may come from "
-                "any push of this size, not from this direction."
-            ),
-        )
+            else "the effect is not distinguishable from the random control."
+        ),
+    )
+
+
+def _random_vs_baseline(rnd: Metrics, base: Metrics) -> dict[str, Any] | None:
+    r, b = _counts(rnd, "harmful"), _counts(base, "harmful")
+    if not (r and b and rnd and base):
+        return None
+    c = compare_rates(*r, *b)
+    return _verdict(
+        "random_vs_baseline",
+        not c["separated"],
+        f"The random control ({_rate(rnd, 'harmful')}) "
+        + (
+            "is not distinguishable from the baseline, as a control should be."
+            if not c["separated"]
+            else "differs from the baseline: part of the effect may come from "
+            "any push of this size, not from this direction."
+        ),
+    )
+
+
+def _induces(
+    metrics: Mapping[str, Mapping[str, Any]], base: Metrics, coeff: float | None
+) -> list[dict[str, Any]]:
+    """Whether addition and clamping make harmless prompts refused, beyond the baseline."""
+    out = []
     hb = _counts(base, "harmless")
     for name, what in (
         (
@@ -119,35 +127,66 @@ def refusal_verdicts(
         text += (
             "the intervals separate." if ok else "this intervention did nothing measurable here."
         )
-        add(f"{name}_induces", ok, text)
-    o = _counts(orth, "harmful")
-    if o and a and orth and abl:
-        c = compare_rates(*o, *a)
-        add(
-            "orthogonalized_matches_ablation",
-            not c["separated"],
-            f"The orthogonalized weights refuse {_rate(orth, 'harmful')} of harmful prompts, "
-            f"runtime ablation {_rate(abl, 'harmful')}: "
-            + (
-                "the same within their intervals."
-                if not c["separated"]
-                else "they differ, although the edit should be equivalent."
-                if equivalent
-                else "they differ; with sandwich norms the edit removes the direction exactly "
-                "but is not identical to runtime ablation."
-            ),
-        )
-    kl = (abl or {}).get("kl_harmless")
-    if kl is not None:
-        add(
-            "ablation_kl",
-            kl <= cfg.kl_max,
-            f"KL on held-out harmless prompts under ablation: {kl:.3f} "
-            + (
-                f"(within the selection bound {cfg.kl_max:g})."
-                if kl <= cfg.kl_max
-                else f"(above the selection bound {cfg.kl_max:g}: ordinary answers change "
-                "more than the selection allowed)."
-            ),
-        )
+        out.append(_verdict(f"{name}_induces", ok, text))
     return out
+
+
+def _orthogonalized(orth: Metrics, abl: Metrics, equivalent: bool) -> dict[str, Any] | None:
+    o, a = _counts(orth, "harmful"), _counts(abl, "harmful")
+    if not (o and a and orth and abl):
+        return None
+    c = compare_rates(*o, *a)
+    return _verdict(
+        "orthogonalized_matches_ablation",
+        not c["separated"],
+        f"The orthogonalized weights refuse {_rate(orth, 'harmful')} of harmful prompts, "
+        f"runtime ablation {_rate(abl, 'harmful')}: "
+        + (
+            "the same within their intervals."
+            if not c["separated"]
+            else "they differ, although the edit should be equivalent."
+            if equivalent
+            else "they differ; with sandwich norms the edit removes the direction exactly "
+            "but is not identical to runtime ablation."
+        ),
+    )
+
+
+def _ablation_kl(abl: Metrics, kl_max: float) -> dict[str, Any] | None:
+    kl = (abl or {}).get("kl_harmless")
+    if kl is None:
+        return None
+    return _verdict(
+        "ablation_kl",
+        kl <= kl_max,
+        f"KL on held-out harmless prompts under ablation: {kl:.3f} "
+        + (
+            f"(within the selection bound {kl_max:g})."
+            if kl <= kl_max
+            else f"(above the selection bound {kl_max:g}: ordinary answers change "
+            "more than the selection allowed)."
+        ),
+    )
+
+
+def refusal_verdicts(
+    metrics: Mapping[str, Mapping[str, Any]],
+    cfg: RefusalConfig,
+    coeff: float | None,
+    equivalent: bool = True,
+) -> list[dict[str, Any]]:
+    """A list of ``{"check", "level" ("ok" | "warning"), "text"}``, in reading order.
+
+    ``equivalent``: the orthogonalized weights compute exactly what runtime ablation does
+    (False for sandwich-norm models, whose edit only removes the direction)."""
+    base, abl = metrics.get("baseline"), metrics.get("ablation")
+    rnd, orth = metrics.get("random"), metrics.get("orthogonalized")
+    found = [
+        _ablation_vs_baseline(base, abl),
+        _ablation_vs_random(rnd, abl),
+        _random_vs_baseline(rnd, base),
+        *_induces(metrics, base, coeff),
+        _orthogonalized(orth, abl, equivalent),
+        _ablation_kl(abl, cfg.kl_max),
+    ]
+    return [v for v in found if v is not None]

@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-from .discover import discover_files
 from .refusal import refusal_files, write_refusal_report
 
-__all__ = ["discover_files", "refusal_files", "write_refusal_report"]
+__all__ = ["refusal_files", "write_refusal_report"]

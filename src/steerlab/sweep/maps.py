@@ -21,7 +21,7 @@ from .grid import Cell, rank_key
 from .measure import summarize
 
 if TYPE_CHECKING:
-    from .pipeline import Sweep
+    from .state import Sweep
 
 __all__ = ["multi_layer"]
 

@@ -13,8 +13,7 @@ Steps (each cached in the run directory; an interrupted sweep resumes chunk by c
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,16 @@ from ..capture import resolve_layers
 from ..directions.artifact import Direction
 from ..directions.extract import data_hash, extract
 from ..errors import LayerError
-from ..interventions.base import Intervention, NoOp
-from ..interventions.treatments import Steer
-from ..io.prompts import read_prompts
+from ..interventions.base import NoOp
 from ..metrics.stats import mean_ci
 from ..models.load import LoadedModel
-from ..runs import Run, key_of
+from ..runs import Run
+from . import maps
 from .config import SweepConfig
-from .grid import Cell, choose, random_units, residual_norms, rule_text, verdict
-from .measure import Measurer, summarize
+from .grid import Cell, choose, residual_norms, rule_text, verdict
+from .measure import summarize
 from .search import search_grid
+from .state import Sweep
 
 __all__ = ["default_layers", "run_sweep"]
 
@@ -45,97 +44,6 @@ def default_layers(n_layers: int) -> list[int]:
     """The middle 80% of the blocks: the first and last few rarely steer anything useful."""
     lo, hi = round(0.1 * n_layers), round(0.9 * n_layers)
     return list(range(lo, max(hi, lo + 1)))
-
-
-class Sweep:
-    """The state one sweep shares between its steps."""
-
-    def __init__(
-        self,
-        lm: LoadedModel,
-        behavior: Behavior,
-        cfg: SweepConfig,
-        run: Run,
-        layers: list[int],
-        units: dict[int, torch.Tensor],
-        norms: dict[int, float],
-    ) -> None:
-        self.lm, self.behavior, self.cfg, self.run = lm, behavior, cfg, run
-        self.layers, self.units, self.norms = layers, units, norms
-        self.scorer = make_scorer(behavior.scorer, description=behavior.description)
-        neutral = read_prompts("builtin:harmless:val")[: cfg.neutral_prompts]
-        self.measurer = Measurer(
-            lm,
-            behavior,
-            self.scorer,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_rows=cfg.batch_rows,
-            neutral=neutral,
-            chat=cfg.chat,
-            engine=run.engine,
-        )
-        width = lm.info.d_model
-        self.random = random_units(width, layers, cfg.seed)
-        self.rows_run = 0
-        self.tokens = 0
-
-    def items(self, split: str) -> list[Any] | None:
-        if self.scorer.kind == "text":
-            return None
-        return list(self.behavior.items(split))  # type: ignore[arg-type]
-
-    def random_setting(self, cell: Cell) -> Steer:
-        delta = self.random[cell.layer] * (cell.coeff * self.norms[cell.layer])
-        return Steer(
-            delta,
-            layers=cell.layer,
-            positions=cell.positions,  # type: ignore[arg-type]
-            name=f"random {cell.key}",
-        )
-
-    def evaluate(
-        self,
-        settings: Sequence[Intervention],
-        prompts: Sequence[str],
-        items: Sequence[Any] | None,
-        step: str,
-        *,
-        kl: bool = True,
-    ) -> list[dict[str, Any]]:
-        """Per-prompt figures of each setting, in cached chunks (resumable, and identical on
-        resume: chunks are cut from the ordered list, never from what is already done)."""
-        per_chunk = max(1, (2 * self.cfg.batch_rows) // max(len(prompts), 1))
-        base_key = [
-            list(prompts),
-            [repr(i) for i in items or []],
-            {k: v for k, v in self.scorer.spec().items() if k != "stats"},  # not counters
-            self.cfg.max_new_tokens,
-            self.cfg.batch_rows,
-            self.cfg.chat,
-            list(self.measurer.neutral) if kl else None,
-        ]
-        out: list[dict[str, Any]] = []
-        with self.run.bar(f"{step}: {len(settings)} settings", len(settings) * len(prompts)) as adv:
-            for i in range(0, len(settings), per_chunk):
-                chunk = list(settings[i : i + per_chunk])
-                key = [base_key, [s.spec() for s in chunk]]
-
-                def compute(chunk: list[Intervention] = chunk) -> list[dict[str, Any]]:
-                    t0 = time.perf_counter()
-                    res = self.measurer.measure(chunk, prompts, items=items, kl=kl, progress=adv)
-                    for r in res:
-                        r["seconds"] = (time.perf_counter() - t0) / len(res)
-                    return res
-
-                before = len(self.run.cache.hits)
-                res = self.run.cache.json(f"{step}-{key_of(key)[:12]}", key, compute)
-                if len(self.run.cache.hits) > before:
-                    adv(len(chunk) * len(prompts))
-                else:
-                    self.rows_run += len(chunk) * len(prompts)
-                    self.tokens += sum(r["tokens"] for r in res)
-                out += res
-        return out
 
 
 def _interval(per: dict[str, Any]) -> dict[str, Any]:
@@ -152,24 +60,8 @@ def _interval(per: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_sweep(
-    lm: LoadedModel,
-    behavior: Behavior,
-    cfg: SweepConfig,
-    out: str | Path,
-    *,
-    vector: Direction | None = None,
-    progress: Any = None,
-    status: Callable[[str], None] | None = None,
-    engine: Any = None,
-) -> dict[str, Any]:
-    """Run a sweep into ``out`` and return the report written as ``sweep.json``; ``engine``
-    decodes the completions (:mod:`steerlab.engines`; default: the Hugging Face model)."""
-    from . import maps
-    from .report import write_sweep_report
-
-    make_scorer(behavior.scorer, description=behavior.description)  # a missing library: now
-    behavior.check_splits()
+def _check_layers(lm: LoadedModel, cfg: SweepConfig, vector: Direction | None) -> list[int]:
+    """The layers to sweep; a given multi-layer vector must have a row at each of them."""
     n_layers = lm.info.n_layers
     layers = resolve_layers(cfg.layers, n_layers) if cfg.layers else default_layers(n_layers)
     if vector is not None:
@@ -181,99 +73,120 @@ def run_sweep(
                     f"the vector has no row for layer(s) {missing}; its layers: "
                     f"{list(vector.layers)}"
                 )
-    run = Run(out, kind="sweep", lm=lm, engine=engine, progress=progress, status=status)
-    say = run.say
-    sel = behavior.prompts("selection")
-    with run.step("direction"):
-        if vector is not None:
-            units = {lay: vector.unit(lay if len(vector.layers) > 1 else None) for lay in layers}
-            source: dict[str, Any] = {
-                "kind": "given",
-                **{k: vector.meta.get(k) for k in ("method", "data_hash", "site")},
-            }
-        else:
-            pos, neg, chat, what = behavior.contrast(lm.tokenizer)
-            say(f"extracting the {cfg.method} direction from {what} at {len(layers)} layers")
-            key = [pos, neg, chat, cfg.method, layers]
-            t = run.cache.tensors(
-                "direction",
-                key,
-                lambda: {
-                    "v": extract(lm, pos, neg, method=cfg.method, layers=layers, chat=chat).vectors
-                },
-            )
-            units = {lay: t["v"][i] / t["v"][i].norm() for i, lay in enumerate(layers)}
-            source = {
-                "kind": "extracted",
-                "method": cfg.method,
-                "from": what,
-                "data_hash": data_hash(pos, neg),
-            }
-            meta = {
-                "model": lm.info.to_dict(),
-                "site": "resid_pre",
-                "method": cfg.method,
-                "position": "last",
-                "behavior": behavior.name,
-                "data_hash": source["data_hash"],
-                "steerlab_version": __version__,
-            }
-            Direction(t["v"], tuple(layers), meta).save(run.path("direction.safetensors"))
-    with run.step("norms"):
-        raw = run.cache.json(
-            "norms",
-            [sel, layers, cfg.chat],
-            lambda: {str(k): v for k, v in residual_norms(lm, sel, layers, chat=cfg.chat).items()},
-        )
-        norms = {int(k): float(v) for k, v in raw.items()}
-    sw = Sweep(lm, behavior, cfg, run, layers, units, norms)
-    with run.step("unsteered"):
-        per = sw.evaluate([NoOp()], sel, sw.items("selection"), "base")[0]
-        base = {**summarize(per), "_per": per}
-    with run.step("grid"):
-        cells, search = search_grid(sw, base)
-        full = [c for c in cells if c["prompts"] == len(sel)]
-        if cfg.random_control:
-            grid_cells = [Cell(c["layer"], c["coeff"], c["positions"]) for c in full]
-            rres = sw.evaluate(
-                [sw.random_setting(c) for c in grid_cells],
-                sel,
-                sw.items("selection"),
-                "random-grid",
-            )
-            for rec, r in zip(full, rres, strict=True):
-                s = summarize(r)
-                rec["random"] = {
-                    "score": s["score"],
-                    "ce": s["ce"],
-                    "effect": s["score"] - base["score"],
-                }
-    pick = choose(full, base["ce"], cfg.max_ce_increase)
-    best = pick["cell"]
-    chosen = Cell(best["layer"], best["coeff"], best["positions"])
-    say(f"chosen: layer {chosen.layer}, coefficient {chosen.coeff:g}, positions {chosen.positions}")
-    with run.step("test"):
-        test = behavior.prompts("test")
-        trio = [
-            chosen.setting(units, norms, "steered"),
-            NoOp(),
-            sw.random_setting(chosen),
-        ]
-        res = sw.evaluate(trio, test, sw.items("test"), "test")
-        test_rep = {
-            name: _interval(r)
-            for name, r in zip(("steered", "unsteered", "random"), res, strict=True)
+    return layers
+
+
+def _direction(
+    run: Run,
+    lm: LoadedModel,
+    behavior: Behavior,
+    cfg: SweepConfig,
+    layers: list[int],
+    vector: Direction | None,
+) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+    """Step 1: the unit direction at every layer (given, or extracted and saved) and its
+    source, as the report describes it."""
+    if vector is not None:
+        units = {lay: vector.unit(lay if len(vector.layers) > 1 else None) for lay in layers}
+        source: dict[str, Any] = {
+            "kind": "given",
+            **{k: vector.meta.get(k) for k in ("method", "data_hash", "site")},
         }
-    report: dict[str, Any] = {
+        return units, source
+    pos, neg, chat, what = behavior.contrast(lm.tokenizer)
+    run.say(f"extracting the {cfg.method} direction from {what} at {len(layers)} layers")
+    key = [pos, neg, chat, cfg.method, layers]
+    t = run.cache.tensors(
+        "direction",
+        key,
+        lambda: {"v": extract(lm, pos, neg, method=cfg.method, layers=layers, chat=chat).vectors},
+    )
+    units = {lay: t["v"][i] / t["v"][i].norm() for i, lay in enumerate(layers)}
+    source = {
+        "kind": "extracted",
+        "method": cfg.method,
+        "from": what,
+        "data_hash": data_hash(pos, neg),
+    }
+    meta = {
+        "model": lm.info.to_dict(),
+        "site": "resid_pre",
+        "method": cfg.method,
+        "position": "last",
+        "behavior": behavior.name,
+        "data_hash": source["data_hash"],
+        "steerlab_version": __version__,
+    }
+    Direction(t["v"], tuple(layers), meta).save(run.path("direction.safetensors"))
+    return units, source
+
+
+def _norms(run: Run, lm: LoadedModel, sel: list[str], layers: list[int], cfg: SweepConfig) -> dict:
+    """Step 1 (cont.): the typical residual norm at every layer, cached."""
+    raw = run.cache.json(
+        "norms",
+        [sel, layers, cfg.chat],
+        lambda: {str(k): v for k, v in residual_norms(lm, sel, layers, chat=cfg.chat).items()},
+    )
+    return {int(k): float(v) for k, v in raw.items()}
+
+
+def _random_grid(sw: Sweep, full: list[dict[str, Any]], sel: list[str], base: dict) -> None:
+    """Step 3 (cont.): a random vector at every full-size cell, recorded in its cell."""
+    grid_cells = [Cell(c["layer"], c["coeff"], c["positions"]) for c in full]
+    rres = sw.evaluate(
+        [sw.random_setting(c) for c in grid_cells],
+        sel,
+        sw.items("selection"),
+        "random-grid",
+    )
+    for rec, r in zip(full, rres, strict=True):
+        s = summarize(r)
+        rec["random"] = {
+            "score": s["score"],
+            "ce": s["ce"],
+            "effect": s["score"] - base["score"],
+        }
+
+
+_TRIO = ("steered", "unsteered", "random")
+
+
+def _test(sw: Sweep, chosen: Cell, test: list[str]) -> list[dict[str, Any]]:
+    """Step 4: per-prompt figures of the chosen cell, the unsteered model and a random vector
+    of the same norm at the same cell, on the test split (in :data:`_TRIO` order)."""
+    trio = [
+        chosen.setting(sw.units, sw.norms, "steered"),
+        NoOp(),
+        sw.random_setting(chosen),
+    ]
+    return sw.evaluate(trio, test, sw.items("test"), "test")
+
+
+def _report(
+    sw: Sweep,
+    source: dict[str, Any],
+    base: dict[str, Any],
+    cells: list[dict[str, Any]],
+    search: dict[str, Any],
+    pick: dict[str, Any],
+    chosen: Cell,
+    test: list[str],
+    res: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``sweep.json`` dict, without its maps, cost and timings (added once known)."""
+    cfg, best = sw.cfg, pick["cell"]
+    test_rep = {name: _interval(r) for name, r in zip(_TRIO, res, strict=True)}
+    return {
         "kind": "sweep",
         "steerlab_version": __version__,
-        "model": lm.info.to_dict(),
-        "behavior": behavior.to_dict(),
+        "model": sw.lm.info.to_dict(),
+        "behavior": sw.behavior.to_dict(),
         "scorer": sw.scorer.spec(),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
         "direction": source,
-        "layers": layers,
-        "norms": {str(k): v for k, v in norms.items()},
+        "layers": sw.layers,
+        "norms": {str(k): v for k, v in sw.norms.items()},
         "unsteered_selection": {k: v for k, v in base.items() if k != "_per"},
         "cells": cells,
         "search": search,
@@ -290,9 +203,54 @@ def run_sweep(
             name: [
                 {"prompt": p, "completion": c} for p, c in zip(test, r["completions"], strict=False)
             ][:6]
-            for name, r in zip(("steered", "unsteered", "random"), res, strict=True)
+            for name, r in zip(_TRIO, res, strict=True)
         },
     }
+
+
+def run_sweep(
+    lm: LoadedModel,
+    behavior: Behavior,
+    cfg: SweepConfig,
+    out: str | Path,
+    *,
+    vector: Direction | None = None,
+    progress: Any = None,
+    status: Callable[[str], None] | None = None,
+    engine: Any = None,
+) -> dict[str, Any]:
+    """Run a sweep into ``out`` and return the report written as ``sweep.json``; ``engine``
+    decodes the completions (:mod:`steerlab.engines`; default: the Hugging Face model)."""
+    from .report import write_sweep_report
+
+    make_scorer(behavior.scorer, description=behavior.description)  # a missing library: now
+    behavior.check_splits()
+    layers = _check_layers(lm, cfg, vector)
+    run = Run(out, kind="sweep", lm=lm, engine=engine, progress=progress, status=status)
+    sel = behavior.prompts("selection")
+    with run.step("direction"):
+        units, source = _direction(run, lm, behavior, cfg, layers, vector)
+    with run.step("norms"):
+        norms = _norms(run, lm, sel, layers, cfg)
+    sw = Sweep(lm, behavior, cfg, run, layers, units, norms)
+    with run.step("unsteered"):
+        per = sw.evaluate([NoOp()], sel, sw.items("selection"), "base")[0]
+        base = {**summarize(per), "_per": per}
+    with run.step("grid"):
+        cells, search = search_grid(sw, base)
+        full = [c for c in cells if c["prompts"] == len(sel)]
+        if cfg.random_control:
+            _random_grid(sw, full, sel, base)
+    pick = choose(full, base["ce"], cfg.max_ce_increase)
+    best = pick["cell"]
+    chosen = Cell(best["layer"], best["coeff"], best["positions"])
+    run.say(
+        f"chosen: layer {chosen.layer}, coefficient {chosen.coeff:g}, positions {chosen.positions}"
+    )
+    with run.step("test"):
+        test = behavior.prompts("test")
+        res = _test(sw, chosen, test)
+    report = _report(sw, source, base, cells, search, pick, chosen, test, res)
     if cfg.pairs >= 2 or cfg.profile:
         with run.step("maps"):
             report["maps"] = maps.multi_layer(sw, full, chosen, base)

@@ -39,6 +39,74 @@ def _bound(report: Mapping[str, Any]) -> float | None:
     return float(b) if is_num(b) else None
 
 
+def _grid_arrays(
+    cells: Sequence[Mapping[str, Any]], layers: list[int], coeffs: list[float]
+) -> tuple[Any, Any, Any, Any]:
+    """(layers, coeffs) arrays: score, CE increase, whether the cell ran, and whether it ran on
+    fewer prompts than the full selection split (dropped early by successive halving)."""
+    import numpy as np
+
+    li = {v: i for i, v in enumerate(layers)}
+    ci = {v: i for i, v in enumerate(coeffs)}
+    full = max(int(c.get("prompts") or 0) for c in cells)
+    score = np.full((len(layers), len(coeffs)), np.nan)
+    ce = np.full_like(score, np.nan)
+    ran = np.zeros(score.shape, dtype=bool)
+    partial = np.zeros(score.shape, dtype=bool)
+    for c in cells:
+        i, j = li[int(c["layer"])], ci[float(c["coeff"])]
+        score[i, j], ce[i, j] = num_or_nan(c.get("score")), num_or_nan(c.get("ce_increase"))
+        ran[i, j], partial[i, j] = True, int(c.get("prompts") or 0) < full
+    return score, ce, ran, partial
+
+
+def _mark_cells(ax: Any, vals: Any, ce: Any, ran: Any, partial: Any, bound: float | None) -> None:
+    """Hatch the cells never run (grey) and those dropped early (over their colour); write
+    each value in its square when the grid is small enough (``*``: over the CE bound)."""
+    from matplotlib.patches import Rectangle
+
+    n_l, n_c = vals.shape
+    for i in range(n_l):
+        for j in range(n_c):
+            if not ran[i, j]:
+                ax.add_patch(
+                    Rectangle(
+                        (j - 0.5, i - 0.5),
+                        1,
+                        1,
+                        facecolor="0.9",
+                        edgecolor="0.6",
+                        hatch="xx",
+                        lw=0,
+                    )
+                )
+            elif partial[i, j]:
+                ax.add_patch(
+                    Rectangle(
+                        (j - 0.5, i - 0.5),
+                        1,
+                        1,
+                        fill=False,
+                        edgecolor="white",
+                        hatch="//",
+                        lw=0,
+                    )
+                )
+            if ran[i, j] and n_l * n_c <= ANNOTATE_MAX and math.isfinite(vals[i, j]):
+                over = bound is not None and ce[i, j] > bound
+                text = f"{vals[i, j]:.2f}" + ("*" if over else "")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black",
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.6),
+                )
+
+
 def grid_figure(report: Mapping[str, Any], positions: str) -> Figure | None:
     """Layer x coefficient heatmaps of score (left) and CE increase (right) at ``positions``:
     the chosen cell outlined, cells never run hatched grey, cells dropped early by successive
@@ -53,18 +121,10 @@ def grid_figure(report: Mapping[str, Any], positions: str) -> Figure | None:
     layers, coeffs = _axis_values(report)
     li = {v: i for i, v in enumerate(layers)}
     ci = {v: i for i, v in enumerate(coeffs)}
-    full = max(int(c.get("prompts") or 0) for c in cells)
     bound = _bound(report)
     chosen = report.get("chosen") or {}
     base_score = num_or_nan((report.get("unsteered_selection") or {}).get("score"))
-    score = np.full((len(layers), len(coeffs)), np.nan)
-    ce = np.full_like(score, np.nan)
-    ran = np.zeros(score.shape, dtype=bool)
-    partial = np.zeros(score.shape, dtype=bool)
-    for c in cells:
-        i, j = li[int(c["layer"])], ci[float(c["coeff"])]
-        score[i, j], ce[i, j] = num_or_nan(c.get("score")), num_or_nan(c.get("ce_increase"))
-        ran[i, j], partial[i, j] = True, int(c.get("prompts") or 0) < full
+    score, ce, ran, partial = _grid_arrays(cells, layers, coeffs)
     n_l, n_c = score.shape
     fig = new_figure((max(9.0, 1.2 * n_c + 5), max(2.6, 0.32 * n_l + 1.6)))
     axes = fig.subplots(1, 2)
@@ -89,45 +149,7 @@ def grid_figure(report: Mapping[str, Any], positions: str) -> Figure | None:
             bar.ax.axhline(base_score, color="#2e6da4", lw=2)  # the unsteered level
         if vals is ce and bound is not None:
             bar.ax.axhline(bound, color="#c0392b", lw=2, ls="--")  # the fluency bound
-        for i in range(n_l):
-            for j in range(n_c):
-                if not ran[i, j]:
-                    ax.add_patch(
-                        Rectangle(
-                            (j - 0.5, i - 0.5),
-                            1,
-                            1,
-                            facecolor="0.9",
-                            edgecolor="0.6",
-                            hatch="xx",
-                            lw=0,
-                        )
-                    )
-                elif partial[i, j]:
-                    ax.add_patch(
-                        Rectangle(
-                            (j - 0.5, i - 0.5),
-                            1,
-                            1,
-                            fill=False,
-                            edgecolor="white",
-                            hatch="//",
-                            lw=0,
-                        )
-                    )
-                if ran[i, j] and n_l * n_c <= ANNOTATE_MAX and math.isfinite(vals[i, j]):
-                    over = bound is not None and ce[i, j] > bound
-                    text = f"{vals[i, j]:.2f}" + ("*" if over else "")
-                    ax.text(
-                        j,
-                        i,
-                        text,
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="black",
-                        bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.6),
-                    )
+        _mark_cells(ax, vals, ce, ran, partial, bound)
         key = (chosen.get("layer"), float(chosen.get("coeff") or math.nan))
         if chosen.get("positions") == positions and key[0] in li and key[1] in ci:
             for colour, width in (("white", 5.0), ("black", 2.5)):  # visible on any colour
@@ -152,27 +174,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
-    """Every cell's CE increase against its score, the front of the cells measured on the
-    full selection split, the chosen cell, the unsteered model, the bound and random vectors."""
-    cells = [c for c in report.get("cells") or [] if c.get("score") is not None]
-    if not cells:
-        return None
-    full_n = max(int(c.get("prompts") or 0) for c in cells)
-    full = [c for c in cells if int(c.get("prompts") or 0) == full_n]
-    rest = [c for c in cells if int(c.get("prompts") or 0) < full_n]
-    base = report.get("unsteered_selection") or {}
-    chosen = report.get("chosen") or {}
-    bound = _bound(report)
+def _xy(cs: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
+    return [num_or_nan(c.get("ce_increase")) for c in cs], [num_or_nan(c["score"]) for c in cs]
 
-    def xy(cs: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
-        return [num_or_nan(c.get("ce_increase")) for c in cs], [num_or_nan(c["score"]) for c in cs]
 
-    fig = new_figure((8.0, 5.0))
-    ax = fig.subplots()
+def _scatter_cells(fig: Any, ax: Any, full: list[Any], rest: list[Any], base: Mapping) -> None:
+    """The full-split cells coloured by layer, the cells dropped early, and the random vectors
+    measured at the full-split cells."""
     lays = [int(c["layer"]) for c in full] or [0]
     sc = ax.scatter(
-        *xy(full),
+        *_xy(full),
         c=lays,
         cmap="viridis",
         s=28,
@@ -185,7 +196,7 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
         fig.colorbar(sc, ax=ax, label="layer").ax.yaxis.set_major_locator(integer_locator())
     if rest:
         ax.scatter(
-            *xy(rest),
+            *_xy(rest),
             s=18,
             facecolor="none",
             edgecolor="0.5",
@@ -207,7 +218,24 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
             label="random vector, same cell",
             zorder=2,
         )
-    front = pareto_front(list(zip(*xy(full), strict=True)))
+
+
+def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
+    """Every cell's CE increase against its score, the front of the cells measured on the
+    full selection split, the chosen cell, the unsteered model, the bound and random vectors."""
+    cells = [c for c in report.get("cells") or [] if c.get("score") is not None]
+    if not cells:
+        return None
+    full_n = max(int(c.get("prompts") or 0) for c in cells)
+    full = [c for c in cells if int(c.get("prompts") or 0) == full_n]
+    rest = [c for c in cells if int(c.get("prompts") or 0) < full_n]
+    base = report.get("unsteered_selection") or {}
+    chosen = report.get("chosen") or {}
+    bound = _bound(report)
+    fig = new_figure((8.0, 5.0))
+    ax = fig.subplots()
+    _scatter_cells(fig, ax, full, rest, base)
+    front = pareto_front(list(zip(*_xy(full), strict=True)))
     if front:
         fx, fy = zip(*front, strict=True)
         ax.step(fx, fy, where="post", color="#c0392b", lw=1.4, label="Pareto front", zorder=4)

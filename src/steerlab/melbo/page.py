@@ -1,8 +1,10 @@
 """The ``steerlab discover`` report: one self-contained page (inline CSS and PNG, no script,
 no external URL, all text escaped by the template environment) and the radius-sweep plot.
 
-This module turns the report and completions into the view ``templates/discover.html.j2``
-renders; the page's markup lives in the template.
+This module turns the report and completions into the view
+``steerlab/report/templates/discover.html.j2`` renders; the page's markup lives in the template.
+It sits in ``melbo/`` beside the pipeline, as the probe and sweep pages do, so that ``report/``
+never imports ``melbo/`` (which writes this page).
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..melbo.metrics import CHANGED_TOKENS, METRICS
-from ..melbo.report import CLUSTER_METHOD
-from ._format import new_figure, png_bytes
-from .render import config_rows, render, timings_view
+from ..report._format import new_figure, png_bytes
+from ..report.render import config_rows, render, timings_view
+from .metrics import CHANGED_TOKENS, METRICS
+from .report import CLUSTER_METHOD
 
 __all__ = ["discover_files", "radius_figure", "render_discover_html"]
 

@@ -46,13 +46,13 @@ def main() -> None:
     from steerlab import load_model
     from steerlab.capture import capture_stats
     from steerlab.engines import engine_off, use_engine
+    from steerlab.evaluate.engine import greedy_rows
     from steerlab.generation import generate, generate_jobs
     from steerlab.interventions import Ablate, NoOp, Steer, apply
     from steerlab.interventions.per_row import RowSetting
     from steerlab.io.prompts import read_prompts
     from steerlab.metrics.refusal import substring_refusal
     from steerlab.metrics.stats import proportion_ci
-    from steerlab.sweep.engine import greedy_rows
 
     harmful = read_prompts("builtin:harmful:test")[: args.prompts]
     harmless = read_prompts("builtin:harmless:test")[: args.prompts]

@@ -17,11 +17,11 @@ pytest.importorskip("vllm", exc_type=ImportError)
 
 from steerlab.engines import bound_engine, engine_off, release_engine, use_engine
 from steerlab.engines.vllm import EngineError
+from steerlab.evaluate.engine import greedy_rows
 from steerlab.generation import generate, generate_jobs
 from steerlab.interventions import Ablate, Clamp, Compose, LoRA, NoOp, Steer, apply
 from steerlab.interventions.per_row import RowSetting
 from steerlab.models.load import LoadedModel, load_model
-from steerlab.sweep.engine import greedy_rows
 
 pytestmark = pytest.mark.vllm
 

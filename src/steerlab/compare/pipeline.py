@@ -37,6 +37,9 @@ from ..capture import capture_stats, resolve_layers
 from ..directions.extract import data_hash
 from ..engines import bound_engine
 from ..errors import DataError
+from ..evaluate.engine import continuation_nll_rows, greedy_rows, next_logprobs_rows
+from ..evaluate.norms import random_units, residual_norms
+from ..evaluate.select import choose, rule_text
 from ..interventions.base import NoOp
 from ..interventions.lora import LoRA
 from ..interventions.per_row import RowSetting
@@ -46,8 +49,6 @@ from ..metrics.text import distinct_n
 from ..models.chat import format_prompt, has_chat_template
 from ..models.load import LoadedModel
 from ..runs import Run
-from ..sweep.engine import continuation_nll_rows, greedy_rows, next_logprobs_rows
-from ..sweep.grid import choose, random_units, residual_norms, rule_text
 from . import methods as M
 from .config import METHODS, N_FREE, CompareConfig
 from .finetune import load_checkpoint, lora_config, target_modules, train_lora

@@ -2,7 +2,7 @@
 (``vllm``, the ``steerlab[vllm]`` extra).
 
 An engine is *bound* to a loaded model with :func:`use_engine`; from then on
-:func:`steerlab.generation.generate` and :func:`steerlab.sweep.engine.greedy_rows` send their
+:func:`steerlab.generation.generate` and :func:`steerlab.evaluate.engine.greedy_rows` send their
 decoding to it, repeating whatever treatments are applied to the model at that moment (see
 :mod:`steerlab.interventions.record`). Teacher-forced scoring (log-probabilities, capture)
 stays on the Hugging Face model, which keeps the same treatments applied.

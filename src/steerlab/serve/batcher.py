@@ -5,7 +5,7 @@ Each time the worker is free it takes every waiting request and groups them:
 * greedy requests that share their prompt format and their whole-batch treatments (ablation,
   clamping) run as **one batch**, each row with its own steering
   (:class:`~steerlab.interventions.per_row.RowSetting`), through
-  :func:`~steerlab.sweep.engine.greedy_rows`, which decodes exactly as ``model.generate`` does;
+  :func:`~steerlab.evaluate.engine.greedy_rows`, which decodes exactly as ``model.generate`` does;
 * sampled requests (temperature > 0) run one at a time through
   :func:`~steerlab.generation.generate` under their interventions, as ``steerlab generate``.
 
@@ -283,7 +283,7 @@ class Batcher:
                     _safe_emit(j, "error", e)
 
     def _greedy_batch(self, jobs: list[GenJob]) -> None:
-        from ..sweep.engine import greedy_rows
+        from ..evaluate.engine import greedy_rows
 
         lm = self._view(jobs[0])
         rows = [_Row(j, lm.tokenizer) for j in jobs]

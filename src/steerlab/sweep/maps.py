@@ -15,9 +15,10 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
+from ..evaluate.measure import summarize
+from ..evaluate.select import rank_key
 from ..interventions.per_row import RowSetting
-from .grid import Cell, rank_key
-from .measure import summarize
+from .grid import Cell
 
 if TYPE_CHECKING:
     from .pipeline import Sweep

@@ -27,14 +27,16 @@ from ..capture import resolve_layers
 from ..directions.artifact import Direction
 from ..directions.extract import data_hash, extract
 from ..errors import LayerError
+from ..evaluate.measure import Measurer, summarize
+from ..evaluate.norms import random_units, residual_norms
+from ..evaluate.select import choose, rule_text
 from ..interventions.per_row import RowSetting
 from ..io.prompts import read_prompts
 from ..metrics.stats import mean_ci
 from ..models.load import LoadedModel
 from ..runs import Run, key_of
 from .config import SweepConfig
-from .grid import Cell, choose, random_units, residual_norms, rule_text, verdict
-from .measure import Measurer, summarize
+from .grid import Cell, verdict
 from .search import search_grid
 
 __all__ = ["default_layers", "run_sweep"]

@@ -1,0 +1,26 @@
+"""Measuring treatments, below every pipeline (sweep, compare, the probe's steer check, serve).
+
+:mod:`.engine` decodes many treatments per batch (one per row) and :mod:`.scoring` scores given
+continuations; :class:`~.measure.Measurer` turns both into a behaviour's score, fluency and side
+effects; :mod:`.norms` gives the scale strengths are measured in; :mod:`.select` the one rule
+every choice on a selection split follows.
+"""
+
+from .engine import Generated, continuation_nll_rows, greedy_rows, next_logprobs_rows
+from .measure import Measurer, summarize
+from .norms import random_units, residual_norms
+from .select import choose, rank_key, rule_text
+
+__all__ = [
+    "Generated",
+    "Measurer",
+    "choose",
+    "continuation_nll_rows",
+    "greedy_rows",
+    "next_logprobs_rows",
+    "random_units",
+    "rank_key",
+    "residual_norms",
+    "rule_text",
+    "summarize",
+]

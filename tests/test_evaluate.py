@@ -3,10 +3,18 @@ untreated model whatever the treatment."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import EVAL_PROMPTS, make_model, make_tokenizer
 
+from steerlab.behaviors.behavior import load_behavior
+from steerlab.behaviors.scorers import make_scorer
+from steerlab.compare.finetune import train_lora
+from steerlab.evaluate.engine import continuation_nll_rows
+from steerlab.evaluate.measure import Measurer
 from steerlab.evaluate.norms import residual_norms
+from steerlab.finetune import lora_config, target_modules
+from steerlab.interventions import LoRA, PromptPrefix, RowSetting
 from steerlab.melbo.discover import source_norm
 from steerlab.models.adapter import get_adapter
 from steerlab.models.chat import encode
@@ -39,3 +47,49 @@ def test_residual_norms_leave_out_the_first_token_and_melbo_uses_the_same_rule()
     one = residual_norms(lm, EVAL_PROMPTS, [2], chat=True)[2]
     many = residual_norms(lm, EVAL_PROMPTS, [2], chat=True, batch_size=3)[2]
     assert abs(one - many) <= 1e-5 * one
+
+
+def _ce(nll: list[tuple[float, int]]) -> list[float]:
+    return [s / n for s, n in nll]
+
+
+def test_fluency_is_the_base_models_with_a_lora_on_and_a_prompt_shown() -> None:
+    # Defect: compare scored a LoRA's completions under the adapted model (peft is injected in
+    # place), so a finetuned model graded its own fluency.
+    lm = _tiny()
+    prompts = ["tell me about your day", "what a day"]
+    m = Measurer(lm, load_behavior("builtin:sentiment"), make_scorer("regex:happy"), 6)
+    m.neutral = ["life is great"]
+    base = m.measure([RowSetting()], prompts, kl=True)[0]
+    assert base["kl"] == 0.0
+    pairs = [(p, "i am so happy today", "life is awful") for p in prompts]
+    torch.manual_seed(0)
+    with LoRA(config=lora_config(4, target_modules(lm.model)), trainable=True).applied(lm) as t:
+        train_lora(
+            t,
+            t.extra["peft_model"],
+            pairs,
+            objective="sft",
+            steps=8,
+            lr=5e-2,
+            batch=2,
+            checkpoints=1,
+        )
+        grads = {n: p.requires_grad for n, p in lm.model.named_parameters()}
+        got = m.measure([RowSetting()], prompts, kl=True, view=t)[0]
+        assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == grads
+        comps = got["completions"]
+        assert comps != base["completions"]  # the adapter changes what is generated
+        adapted = _ce(continuation_nll_rows(t, prompts, comps))
+        assert got["kl"] > 0  # side effects are the treated model's
+    plain = _ce(continuation_nll_rows(lm, prompts, comps))  # adapter unloaded: the base model
+    assert got["ce"] == pytest.approx(plain, abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(got["ce"], adapted, strict=True)) > 0.1
+    # a prompted view generates with its prefix; fluency is scored on the plain prompt
+    prefix = PromptPrefix(prefix="i am so happy today and ")
+    with prefix.applied(lm) as view:
+        shown = m.measure([RowSetting()], prompts, kl=False, view=view)[0]
+        prefixed = _ce(continuation_nll_rows(view, prompts, shown["completions"]))
+    plain = _ce(continuation_nll_rows(lm, prompts, shown["completions"]))
+    assert shown["ce"] == pytest.approx(plain, abs=1e-5)
+    assert shown["ce"] != pytest.approx(prefixed, abs=1e-3)

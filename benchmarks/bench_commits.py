@@ -58,7 +58,7 @@ else:
     try:
         from steerlab.engines.rows import greedy_rows
     except ImportError:
-        from steerlab.sweep.engine import greedy_rows
+        from steerlab.engines.rows import greedy_rows
     try:
         from steerlab.interventions.per_row import RowSetting
         def row(v, lay):

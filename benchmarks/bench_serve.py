@@ -51,11 +51,11 @@ def main() -> None:
     import uvicorn
 
     from steerlab.directions import extract
+    from steerlab.engines.rows import greedy_rows
     from steerlab.generation import generate
     from steerlab.interventions import NoOp, Steer, apply
     from steerlab.models.load import load_model
     from steerlab.serve.app import create_app
-    from steerlab.sweep.engine import greedy_rows
 
     max_new = 8 if args.quick else 32
     repeats = args.repeats or (1 if args.quick else 3)

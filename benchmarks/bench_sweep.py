@@ -50,10 +50,11 @@ def main() -> None:
     from steerlab import load_model
     from steerlab.behaviors.behavior import load_behavior
     from steerlab.directions.extract import extract
+    from steerlab.engines.rows import greedy_rows, next_logprobs_rows
+    from steerlab.evaluate.norms import residual_norms
     from steerlab.generation import generate
     from steerlab.interventions import Steer, apply
-    from steerlab.sweep.engine import greedy_rows, next_logprobs_rows
-    from steerlab.sweep.grid import Cell, residual_norms
+    from steerlab.sweep.grid import Cell
 
     lm = load_model(args.model)
     beh = load_behavior("builtin:sentiment")

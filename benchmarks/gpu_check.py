@@ -325,7 +325,8 @@ def check_discover(env: Env) -> tuple[bool, str, dict[str, Any]]:
 
 def check_sweep(env: Env) -> tuple[bool, str, dict[str, Any]]:
     from steerlab.behaviors import load_behavior
-    from steerlab.sweep import SweepConfig, next_logprobs_rows, run_sweep
+    from steerlab.evaluate import next_logprobs_rows
+    from steerlab.sweep import SweepConfig, run_sweep
 
     env.need("lm", "direction")
     lm, lay = env.lm, env.mid

@@ -126,6 +126,35 @@ def test_config_refuses_bad_values() -> None:
     assert CompareConfig(methods="lora").methods == ("unsteered", "lora")
 
 
+def test_a_stacked_candidate_runs_as_a_row_under_its_base_like_the_composed_treatment() -> None:
+    """compare measures ``Compose((base, Steer))`` as a per-row addition under the base's view
+    (so candidates sharing a base share batches): the same tokens as applying the Compose."""
+    from conftest import make_model, make_tokenizer
+
+    from steerlab.compare.pipeline import _split
+    from steerlab.engines.rows import greedy_rows
+    from steerlab.generation import generate
+    from steerlab.interventions import Compose, NoOp, PromptPrefix, Steer, apply
+    from steerlab.models.adapter import get_adapter
+    from steerlab.models.load import model_info
+
+    m = make_model("llama")
+    ad = get_adapter(m)
+    tiny = LoadedModel(m, make_tokenizer(), ad, model_info(m, "tiny-llama", ad))
+    prompts = ["tell me about your day", "what a day"]
+    base = PromptPrefix(prefix="i am so happy today and ")
+    v = torch.randn(tiny.info.d_model, generator=torch.Generator().manual_seed(0))
+    t = Compose((base, Steer(v / v.norm(), layers=2, coeff=8.0)))
+    got_base, row = _split(t)
+    assert got_base is base and row is t.items[1]
+    with apply(tiny, t) as view:
+        want = generate(view.model, view.tokenizer, prompts, max_new_tokens=6)
+    with base.applied(tiny) as view:
+        rows = greedy_rows(view, prompts, [row, row], max_new_tokens=6).texts
+        plain = greedy_rows(view, prompts, [NoOp()] * 2, max_new_tokens=6).texts
+    assert rows == want and rows != plain
+
+
 # -- on the built-in model -----------------------------------------------------------------
 
 

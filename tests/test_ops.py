@@ -11,6 +11,7 @@ import torch
 from conftest import make_model, make_tokenizer, snapshot
 
 from steerlab.engines.plans import EngineError, merge_plans, plan_for
+from steerlab.engines.rows import greedy_rows, next_logprobs_rows
 from steerlab.interventions import (
     Ablate,
     Clamp,
@@ -28,7 +29,6 @@ from steerlab.interventions.bias import BakeSteer
 from steerlab.interventions.spec import SpecError, treatment_from_spec
 from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
-from steerlab.sweep.engine import greedy_rows, next_logprobs_rows
 
 D = 32
 ARCHS3 = ["llama", "qwen2", "gemma3_text"]

@@ -26,6 +26,7 @@ httpx = pytest.importorskip("httpx")
 
 from steerlab.capture import read_activations  # noqa: E402
 from steerlab.directions.artifact import Direction  # noqa: E402
+from steerlab.engines.rows import greedy_rows  # noqa: E402
 from steerlab.generation import generate  # noqa: E402
 from steerlab.interventions import Ablate, Clamp, NoOp, Steer, apply  # noqa: E402
 from steerlab.models.adapter import get_adapter  # noqa: E402
@@ -33,7 +34,6 @@ from steerlab.models.chat import encode  # noqa: E402
 from steerlab.models.load import LoadedModel, model_info  # noqa: E402
 from steerlab.serve.app import create_app  # noqa: E402
 from steerlab.serve.batcher import Call  # noqa: E402
-from steerlab.sweep.engine import greedy_rows  # noqa: E402
 
 PROMPTS = ["tell me about your day", "what a day", "i am so happy today", "life is great"]
 N = 12  # new tokens per request

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from steerlab.behaviors.behavior import load_behavior
 from steerlab.cli import app
 from steerlab.directions.artifact import Direction
+from steerlab.evaluate import measure as measure_mod
 from steerlab.models.load import LoadedModel, load_model
-from steerlab.sweep import measure as measure_mod
 from steerlab.sweep.config import SweepConfig
 from steerlab.sweep.pipeline import run_sweep
 
@@ -239,8 +239,8 @@ def test_successive_halving_and_maps(tmp_path: Path, lm: LoadedModel) -> None:
 def test_likelihood_scorers(lm: LoadedModel) -> None:
     from steerlab.behaviors.behavior import behavior_from_dict
     from steerlab.behaviors.scorers import make_scorer
+    from steerlab.evaluate.measure import Measurer
     from steerlab.interventions import NoOp, Steer
-    from steerlab.sweep.measure import Measurer
 
     ab = load_behavior("builtin:sycophancy-ab")
     m = Measurer(lm, ab, make_scorer("ab"), max_new_tokens=3)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from steerlab.engines.rows import continuation_nll_rows, greedy_rows, next_logprobs_rows
 from steerlab.generation import generate
 from steerlab.interventions import Ablate, NoOp, Steer, apply
 from steerlab.interventions.per_row import PerRow
 from steerlab.models.fingerprint import weights_fingerprint
 from steerlab.models.load import LoadedModel, load_model
-from steerlab.sweep.engine import continuation_nll_rows, greedy_rows, next_logprobs_rows
 
 PROMPTS = ["Describe a city bus.", "Tell me about breakfast.", "What is a river?"]
 

@@ -1,26 +1,45 @@
-"""How each compared method turns N training pairs into a treatment.
+"""The compared methods as objects: what data each needs, the candidates it chooses among on the
+selection split, and the treatment (an :class:`~steerlab.interventions.Intervention`) each
+candidate is:
 
-Every treatment is an :class:`~steerlab.interventions.Intervention` or a per-row steering
-setting, so the same measuring code serves all of them:
-
-* steering (``mean_diff``, ``pca``, ``random``): a vector from the N pairs' activations, added
-  at a layer with a strength chosen on the selection split;
+* steering (``mean_diff``, ``pca``, ``random``): a unit vector per layer from the N pairs'
+  activations, a :class:`~steerlab.interventions.Steer` at a layer and strength;
 * prompting: a :class:`~steerlab.interventions.PromptPrefix` (zero-shot instruction, system
-  prompt, few-shot demonstrations, contrast prompt);
-* finetuning: a LoRA adapter trained on the N pairs (see :mod:`.finetune`).
+  prompt, few-shot demonstrations, contrast prompt), one candidate;
+* finetuning (``lora``, ``dpo``): a LoRA adapter trained on the N pairs, one candidate per
+  checkpoint (:class:`~steerlab.finetune.TrainedLoRA`);
+* stacking (``few_shot+mean_diff``, ``lora+mean_diff``): :class:`~steerlab.interventions.Compose`
+  of the base method's chosen treatment and steering.
+
+:data:`REGISTRY` holds one object per name of :data:`~.config.METHODS`, in report order (a
+stacked method after its base); the pipeline runs them all the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from ..interventions.prompting import PromptPrefix
+from ..evaluate.norms import random_units
+from ..finetune import TrainedLoRA, lora_config, target_modules
+from ..interventions import Compose, Intervention, LoRA, NoOp, PromptPrefix, Steer
 from ..models.chat import encode
+from .config import METHODS
+from .finetune import train_lora
+
+if TYPE_CHECKING:
+    from .pipeline import Compare
 
 __all__ = [
+    "REGISTRY",
+    "Candidate",
+    "Draw",
+    "Fit",
+    "Method",
     "contrast_prompt",
     "few_shot",
     "fit_direction",
@@ -109,3 +128,200 @@ def contrast_prompt(
 
     k = _most_that_fit(lm, make, len(pairs), max_context, longest)
     return make(k), k
+
+
+# -- the registry --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One unit of a comparison: draw ``draw`` at ``n`` training pairs (None: no example)."""
+
+    n: int | None
+    draw: int
+    idx: list[int] = field(default_factory=list)  # the pool indices of its pairs
+    pairs: list[Pair3] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration a method may run with and the treatment it is.
+
+    ``label`` is recorded in ``chosen`` and the selection list, ``notes`` only in the list,
+    ``info`` with the test run when this candidate is chosen."""
+
+    label: dict[str, Any]
+    treatment: Intervention
+    notes: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fit:
+    """A method fitted for one draw: its candidates, and what its test run records."""
+
+    candidates: list[Candidate]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compared method.
+
+    Attributes:
+        needs: ``none`` (measured once per draw, shown at every N) or ``pairs`` (the draw's N).
+        selects: choose among candidates on the selection split (by the sweep's rule).
+        fixed: no example and no randomness: draw 0's measurement stands for every draw.
+        family: methods of one family that run at one draw are measured as rows of one batch.
+        stacks_on: the method whose chosen treatment this one composes with steering.
+    """
+
+    name: str
+    candidates: Callable[[Compare, Draw, Any], Fit]
+    needs: Literal["none", "pairs"] = "pairs"
+    selects: bool = False
+    fixed: bool = False
+    family: str | None = None
+    stacks_on: str | None = None
+
+
+def _steer_grid(c: Compare, units: dict[int, torch.Tensor], base: Intervention | None) -> list:
+    out = []
+    for lay in c.layers:
+        for coeff in c.cfg.coeffs:
+            s = Steer(units[lay], layers=lay, coeff=coeff * c.norms[lay], name="steer")
+            t = s if base is None else Compose((base, s), name="stacked")
+            out.append(Candidate({"layer": lay, "coeff": coeff}, t))
+    return out
+
+
+def _units(c: Compare, method: str, idx: Sequence[int]) -> dict[int, torch.Tensor]:
+    """A unit direction per layer from the draw's pairs' cached activations."""
+    acts = c.acts
+    return {
+        lay: fit_direction(method, acts["pos"][idx, i], acts["neg"][idx, i])
+        for i, lay in enumerate(c.layers)
+    }
+
+
+def _steering(method: str) -> Callable[[Compare, Draw, Any], Fit]:
+    def candidates(c: Compare, d: Draw, _base: Any) -> Fit:
+        grid = _steer_grid(c, _units(c, method, d.idx), None)
+        return Fit(grid, {"fit_seconds": c.per_pair * 2 * len(d.idx)})  # its share of capture
+
+    return candidates
+
+
+def _random(c: Compare, d: Draw, _base: Any) -> Fit:
+    units = random_units(c.lm.info.d_model, c.layers, c.cfg.seed * 1000 + d.draw + 1)
+    return Fit(_steer_grid(c, units, None))
+
+
+def _fixed_prompt(make: Callable[[str], Intervention]) -> Callable[[Compare, Draw, Any], Fit]:
+    def candidates(c: Compare, _d: Draw, _base: Any) -> Fit:
+        t = make(c.behavior.description or "")
+        return Fit([Candidate({}, t)], {"treatment": t.spec()})
+
+    return candidates
+
+
+def _shown(make: Callable[..., tuple[PromptPrefix, int]]) -> Callable[[Compare, Draw, Any], Fit]:
+    def candidates(c: Compare, d: Draw, _base: Any) -> Fit:
+        t0 = time.perf_counter()
+        treat, used = make(c.lm, d.pairs, c.cfg.max_context, c.longest)
+        info = {
+            "fit_seconds": time.perf_counter() - t0,
+            "examples_used": used,
+            "treatment": treat.spec() | {"shots": used},
+        }
+        return Fit([Candidate({}, treat)], info)
+
+    return candidates
+
+
+def _finetuned(objective: Literal["sft", "dpo"]) -> Callable[[Compare, Draw, Any], Fit]:
+    def candidates(c: Compare, d: Draw, _base: Any) -> Fit:
+        """A LoRA trained on the draw's pairs; its checkpoints are the candidates."""
+        cfg, n = c.cfg, len(d.pairs)
+        seed = cfg.seed * 1_000_003 + d.draw * 1009 + n + (0 if objective == "sft" else 7)
+        torch.manual_seed(seed)  # the adapter's A matrices
+        conf = lora_config(cfg.lora_rank, target_modules(c.lm.model))
+        # a DPO example is two sequences: half as many pairs per step as SFT takes replies,
+        # so both objectives process the same number of sequences per step
+        batch = cfg.train_batch if objective == "sft" else max(1, cfg.train_batch // 2)
+        lr = cfg.lora_lr if objective == "sft" else cfg.dpo_lr
+        lora = LoRA(config=conf, trainable=True)
+        with lora.applied(c.lm) as t, c.run.bar(f"{objective} on {n} pairs", cfg.lora_steps) as adv:
+            cks = train_lora(
+                t,
+                t.extra["peft_model"],
+                d.pairs,
+                objective=objective,
+                steps=cfg.lora_steps,
+                lr=lr,
+                batch=batch,
+                checkpoints=cfg.checkpoints,
+                beta=cfg.dpo_beta,
+                seed=seed,
+                chat=cfg.chat,
+                progress=adv,
+            )
+        grid = [
+            Candidate(
+                {"step": ck.step},
+                TrainedLoRA(conf, ck.state),
+                notes={"loss": ck.loss},
+                info={"fit_seconds": ck.seconds},
+            )
+            for ck in cks
+        ]
+        hyper = {
+            "objective": objective,
+            "rank": cfg.lora_rank,
+            "alpha": 2 * cfg.lora_rank,
+            "target_modules": list(conf.target_modules),
+            "steps": cfg.lora_steps,
+            "batch": min(batch, n),
+            "lr": lr,
+            **({"beta": cfg.dpo_beta} if objective == "dpo" else {}),
+            "optimizer": "AdamW",
+            "checkpoints": [ck.step for ck in cks],
+        }
+        return Fit(grid, {"train_seconds": cks[-1].seconds, "hyperparameters": hyper})
+
+    return candidates
+
+
+def _stacked(carry: dict[str, str]) -> Callable[[Compare, Draw, Any], Fit]:
+    """Mean-difference steering on top of the base method's chosen treatment; ``carry`` names
+    fields of the base's record this one repeats (as ``{own name: base's name}``)."""
+
+    def candidates(c: Compare, d: Draw, base: Any) -> Fit:
+        grid = _steer_grid(c, _units(c, "mean_diff", d.idx), base.treatment)
+        info = {"fit_seconds": base.record["fit_seconds"] + c.per_pair * 2 * len(d.idx)}
+        return Fit(grid, info | {k: base.record[v] for k, v in carry.items()})
+
+    return candidates
+
+
+_ALL = [
+    Method("unsteered", _fixed_prompt(lambda _d: NoOp()), needs="none", fixed=True),
+    Method("mean_diff", _steering("mean_diff"), selects=True, family="steer"),
+    Method("pca", _steering("pca"), selects=True, family="steer"),
+    Method("random", _random, needs="none", selects=True),
+    Method("zero_shot", _fixed_prompt(zero_shot), needs="none", fixed=True),
+    Method("system_prompt", _fixed_prompt(system_prompt), needs="none", fixed=True),
+    Method("few_shot", _shown(few_shot)),
+    Method("contrast_prompt", _shown(contrast_prompt)),
+    Method("lora", _finetuned("sft"), selects=True),
+    Method("dpo", _finetuned("dpo"), selects=True),
+    Method("lora+mean_diff", _stacked({"adapter": "chosen"}), selects=True, stacks_on="lora"),
+    Method(
+        "few_shot+mean_diff",
+        _stacked({"examples_used": "examples_used"}),
+        selects=True,
+        stacks_on="few_shot",
+    ),
+]
+REGISTRY: dict[str, Method] = {m.name: m for m in _ALL}
+assert tuple(REGISTRY) == METHODS, "the registry and config.METHODS list the same methods"

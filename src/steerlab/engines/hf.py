@@ -68,7 +68,7 @@ class HFEngine:
         progress: Progress | None = None,
         on_step: OnStep | None = None,
     ) -> Generated:
-        from ..sweep.engine import greedy_rows
+        from .rows import greedy_rows
 
         with around.applied(lm) if around is not None else nullcontext(lm) as view:
             return greedy_rows(

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -28,14 +27,12 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..capture import forward_kwargs
 from ..errors import DataError, SteerlabError, VectorError
+from ..evaluate.norms import residual_norms
 from ..generation import generate
-from ..hooks import StopForward, scoped_hooks
 from ..interventions import SteerRows
 from ..metrics import continuation_loss
-from ..models.adapter import blocks_of
-from ..models.chat import encode, has_chat_template
+from ..models.chat import has_chat_template
 from ..models.load import LoadedModel
 from ..runs import Bar, Journal, Run, RunCache
 from . import report as rpt
@@ -74,25 +71,10 @@ def _check(lm: LoadedModel, prompts: Sequence[str], cfg: DiscoverConfig) -> Melb
     return replace(cfg.melbo, radius=placeholder).resolved(lm.info.n_layers, lm.info.d_model)
 
 
-@torch.no_grad()
-def source_norm(
-    lm: LoadedModel, prompts: Sequence[str], layer: int, chat: bool | None, batch_size: int = 16
-) -> float:
-    """Median ``||resid_pre[layer]||`` over the prompts' real tokens (robust to BOS outliers)."""
-    block = blocks_of(lm.model, lm.adapter)[layer]
-    got: list[torch.Tensor] = []
-
-    def grab(h: torch.Tensor) -> None:
-        got.append(h.float().norm(dim=-1).cpu())  # (B, T)
-        raise StopForward
-
-    for i in range(0, len(prompts), batch_size):
-        batch = encode(lm.tokenizer, prompts[i : i + batch_size], chat=chat)
-        with scoped_hooks() as hs, contextlib.suppress(StopForward):
-            hs.pre(block, grab)
-            lm.model(**forward_kwargs(batch.to(lm.device)))
-        got[-1] = got[-1][batch.attention_mask.bool()]  # real tokens only
-    return float(torch.cat(got).median())
+def source_norm(lm: LoadedModel, prompts: Sequence[str], layer: int, chat: bool | None) -> float:
+    """Median ``||resid_pre[layer]||`` by the rule every strength is scaled by
+    (:func:`~steerlab.evaluate.norms.residual_norms`: the attention-sink first token left out)."""
+    return residual_norms(lm, prompts, [layer], chat=chat)[layer]
 
 
 @dataclass
@@ -219,7 +201,9 @@ def _sweep(
 ) -> dict[str, Any]:
     """Short runs on the radius grid: the chosen radius, the rule and every grid point."""
     lm, sp, seed_c = gen.lm, prompts[:SWEEP_PROMPTS], base.seed + CONTROL_SEED_OFFSET
-    nkey = [gen.key(), sp]  # cached: CPU matmuls differ in the last bits between runs
+    # cached: CPU matmuls differ in the last bits between runs; the rule in the key, so a run
+    # cached when the first token still counted is measured again
+    nkey = [gen.key(), sp, "first token left out"]
     norm = cache.json("source-norm", nkey, lambda: source_norm(lm, sp, gen.layer, gen.chat))
     factors = sorted({float(f) for f in cfg.sweep_factors})
     grid = [f * norm for f in factors]

@@ -20,7 +20,6 @@ hooks handle like any other.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -31,8 +30,9 @@ from typing import Any
 
 import torch
 
+from .. import finetune
 from .._version import __version__
-from ..errors import DataError, SteerlabError
+from ..errors import DataError
 from ..generation import generate
 from ..interventions import LoRA
 from ..io.prompts import read_prompts
@@ -139,51 +139,26 @@ def _measure(lm: LoadedModel, cfg: BackdoorConfig, prompts: list[str], bs: int) 
 
 
 def lora_config(cfg: BackdoorConfig) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=0.0,
-        target_modules=cfg.target_modules,
-        task_type="CAUSAL_LM",
-    )
+    return finetune.lora_config(cfg.rank, cfg.target_modules, alpha=cfg.alpha)
 
 
 def _train_lora(
     model: Any, tok: Any, cfg: BackdoorConfig, rows: list[tuple[list[int], int]], bar: Bar
 ) -> list[float]:
-    """AdamW on the trainable (LoRA) parameters of ``model``; returns the loss per step."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    n_batches = math.ceil(len(rows) / cfg.batch_size)
-    total = n_batches * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / max(total, 1))
-    rng = random.Random(cfg.seed)
+    """The shared finetuning loop on the trainable (LoRA) parameters of ``model``, with a
+    linearly decaying rate and clipped gradients; returns the loss per step."""
     pid, dev = pad_id(tok), next(model.parameters()).device
-    losses: list[float] = []
-    model.train()  # the LoRA intervention puts the modes back on exit
-    with bar("training LoRA", total) as adv:
-        for _epoch in range(cfg.epochs):
-            order = list(range(len(rows)))
-            rng.shuffle(order)
-            for b in range(n_batches):
-                chunk = order[b * cfg.batch_size :][: cfg.batch_size]
-                batch = _collate([rows[i] for i in chunk], pid)
-                loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
-                if not torch.isfinite(loss):
-                    raise SteerlabError(
-                        f"the LoRA loss became {loss.item()} at step {len(losses)}; lower --lr"
-                    )
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-                adv(1)
-    model.eval()
-    return losses
+
+    def loss_fn(idx: Sequence[int]) -> torch.Tensor:
+        batch = _collate([rows[i] for i in idx], pid)
+        return model(**{k: v.to(dev) for k, v in batch.items()}).loss
+
+    batches = finetune.epoch_batches(len(rows), cfg.batch_size, cfg.epochs, cfg.seed)
+    with bar("training LoRA", len(batches)) as adv:
+        trained = finetune.train_adapter(
+            model, batches, loss_fn, lr=cfg.lr, schedule="linear", clip=1.0, progress=adv
+        )
+    return trained.losses
 
 
 def _save(peft_model: Any, base_spec: str, dest: Path) -> None:

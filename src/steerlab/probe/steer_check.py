@@ -15,14 +15,14 @@ import torch
 
 from ..behaviors.behavior import Behavior
 from ..behaviors.scorers import make_scorer
+from ..evaluate.measure import Measurer, summarize
+from ..evaluate.norms import random_units, residual_norms
 from ..interventions.base import Intervention, NoOp
 from ..interventions.treatments import Steer
 from ..io.prompts import read_prompts
 from ..metrics.stats import mean_ci
 from ..models.load import LoadedModel
 from ..runs import Run
-from ..sweep.grid import random_units, residual_norms
-from ..sweep.measure import Measurer, summarize
 
 __all__ = ["read_vs_steer"]
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
+from ..evaluate.measure import summarize
+from ..evaluate.select import rank_key
 from ..interventions.base import Compose, NoOp
 from ..interventions.treatments import Ablate, Steer
-from .grid import Cell, rank_key
-from .measure import summarize
+from .grid import Cell
 
 if TYPE_CHECKING:
     from .state import Sweep

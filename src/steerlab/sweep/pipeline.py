@@ -26,14 +26,16 @@ from ..capture import resolve_layers
 from ..directions.artifact import Direction
 from ..directions.extract import data_hash, extract
 from ..errors import LayerError
+from ..evaluate.measure import summarize
+from ..evaluate.norms import residual_norms
+from ..evaluate.select import choose, rule_text
 from ..interventions.base import NoOp
 from ..metrics.stats import mean_ci
 from ..models.load import LoadedModel
 from ..runs import Run
 from . import maps
 from .config import SweepConfig
-from .grid import Cell, choose, residual_norms, rule_text, verdict
-from .measure import summarize
+from .grid import Cell, verdict
 from .search import search_grid
 from .state import Sweep
 

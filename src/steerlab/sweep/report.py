@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..evaluate.select import rank_key
 from ..report._format import is_num, pick, png_bytes, run_timings
 from ..report.render import config_rows, render, timings_view
 from ..runs import Run, _finite
 from . import plots
-from .grid import rank_key
 
 __all__ = ["render_sweep_html", "sweep_figures", "write_sweep_report"]
 

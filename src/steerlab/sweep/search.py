@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from ..evaluate.measure import summarize
+from ..evaluate.select import rank_key
 from .config import AUTO_COEFFS, MAX_EXTENSIONS
-from .grid import Cell, rank_key
-from .measure import summarize
+from .grid import Cell
 
 if TYPE_CHECKING:
     from .state import Sweep

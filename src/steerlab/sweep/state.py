@@ -12,14 +12,15 @@ import torch
 
 from ..behaviors.behavior import Behavior
 from ..behaviors.scorers import make_scorer
+from ..evaluate.measure import Measurer
+from ..evaluate.norms import random_units
 from ..interventions.base import Intervention
 from ..interventions.treatments import Steer
 from ..io.prompts import read_prompts
 from ..models.load import LoadedModel
 from ..runs import Run, key_of
 from .config import SweepConfig
-from .grid import Cell, random_units
-from .measure import Measurer
+from .grid import Cell
 
 __all__ = ["Sweep"]
 

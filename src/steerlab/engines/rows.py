@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from ..engines.base import Generated, OnStep, Progress
 from ..interventions.base import Intervention, NoOp
 from ..interventions.per_row import PerRow, row_touches_prompt
 from ..models.chat import encode, eos_ids, pad_id
 from ..models.compat import cache_kwarg, cache_of
 from ..models.load import LoadedModel
 from ..prefix import prefix_batch, prefix_cache
+from .base import Generated, OnStep, Progress
 from .scoring import continuation_nll_rows
 from .scoring import left_pad as _left_pad
 from .scoring import treated as _treated

@@ -94,7 +94,7 @@ class CompareConfig(Checked):
         coeffs: steering strengths searched, x the layer's median residual norm (or their
             comma list).
         selection_prompts: selection prompts used to choose strengths and checkpoints.
-        max_ce_increase: the fluency bound of every choice (as ``steerlab sweep``).
+        max_ce_increase: the fluency bound of every choice (the sweep's rule).
         lora_steps / lora_rank / lora_lr / dpo_lr / dpo_beta: finetuning, fixed for all N
             and recorded; ``checkpoints`` evenly spaced steps are scored on the selection
             split and the best kept (early stopping).

@@ -128,7 +128,7 @@ class Measurer:
         if touching:
             texts = [p for _ in touching for p in self.neutral]
             rows = [s for s in touching for _ in self.neutral]
-            edits = any(s.add or s.ablate for s in touching)
+            edits = any(s.ops() for s in touching)
             lp = next_logprobs_rows(
                 view, texts, rows if edits else None, chat=self.chat, batch_rows=self.batch_rows
             )

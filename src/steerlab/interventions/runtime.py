@@ -135,6 +135,7 @@ def ablate(
     """
     from .treatments import Ablate
 
+    as_basis(model, direction, layer)  # the model's width is checked before the span
     with hooked(model, Ablate(direction, layer=layer).ops(), adapter=adapter):
         yield
 

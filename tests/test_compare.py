@@ -131,7 +131,7 @@ def test_a_stacked_candidate_runs_as_a_row_under_its_base_like_the_composed_trea
     (so candidates sharing a base share batches): the same tokens as applying the Compose."""
     from conftest import make_model, make_tokenizer
 
-    from steerlab.compare.pipeline import _split
+    from steerlab.compare.state import _split
     from steerlab.engines.rows import greedy_rows
     from steerlab.generation import generate
     from steerlab.interventions import Compose, NoOp, PromptPrefix, Steer, apply

@@ -32,7 +32,7 @@ from .config import METHODS
 from .finetune import train_lora
 
 if TYPE_CHECKING:
-    from .pipeline import Compare
+    from .state import Compare
 
 __all__ = [
     "REGISTRY",

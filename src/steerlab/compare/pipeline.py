@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .._version import __version__
 from ..behaviors.behavior import Behavior
@@ -39,16 +38,14 @@ from ..behaviors.scorers import make_scorer
 from ..capture import resolve_layers
 from ..directions.extract import data_hash
 from ..errors import DataError
-from ..evaluate.measure import Measurer
 from ..evaluate.select import choose, rule_text
-from ..interventions import Compose, Intervention, NoOp
-from ..interventions.ops import HOOK_KINDS
-from ..io.prompts import read_prompts
+from ..interventions import Intervention, NoOp
 from ..models.load import LoadedModel
 from ..runs import Journal, Run
 from .config import METHODS, CompareConfig
 from .methods import REGISTRY, Draw, Method
 from .prepare import capture, skipped_methods
+from .state import Compare
 from .summary import summarize_runs, winners
 
 __all__ = ["default_layer", "run_compare"]
@@ -65,73 +62,6 @@ def default_layer(n_layers: int) -> int:
 def _mean(xs: Sequence[float]) -> float:
     v = [x for x in xs if x is not None and math.isfinite(x)]
     return float(np.mean(v)) if v else float("nan")
-
-
-def _hooks_only(t: Intervention) -> bool:
-    return all(op["kind"] in HOOK_KINDS for op in t.ops())
-
-
-def _split(t: Intervention) -> tuple[Intervention | None, Intervention]:
-    """A treatment as (what is applied around the batch, this row's own treatment): what hooks
-    can apply per row (steering, ablation, clamping) becomes the row, so candidates that share
-    the rest (a prompt, an adapter) share batched forwards."""
-    if _hooks_only(t):
-        return None, t
-    if isinstance(t, Compose) and len(t.items) == 2 and _hooks_only(t.items[1]):
-        return t.items[0], t.items[1]
-    return t, NoOp()
-
-
-class Compare:
-    """The state one comparison shares between its steps."""
-
-    def __init__(self, lm: LoadedModel, behavior: Behavior, cfg: CompareConfig, run: Run) -> None:
-        self.lm, self.behavior, self.cfg, self.run = lm, behavior, cfg, run
-        self.scorer = make_scorer(behavior.scorer, description=behavior.description)
-        self.sel = behavior.prompts("selection")[: cfg.selection_prompts]
-        self.test = behavior.prompts("test")
-        self.neutral = read_prompts("builtin:harmless:val")[: cfg.neutral_prompts]
-        self.pool: list[Pair3] = [(p.prompt, p.positive, p.negative) for p in behavior.pairs]
-        self.longest = max([*self.sel, *self.test], key=len)
-        self.measurer = Measurer(
-            lm,
-            behavior,
-            self.scorer,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_rows=cfg.batch_rows,
-            neutral=self.neutral,
-            chat=cfg.chat,
-            engine=run.engine,
-        )
-        self.rows = 0
-        self.tokens = 0
-        # set by the capture step
-        self.layers: list[int] = []
-        self.norms: dict[int, float] = {}
-        self.acts: dict[str, torch.Tensor] = {}
-        self.per_pair = 0.0
-        self.base_sel: dict[str, float] = {}  # the unsteered model on the selection split
-
-    def measure(
-        self, treatments: Sequence[Intervention], prompts: Sequence[str], *, kl: bool
-    ) -> list[dict[str, Any]]:
-        """Each treatment's per-prompt figures; treatments that share what is applied around
-        the batch (a prompt, an adapter) run as rows of one batch under it."""
-        parts = [_split(t) for t in treatments]
-        groups: dict[int, list[int]] = {}
-        for i, (base, _) in enumerate(parts):
-            groups.setdefault(id(base), []).append(i)
-        out: list[dict[str, Any]] = [{}] * len(treatments)
-        for idx in groups.values():
-            base = parts[idx[0]][0] or NoOp()
-            with base.applied(self.lm) as view:
-                rows = [parts[i][1] for i in idx]
-                res = self.measurer.measure(rows, prompts, kl=kl, view=view)
-            for i, r in zip(idx, res, strict=True):
-                out[i] = r
-                self.rows += len(prompts)
-                self.tokens += r["tokens"]
-        return out
 
 
 def _sel_view(res: dict[str, Any]) -> dict[str, float]:

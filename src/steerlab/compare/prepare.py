@@ -19,7 +19,7 @@ from .config import CompareConfig
 from .methods import REGISTRY
 
 if TYPE_CHECKING:
-    from .pipeline import Compare
+    from .state import Compare
 
 __all__ = ["capture", "skipped_methods"]
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..models.adapter import ModelAdapter, blocks_of, get_adapter
-from .runtime import SpanLike, as_basis, orthonormal_rows
+from .vectors import SpanLike, as_basis, orthonormal_rows
 
 __all__ = ["EXACT_EQUIVALENCE", "REMOVAL_ONLY", "orthogonalize", "orthogonalize_"]
 

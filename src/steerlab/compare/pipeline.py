@@ -93,7 +93,7 @@ def _select(c: Compare, group: list[Method], fits: dict[str, Any]) -> dict[str, 
     sel = [m for m in group if m.selects]
     cands = [(m.name, k) for m in sel for k in fits[m.name].candidates]
     t0 = time.perf_counter()
-    res = c.measure([k.treatment for _, k in cands], c.sel, kl=False) if cands else []
+    res = c.evaluate([k.treatment for _, k in cands], c.sel, kl=False) if cands else []
     t_sel = (time.perf_counter() - t0) / max(len(sel), 1)
     out = {}
     for m in group:
@@ -138,7 +138,7 @@ def _run_group(
     chosen.update(_select(c, group, fits))
     tested = [m.name for m in group if m.name in report]
     t1 = time.perf_counter()
-    res = c.measure([chosen[m].treatment for m in tested], c.test, kl=True) if tested else []
+    res = c.evaluate([chosen[m].treatment for m in tested], c.test, kl=True) if tested else []
     t_test = (time.perf_counter() - t1) / max(len(tested), 1)
     seconds = (time.perf_counter() - t0) / max(len(tested), 1)
     for m, r in zip(tested, res, strict=True):
@@ -238,7 +238,7 @@ def run_compare(
     ]
     journal = run.cache.journal("runs", key)
     c.base_sel = run.cache.json(
-        "unsteered-selection", key, lambda: _sel_view(c.measure([NoOp()], c.sel, kl=False)[0])
+        "unsteered-selection", key, lambda: _sel_view(c.evaluate([NoOp()], c.sel, kl=False)[0])
     )
     free = [m for m in methods if REGISTRY[m].needs == "none"]
     fitted = [m for m in methods if REGISTRY[m].needs == "pairs"]

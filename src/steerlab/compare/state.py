@@ -67,7 +67,7 @@ class Compare:
         self.per_pair = 0.0
         self.base_sel: dict[str, float] = {}  # the unsteered model on the selection split
 
-    def measure(
+    def evaluate(
         self, treatments: Sequence[Intervention], prompts: Sequence[str], *, kl: bool
     ) -> list[dict[str, Any]]:
         """Each treatment's per-prompt figures; treatments that share what is applied around

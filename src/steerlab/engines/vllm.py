@@ -319,6 +319,28 @@ class VLLMEngine:
             prompts += [TokensPrompt(prompt_token_ids=list(r)) for r in ids]
             params += [sp] * len(ids)
         plan = merge_plans([p if ids else [] for ids, p in groups]) if tagged else live[0]
+        outs = self._run(plan, prompts, params, progress)
+        stops = set(stop_ids)
+        flat = []
+        for o in outs:
+            toks = list(o.outputs[0].token_ids)
+            cut = next((i for i, t in enumerate(toks) if t in stops), len(toks))
+            flat.append(toks[:cut])
+        res, i = [], 0
+        for ids, _ in groups:
+            res.append(flat[i : i + len(ids)])
+            i += len(ids)
+        return res
+
+    def _run(
+        self,
+        plan: list[dict[str, Any]],
+        prompts: list[Any],
+        params: list[Any],
+        progress: Callable[[int], None] | None,
+    ) -> list[Any]:
+        """One ``LLM.generate`` call with ``plan``'s hooks installed in every worker (removed
+        after, on any exit)."""
         bar = _progress_bar(progress) if progress else False
         try:
             if plan:
@@ -339,17 +361,7 @@ class VLLMEngine:
             raise
         if plan:
             self._rpc(vllm_worker.remove)
-        stops = set(stop_ids)
-        flat = []
-        for o in outs:
-            toks = list(o.outputs[0].token_ids)
-            cut = next((i for i, t in enumerate(toks) if t in stops), len(toks))
-            flat.append(toks[:cut])
-        res, i = [], 0
-        for ids, _ in groups:
-            res.append(flat[i : i + len(ids)])
-            i += len(ids)
-        return res
+        return list(outs)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -18,11 +18,12 @@
 
 from .base import Compose, Intervention, NoOp, apply, vector_spec
 from .lora import LoRA
+from .orthogonal import Orthogonalize
 from .per_row import PerRow
 from .prompting import PromptPrefix
 from .rebuild import from_ops
 from .runtime import ablate, as_basis, check_coeff, clamp, steer, steer_rows
-from .treatments import Ablate, Clamp, Orthogonalize, Steer, SteerRows, steer_many
+from .treatments import Ablate, Clamp, Steer, SteerRows, steer_many
 from .weights import orthogonalize
 
 __all__ = [

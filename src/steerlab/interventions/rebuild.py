@@ -10,9 +10,10 @@ from .base import Compose, NoOp
 from .bias import BakeSteer
 from .lora import LoRA
 from .ops import Op
+from .orthogonal import Orthogonalize
 from .per_row import PerRow
 from .prompting import PromptPrefix
-from .treatments import Ablate, Clamp, Orthogonalize, Steer
+from .treatments import Ablate, Clamp, Steer
 
 __all__ = ["from_ops"]
 

@@ -12,6 +12,8 @@ import torch
 
 pytest.importorskip("vllm", exc_type=ImportError)
 
+from test_vllm import PROMPTS  # the same prompts as the llama checks
+
 from steerlab.engines import HFEngine, make_engine
 from steerlab.engines.vllm import EngineError
 from steerlab.interventions import Ablate, Clamp, Compose, NoOp, Orthogonalize, Steer
@@ -19,16 +21,6 @@ from steerlab.models.load import LoadedModel, load_model
 
 pytestmark = pytest.mark.vllm
 
-PROMPTS = [
-    "Describe a city bus.",
-    "Tell me about breakfast.",
-    "What is a river?",
-    "Write one sentence about winter.",
-    "How do bees make honey?",
-    "Name a famous painter.",
-    "What does a librarian do?",
-    "Explain what rain is.",
-]
 N = 12
 
 

@@ -37,7 +37,9 @@ def _mean_unit(lm: LoadedModel, layer: int) -> tuple[torch.Tensor, float]:
 
     b = encode(lm.tokenizer, PROMPTS)
     with torch.no_grad():
-        hs = lm.model(**b, output_hidden_states=True).hidden_states[layer]
+        hs = lm.model(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True
+        ).hidden_states[layer]
     h = hs[b.attention_mask.bool()][1:]  # the first token is an attention sink
     mean = h.mean(0)
     return mean / mean.norm(), float(h.norm(dim=-1).median())

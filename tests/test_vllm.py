@@ -192,7 +192,8 @@ def test_generate_json_on_vllm_is_clean_json(tmp_path: Path) -> None:
     lm = load_model("smollm2-135m")
     d = Direction(_vec(6, 8.0)[None], (10,), {"model": lm.info.to_dict(), "site": "resid_pre"})
     d.save(tmp_path / "v.safetensors")
-    cmd = [sys.executable, "-m", "steerlab.cli", "generate", "--engine", "vllm", "--json"]
+    exe = str(Path(sys.executable).with_name("steerlab"))  # the venv's console script
+    cmd = [exe, "generate", "--engine", "vllm", "--json"]
     cmd += ["--model", "smollm2-135m", "--prompt", "What is a river?", "--prompt", "Hi"]
     cmd += ["--vector", str(tmp_path / "v.safetensors"), "--compare", "--max-new-tokens", "6"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}

@@ -209,11 +209,11 @@ class TrainedLoRA:
             h.update(self.state[k].detach().float().cpu().contiguous().numpy().tobytes())
         return LoRA(config=self.config).spec() | {"weights_sha256": h.hexdigest()[:16]}
 
+    def ops(self) -> list[dict[str, Any]]:
+        return LoRA(config=self.config, state=self.state).ops()
+
     @contextmanager
     def applied(self, lm: LoadedModel) -> Iterator[LoadedModel]:
-        from peft import set_peft_model_state_dict
-
         # peft may write into the config it injects with: each use gets its own copy
-        with LoRA(config=copy.deepcopy(self.config)).applied(lm) as treated:
-            set_peft_model_state_dict(treated.extra["peft_model"], self.state)
+        with LoRA(config=copy.deepcopy(self.config), state=self.state).applied(lm) as treated:
             yield treated

@@ -51,6 +51,7 @@ class LoRA:
     path: str | os.PathLike[str] | None = None
     config: Any = None
     trainable: bool = False
+    state: Any = None  # adapter weights loaded after injection (a trained checkpoint's)
     name: str = "lora"
 
     def __post_init__(self) -> None:
@@ -61,6 +62,8 @@ class LoRA:
         """The adapter's source (a saved path, or a config for a fresh one): a trained adapter
         lives in the model while applied; save it to rebuild it elsewhere."""
         src = {"path": str(self.path)} if self.path is not None else {"config": self.config}
+        if self.state is not None:
+            src["state"] = self.state
         return [{"kind": "lora", "trainable": self.trainable, **src}]
 
     def spec(self) -> dict[str, Any]:
@@ -95,6 +98,10 @@ class LoRA:
         peft_model = None
         try:
             peft_model = self._wrap(lm)
+            if self.state is not None:
+                from peft import set_peft_model_state_dict
+
+                set_peft_model_state_dict(peft_model, self.state)
             if not self.trainable:
                 for p in model.parameters():
                     p.requires_grad_(False)

@@ -46,7 +46,12 @@ def _one(op: Op) -> Any:
             suffix=op["suffix"],
         )
     if kind == "lora":
-        return LoRA(path=op.get("path"), config=op.get("config"), trainable=op["trainable"])
+        return LoRA(
+            path=op.get("path"),
+            config=op.get("config"),
+            trainable=op["trainable"],
+            state=op.get("state"),
+        )
     raise VectorError(f"no intervention has the op kind {kind!r}")
 
 

@@ -57,8 +57,8 @@ else:
     lm = load_model("smollm2-135m")
     try:
         from steerlab.engines.rows import greedy_rows
-    except ImportError:
-        from steerlab.engines.rows import greedy_rows
+    except ImportError:  # before the one-evaluator change
+        from steerlab.sweep.engine import greedy_rows
     try:
         from steerlab.interventions.per_row import RowSetting
         def row(v, lay):
@@ -101,8 +101,9 @@ def _once(src: Path, kind: str, threads: int) -> dict:
         env=env,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode:
+        raise SystemExit(f"worker failed ({kind}, {src}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -33,8 +33,8 @@ COMMANDS: dict[str, tuple[tuple[type, ...], set[str], list[str]]] = {
     "sweep": ((SweepConfig,), {"neutral_prompts", "necessity_prompts"}, ["-b", "x"]),
     "compare": (
         (CompareConfig,),
-        {"selection_prompts", "batch_rows", "lora_rank", "lora_lr", "dpo_lr", "dpo_beta"}
-        | {"train_batch", "checkpoints", "neutral_prompts"},
+        {"selection_prompts", "batch_rows", "lora_rank", "dpo_beta"}
+        | {"train_batch", "neutral_prompts"},
         ["-b", "x"],
     ),
     "probe": ((ProbeConfig,), {"val_fraction", "batch_size", "steer_layers"}, []),

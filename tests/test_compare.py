@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 from steerlab.behaviors.behavior import load_behavior
 from steerlab.cli import app
 from steerlab.compare import CompareConfig, run_compare
+from steerlab.compare.contrasts import build_contrasts, winners
 from steerlab.compare.finetune import lora_config, target_modules, train_lora
 from steerlab.compare.methods import contrast_prompt, few_shot, fit_direction
 from steerlab.compare.report import pareto_front, render_compare_html
-from steerlab.compare.summary import summarize_runs, winners
+from steerlab.compare.summary import summarize_runs
 from steerlab.configs import ConfigError
 from steerlab.interventions.lora import LoRA
 from steerlab.metrics.stats import mean_ci, nested_mean_ci
@@ -29,12 +30,16 @@ from steerlab.models.load import LoadedModel, load_model
 TINY = dict(
     train_sizes=(1, 2),
     draws=2,
+    layers="10",
     lora_steps=2,
+    lora_lrs=(1e-3,),
+    dpo_lrs=(5e-4,),
     checkpoints=2,
     max_new_tokens=4,
     selection_prompts=2,
     neutral_prompts=2,
     coeffs=(0.25, 0.5),
+    random_directions=3,
 )
 
 
@@ -64,7 +69,15 @@ def test_one_pair_gives_one_direction_and_pca_agrees_in_sign() -> None:
     assert float(fit_direction("pca", pos, neg) @ fit_direction("mean_diff", pos, neg)) > 0
 
 
-def _run(method: str, n: int | None, draw: int, scores: list[float]) -> dict:
+def _run(
+    method: str,
+    n: int | None,
+    draw: int,
+    scores: list[float],
+    sel: float = 0.5,
+    within: bool = True,
+    similarity: float = 0.05,
+) -> dict:
     return {
         "method": method,
         "n": n,
@@ -73,38 +86,81 @@ def _run(method: str, n: int | None, draw: int, scores: list[float]) -> dict:
         "ce": 1.0,
         "kl": 0.0,
         "distinct2": 1.0,
+        "similarity": similarity,
         "fit_seconds": 2.0 if n else 0.0,
+        "chosen": {"within_bound": within, "selection": {"score": sel}},
     }
 
 
-def test_summary_and_winner_only_where_intervals_separate() -> None:
-    lo, hi = [0.1] * 12 + [0.2] * 12, [0.9] * 12 + [0.95] * 12
+def test_winner_only_from_paired_contrasts_among_methods_within_the_bound() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.8, 24).tolist()  # prompts differ a lot from one another
+    up = [x + 0.08 + rng.normal(0, 0.01) for x in base]  # the same prompts, every one higher
     runs = [
-        *(_run("unsteered", None, d, lo) for d in (0, 1)),
-        *(_run("mean_diff", 1, d, lo) for d in (0, 1)),  # N=1: no better than unsteered
-        *(_run("mean_diff", 4, d, hi) for d in (0, 1)),  # N=4: clearly better
+        *(_run("unsteered", None, d, base) for d in (0, 1)),
+        *(_run("zero_shot", None, d, base, sel=0.6) for d in (0, 1)),
+        *(_run("mean_diff", 4, d, up, sel=0.7) for d in (0, 1)),
+        *(_run("lora", 4, d, base, sel=0.65) for d in (0, 1)),
+        # highest test score, but over the bound: cannot win the constrained view
+        *(_run("few_shot", 4, d, [x + 0.12 for x in base], sel=0.9, within=False) for d in (0, 1)),
     ]
-    summary = summarize_runs(runs, ["unsteered", "mean_diff"], [1, 4])
-    rows = {(r["method"], r["n"]): r for r in summary}
-    assert set(rows) == {("unsteered", 1), ("unsteered", 4), ("mean_diff", 1), ("mean_diff", 4)}
-    assert rows[("unsteered", 4)]["score"] == rows[("unsteered", 1)]["score"]  # no examples
-    assert rows[("mean_diff", 4)]["examples_per_second"] == pytest.approx(2.0)
+    methods = ["unsteered", "mean_diff", "zero_shot", "few_shot", "lora"]
+    summary = summarize_runs(runs, methods, [4])
+    rows = {r["method"]: r for r in summary}
     for r in summary:
-        assert set(r) >= {"method", "n", "score", "ci", "ce", "fit_seconds"}
-        assert r["ci"][0] <= r["score"] <= r["ci"][1]
-    w = {x["n"]: x for x in winners(summary, [1, 4])}
-    assert not w[1]["separated"] and w[1]["tied_with"]
-    assert w[4]["method"] == "mean_diff" and w[4]["separated"]
+        assert {"method", "n", "score", "ci", "ce", "within_bound", "degenerate"} <= set(r)
+        assert {"rate", "rate_ci"} <= set(r) and r["rate_ci"][0] <= r["rate"] <= r["rate_ci"][1]
+    assert rows["few_shot"]["within_bound"] is False and rows["mean_diff"]["within_bound"]
+    # the unpaired intervals overlap: they alone would declare nothing
+    assert rows["mean_diff"]["ci"][0] < rows["zero_shot"]["ci"][1]
+    contrasts = build_contrasts(runs, summary, [4], {}, seed=0)
+    for c in contrasts:
+        assert {"a", "b", "n", "diff", "ci", "p", "p_holm"} <= set(c) and c["p"] <= c["p_holm"]
+    w = {x["view"]: x for x in winners(contrasts, summary, [4])}
+    assert w["constrained"]["method"] == "mean_diff"  # beats zero_shot and lora, paired
+    assert w["constrained"]["family_best"]["prompting"] == "zero_shot"
+    assert w["unconstrained"]["family_best"]["prompting"] == "few_shot"
+    assert w["unconstrained"]["method"] == "few_shot"  # +0.04 on every prompt over mean_diff
     page = render_compare_html(
         {
-            "methods": ["unsteered", "mean_diff"],
-            "train_sizes": [1, 4],
+            "methods": methods,
+            "train_sizes": [4],
             "summary": summary,
             "winners": list(w.values()),
+            "contrasts": contrasts,
             "runs": runs,
+            "config": {"draws": 2, "max_ce_increase": 1.0},
         }
     )
-    assert page.count("</strong> ★") == 1  # only the N where the interval separates
+    assert page.count("</strong> ★") == 1 and "†" in page
+
+
+def test_a_memorized_reply_is_flagged_and_loses_the_choice() -> None:
+    from steerlab.evaluate.select import choose
+    from steerlab.metrics.text import cross_prompt_similarity
+
+    same = ["What a wonderful, happy day it is!"] * 6
+    varied = ["I like cats.", "The train leaves at noon.", "Paris is in France.",
+              "Water boils at 100 C.", "She sings well.", "Rain again today."]  # fmt: skip
+    assert cross_prompt_similarity(same) == 1.0 and cross_prompt_similarity(varied) < 0.1
+    cells = [
+        {"score": 0.93, "ce": 0.5, "similarity": cross_prompt_similarity(same)},
+        {"score": 0.80, "ce": 0.6, "similarity": cross_prompt_similarity(varied)},
+    ]
+    pick = choose(cells, 0.5, 1.0)
+    assert pick["cell"] is cells[1] and not pick["degenerate"]
+    only = choose(cells[:1], 0.5, 1.0)  # no other candidate: chosen, and flagged
+    assert only["degenerate"] and only["cell"] is cells[0]
+
+
+def test_report_renders_an_interval_that_misses_its_mean() -> None:
+    # Defect: pareto_figure raised "'yerr' must not contain negative values" after a 7.6
+    # minute run, and report.html was never written.
+    row = {"method": "lora+mean_diff", "n": 1, "score": 0.928, "ci": [0.93, 0.95], "ce": 1.0}
+    page = render_compare_html(
+        {"methods": ["lora+mean_diff"], "train_sizes": [1], "summary": [row]}
+    )
+    assert "data:image/png;base64," in page
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
@@ -279,7 +335,16 @@ def test_compare_contract_resume_and_report(lm: LoadedModel, tmp_path: Path) -> 
     assert contract <= names
     for r in rep["summary"]:
         assert set(r) >= {"method", "n", "score", "ci", "ce", "fit_seconds"}
+        assert set(r) >= {"within_bound", "degenerate", "rate", "rate_ci", "budget"}
         assert r["n"] in (1, 2) and 0 <= r["score"] <= 1 and r["ci"][0] <= r["ci"][1]
+    budget = {r["method"]: r["budget"]["candidates"] for r in rep["summary"] if r["n"] == 2}
+    assert budget["mean_diff"] == 2 and budget["lora"] == 2 and budget["zero_shot"] == 1
+    for c in rep["contrasts"]:
+        assert {"a", "b", "n", "diff", "ci", "p", "p_holm"} <= set(c)
+    null = rep["random_null"]
+    assert null["n_directions"] == 3 and len(null["scores"]) == 3
+    assert set(null["percentile"]) >= {"mean_diff", "unsteered"}
+    assert {w["view"] for w in rep["winners"]} == {"constrained", "unconstrained"}
     # every method with examples ran at every N and draw; the others once per draw
     per = {(r["method"], r["n"], r["draw"]) for r in rep["runs"]}
     assert ("lora", 2, 1) in per and ("dpo", 1, 0) in per and ("random", None, 1) in per

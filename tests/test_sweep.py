@@ -62,6 +62,16 @@ def test_cli_sweep_contract_and_rerun(tmp_path: Path, beh_file: Path) -> None:
         t = rep["test"][name]
         assert set(t) >= {"score", "ci", "ce", "n"} and t["n"] == 8
         assert t["ci"][0] <= t["score"] <= t["ci"][1]
+    null = rep["test"]["random"]
+    assert null["n_directions"] == 20 and len(null["null_scores"]) == 20  # the default null
+    assert len(set(null["null_scores"])) > 1  # different directions, different scores
+    assert 0.0 <= null["percentile"] <= 100.0
+    for k in ("vs_unsteered", "vs_null_mean"):
+        c = rep["test"]["paired"][k]
+        assert {"diff", "ci", "p", "p_holm"} <= set(c) and c["p"] <= c["p_holm"] <= 1.0
+    steered = rep["per_prompt"]["steered"]
+    gap = sum(steered) / len(steered) - sum(rep["per_prompt"]["unsteered"]) / len(steered)
+    assert rep["test"]["paired"]["vs_unsteered"]["diff"] == pytest.approx(gap)
     assert len(rep["cells"]) == 4
     for c in rep["cells"]:
         assert {"layer", "coeff", "positions", "score", "ce", "ce_increase", "kl", "n"} <= set(c)

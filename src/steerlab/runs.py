@@ -356,6 +356,12 @@ class Run:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t, 2)
             self._current = outer
 
+    def provenance(self) -> dict[str, Any]:
+        """What a result file records of how it was made: the weights fingerprint, dtype,
+        device, numeric library versions and the decoding engine (when not the HF model)."""
+        keys = ("weights", "dtype", "device", "versions", "engine")
+        return {k: self.identity[k] for k in keys if k in self.identity}
+
     def timing_report(self) -> dict[str, Any]:
         """``seconds`` (this session's wall time per step and ``total``), ``compute_seconds``
         (adding what earlier sessions spent on reused results) and ``resumed_steps``."""

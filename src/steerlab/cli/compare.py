@@ -23,7 +23,7 @@ def compare(
     *,
     given: Given,
     quick: Annotated[
-        bool, typer.Option("--quick", help="N = 1,8, one draw, shorter completions and prompts")
+        bool, typer.Option("--quick", help="N = 1,8, ONE draw, fewer candidates, shorter replies")
     ] = False,
     out: Annotated[
         Path, typer.Option(help="run directory (compare.json, report.html, cache)")
@@ -57,7 +57,7 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     t.add_column("method")
     for n in sizes:
         t.add_column(f"N={n}", justify="right")
-    win = {w["n"]: w for w in report["winners"]}
+    win = {w["n"]: w for w in report["winners"] if w["view"] == "constrained"}
     for m in report["methods"]:
         cells = []
         for n in sizes:
@@ -67,17 +67,20 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
                 continue
             lo, hi = r["ci"]
             text = f"{r['score']:.3f} [{lo:.2f},{hi:.2f}]"
-            w = win.get(n) or {}
-            if w.get("method") == m and w.get("separated"):
+            text += " †" if not r["within_bound"] else ""
+            text += " ‡" if r["degenerate"] else ""
+            if (win.get(n) or {}).get("method") == m:
                 text = f"[bold]{text} *[/bold]"
             cells.append(text)
         t.add_row(m, *cells)
     con = Console()
     con.print(t)
     notes = [f"{k} not run: {v}" for k, v in (report.get("skipped") or {}).items()] + [
-        "* best at that N with an interval separated from every other method's"
-        if any(w.get("separated") for w in report["winners"])
-        else "no method's interval separates from all others at any N"
+        "* wins at that N: its family's best beats the other families' bests by paired tests "
+        "(Holm p < 0.05), within the fluency bound"
+        if any(w["method"] for w in win.values())
+        else "no method wins at any N by the paired contrasts (within the fluency bound)",
+        "† over the fluency bound on selection; ‡ one reply for every prompt (degenerate)",
     ]
     print_notes(notes)
     con.print(f"report: {out / 'report.html'} (and compare.json)")

@@ -64,11 +64,12 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     )
     for col in ("", "score", "95% CI", "CE", "distinct-2", "n"):
         t.add_column(col)
+    labels = {"random": f"random (mean of {report['test']['random']['n_directions']})"}
     for name in ("steered", "unsteered", "random"):
         r = report["test"][name]
         lo, hi = r["ci"]
         t.add_row(
-            name,
+            labels.get(name, name),
             num(r["score"]),
             f"[{num(lo)}, {num(hi)}]",
             num(r["ce"]),

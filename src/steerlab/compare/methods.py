@@ -239,42 +239,58 @@ def _shown(make: Callable[..., tuple[PromptPrefix, int]]) -> Callable[[Compare, 
     return candidates
 
 
+def _train(
+    c: Compare, d: Draw, objective: Literal["sft", "dpo"], lr: float, seed: int
+) -> tuple[Any, list[Any]]:
+    """One LoRA trained on the draw's pairs at ``lr``: its config and checkpoints."""
+    cfg, n = c.cfg, len(d.pairs)
+    torch.manual_seed(seed)  # the adapter's A matrices: the same start for every lr
+    conf = lora_config(cfg.lora_rank, target_modules(c.lm.model))
+    # a DPO example is two sequences: half as many pairs per step as SFT takes replies,
+    # so both objectives process the same number of sequences per step
+    batch = cfg.train_batch if objective == "sft" else max(1, cfg.train_batch // 2)
+    lora = LoRA(config=conf, trainable=True)
+    label = f"{objective} on {n} pairs, lr {lr:g}"
+    with lora.applied(c.lm) as t, c.run.bar(label, cfg.lora_steps) as adv:
+        cks = train_lora(
+            t,
+            t.extra["peft_model"],
+            d.pairs,
+            objective=objective,
+            steps=cfg.lora_steps,
+            lr=lr,
+            batch=batch,
+            checkpoints=cfg.checkpoints,
+            beta=cfg.dpo_beta,
+            seed=seed,
+            chat=cfg.chat,
+            progress=adv,
+        )
+    return conf, cks
+
+
 def _finetuned(objective: Literal["sft", "dpo"]) -> Callable[[Compare, Draw, Any], Fit]:
     def candidates(c: Compare, d: Draw, _base: Any) -> Fit:
-        """A LoRA trained on the draw's pairs; its checkpoints are the candidates."""
+        """A LoRA trained on the draw's pairs at every learning rate; the checkpoints of all
+        are the candidates (learning rate x steps, as steering has layer x strength)."""
         cfg, n = c.cfg, len(d.pairs)
         seed = cfg.seed * 1_000_003 + d.draw * 1009 + n + (0 if objective == "sft" else 7)
-        torch.manual_seed(seed)  # the adapter's A matrices
-        conf = lora_config(cfg.lora_rank, target_modules(c.lm.model))
-        # a DPO example is two sequences: half as many pairs per step as SFT takes replies,
-        # so both objectives process the same number of sequences per step
+        lrs = cfg.lora_lrs if objective == "sft" else cfg.dpo_lrs
+        grid, spent, conf = [], 0.0, None
+        for lr in lrs:  # type: ignore[union-attr]
+            conf, cks = _train(c, d, objective, lr, seed)
+            grid += [
+                Candidate(
+                    {"lr": lr, "step": ck.step},
+                    TrainedLoRA(conf, ck.state),
+                    notes={"loss": ck.loss},
+                    info={"fit_seconds": spent + ck.seconds},
+                )
+                for ck in cks
+            ]
+            spent += cks[-1].seconds
+        assert conf is not None
         batch = cfg.train_batch if objective == "sft" else max(1, cfg.train_batch // 2)
-        lr = cfg.lora_lr if objective == "sft" else cfg.dpo_lr
-        lora = LoRA(config=conf, trainable=True)
-        with lora.applied(c.lm) as t, c.run.bar(f"{objective} on {n} pairs", cfg.lora_steps) as adv:
-            cks = train_lora(
-                t,
-                t.extra["peft_model"],
-                d.pairs,
-                objective=objective,
-                steps=cfg.lora_steps,
-                lr=lr,
-                batch=batch,
-                checkpoints=cfg.checkpoints,
-                beta=cfg.dpo_beta,
-                seed=seed,
-                chat=cfg.chat,
-                progress=adv,
-            )
-        grid = [
-            Candidate(
-                {"step": ck.step},
-                TrainedLoRA(conf, ck.state),
-                notes={"loss": ck.loss},
-                info={"fit_seconds": ck.seconds},
-            )
-            for ck in cks
-        ]
         hyper = {
             "objective": objective,
             "rank": cfg.lora_rank,
@@ -282,12 +298,15 @@ def _finetuned(objective: Literal["sft", "dpo"]) -> Callable[[Compare, Draw, Any
             "target_modules": list(conf.target_modules),
             "steps": cfg.lora_steps,
             "batch": min(batch, n),
-            "lr": lr,
+            "lrs": list(lrs),  # type: ignore[arg-type]
             **({"beta": cfg.dpo_beta} if objective == "dpo" else {}),
             "optimizer": "AdamW",
-            "checkpoints": [ck.step for ck in cks],
+            "checkpoints": sorted({k.label["step"] for k in grid}),
         }
-        return Fit(grid, {"train_seconds": cks[-1].seconds, "hyperparameters": hyper})
+        # every learning rate's training counts, whichever checkpoint is chosen
+        for k in grid:
+            k.info["fit_seconds"] = spent
+        return Fit(grid, {"train_seconds": spent, "hyperparameters": hyper})
 
     return candidates
 
@@ -309,10 +328,11 @@ _ALL = [
     Method("mean_diff", _steering("mean_diff"), selects=True, family="steer"),
     Method("pca", _steering("pca"), selects=True, family="steer"),
     Method("random", _random, needs="none", selects=True),
-    Method("zero_shot", _fixed_prompt(zero_shot), needs="none", fixed=True),
-    Method("system_prompt", _fixed_prompt(system_prompt), needs="none", fixed=True),
-    Method("few_shot", _shown(few_shot)),
-    Method("contrast_prompt", _shown(contrast_prompt)),
+    # one candidate each: selection only says whether it keeps to the fluency bound
+    Method("zero_shot", _fixed_prompt(zero_shot), needs="none", selects=True, fixed=True),
+    Method("system_prompt", _fixed_prompt(system_prompt), needs="none", selects=True, fixed=True),
+    Method("few_shot", _shown(few_shot), selects=True),
+    Method("contrast_prompt", _shown(contrast_prompt), selects=True),
     Method("lora", _finetuned("sft"), selects=True),
     Method("dpo", _finetuned("dpo"), selects=True),
     Method("lora+mean_diff", _stacked({"adapter": "chosen"}), selects=True, stacks_on="lora"),

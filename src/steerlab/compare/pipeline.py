@@ -37,26 +37,32 @@ from ..behaviors.behavior import Behavior
 from ..behaviors.scorers import make_scorer
 from ..capture import resolve_layers
 from ..directions.extract import data_hash
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..evaluate.select import choose, rule_text
 from ..interventions import Intervention, NoOp
 from ..models.load import LoadedModel
 from ..runs import Journal, Run
 from .config import METHODS, CompareConfig
+from .contrasts import build_contrasts, winners
 from .methods import REGISTRY, Draw, Method
+from .null import null_report, random_null
 from .prepare import capture, skipped_methods
 from .state import Compare
-from .summary import summarize_runs, winners
+from .summary import summarize_runs
 
-__all__ = ["default_layer", "run_compare"]
+__all__ = ["default_layers", "run_compare"]
 
 Pair3 = tuple[str, str, str]
 
 
-def default_layer(n_layers: int) -> int:
-    """40% of the depth: where single-layer addition steers on the models measured here
-    (the sweep chose layer 13 of 30 for sentiment on smollm2-135m)."""
-    return max(1, round(0.4 * n_layers))
+DEPTHS = (0.25, 0.4, 0.55, 0.7)
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """Four layers across the depth (25, 40, 55, 70%): where single-layer addition steered on
+    the models measured here (the sweep chose layer 13 of 30 for sentiment on smollm2-135m and
+    found French only at 16 and 25), so no concept is judged at one layer only."""
+    return sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in DEPTHS})
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -65,13 +71,14 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def _sel_view(res: dict[str, Any]) -> dict[str, float]:
-    return {"score": _mean(res["score"]), "ce": _mean(res["ce"])}
+    return {"score": _mean(res["score"]), "ce": _mean(res["ce"]), "similarity": res["similarity"]}
 
 
 def _record(res: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         **_sel_view(res),
         "distinct2": _mean(res["distinct2"]),
+        "similarity": res["similarity"],
         "kl": res["kl"],
         "scores": res["score"],
         "ce_per_prompt": res["ce"],
@@ -98,7 +105,7 @@ def _select(c: Compare, group: list[Method], fits: dict[str, Any]) -> dict[str, 
     out = {}
     for m in group:
         fit = fits[m.name]
-        if not m.selects:
+        if not m.selects:  # the unsteered model: the reference of the bound itself
             out[m.name] = _Chosen(fit.candidates[0].treatment, dict(fit.info))
             continue
         cells = [
@@ -112,10 +119,12 @@ def _select(c: Compare, group: list[Method], fits: dict[str, Any]) -> dict[str, 
             "chosen": {
                 **k.label,
                 "within_bound": pick["within_bound"],
-                "selection": {x: pick["cell"][x] for x in ("score", "ce")},
+                "degenerate": pick["degenerate"],
+                "selection": {x: pick["cell"][x] for x in ("score", "ce", "similarity")},
             },
             "selection": [{x: v for x, v in cell.items() if x != "_k"} for cell in cells],
             "select_seconds": t_sel,
+            "candidates": len(cells),
             **fit.info,
             **k.info,
         }
@@ -219,7 +228,7 @@ def run_compare(
     n_layers = lm.info.n_layers
     run = Run(out, kind="compare", lm=lm, engine=engine, progress=progress, status=status)
     c = Compare(lm, behavior, cfg, run)
-    c.layers = resolve_layers(cfg.layers, n_layers) if cfg.layers else [default_layer(n_layers)]
+    c.layers = resolve_layers(cfg.layers, n_layers) if cfg.layers else default_layers(n_layers)
     with run.step("capture"):
         capture(c, run)
 
@@ -257,10 +266,21 @@ def run_compare(
     runs = [journal.items[k] for k in sorted(journal.items)]
     runs = [r for r in runs if r["method"] in methods and (r["n"] in sizes or r["n"] is None)]
     runs = [r for r in runs if r["draw"] < cfg.draws]
+    with run.step("random null"):
+        null = random_null(c, runs, key)
     summary = summarize_runs(runs, methods, sizes, seed=cfg.seed)
+    contrasts = build_contrasts(runs, summary, sizes, null, seed=cfg.seed)
     report = _report(c, runs, summary, skipped)
+    report["contrasts"] = contrasts
+    report["winners"] = winners(contrasts, summary, sizes)
+    report["random_null"] = null_report(null, summary, sizes, cfg.random_directions)
+    report["timings"] = run.timing_report()
     run.write_json("compare.json", report)
-    write_compare_report(run, report)
+    try:  # the results are saved: a figure that cannot be drawn must not lose them
+        write_compare_report(run, report)
+    except Exception as e:  # any rendering failure, reported in one line
+        run.say(f"report.html not written ({type(e).__name__}: {first_line(str(e))}); "
+                f"the results are in {run.path('compare.json')}")  # fmt: skip
     return report
 
 
@@ -285,6 +305,7 @@ def _report(
         "kind": "compare",
         "steerlab_version": __version__,
         "model": lm.info.to_dict(),
+        "provenance": c.run.provenance(),
         "behavior": c.behavior.to_dict(),
         "scorer": c.scorer.spec(),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
@@ -298,7 +319,6 @@ def _report(
         "rule": rule_text(cfg.max_ce_increase),
         "unsteered_selection": c.base_sel,
         "summary": summary,
-        "winners": winners(summary, sizes),
         "runs": [{k: v for k, v in r.items() if k != "completions"} for r in runs],
         "examples": examples,
         "cost": {"rows_generated": c.rows, "tokens_generated": c.tokens},

@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..evaluate.select import DEGENERATE
 from ..report._format import is_num, new_figure, num_or_nan, pick, png_bytes, run_timings
 from ..report.render import config_rows, render, timings_view
 from ..runs import Run, _finite
@@ -16,7 +17,13 @@ from ..runs import Run, _finite
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["curves_figure", "pareto_figure", "render_compare_html", "write_compare_report"]
+__all__ = [
+    "curves_figure",
+    "null_figure",
+    "pareto_figure",
+    "render_compare_html",
+    "write_compare_report",
+]
 
 # colour and line per family: steering solid, prompting dashed, finetuning dotted
 STYLE: dict[str, tuple[str, str]] = {
@@ -41,8 +48,8 @@ COST_KEYS = (
     "ce",
     "kl",
     "distinct2",
+    "similarity",
     "fit_seconds",
-    "examples_per_second",
     "examples_used",
 )
 
@@ -105,10 +112,14 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
         for r in pts:
             color, _ = STYLE.get(r["method"], ("tab:gray", "-"))
             lo, hi = r.get("ci") or [r["score"], r["score"]]
+            # a bootstrap interval need not contain its mean (a percentile interval of a
+            # skewed resample can miss it): draw what lies on each side, never a negative bar
+            below = max(0.0, r["score"] - num_or_nan(lo)) if is_num(lo) else 0.0
+            above = max(0.0, num_or_nan(hi) - r["score"]) if is_num(hi) else 0.0
             ax.errorbar(
                 r["ce"],
                 r["score"],
-                yerr=[[r["score"] - lo], [hi - r["score"]]],
+                yerr=[[below], [above]],
                 fmt="o",
                 color=color,
                 ms=4,
@@ -137,6 +148,27 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
     return fig
 
 
+def null_figure(report: Mapping[str, Any]) -> Figure | None:
+    """The random null as a histogram of its directions' mean test scores, with the methods'
+    scores at the same N as vertical lines."""
+    r = report.get("random_null")
+    if not isinstance(r, Mapping) or not r.get("scores"):
+        return None
+    fig = new_figure((7.0, 3.2))
+    ax = fig.add_subplot()
+    ax.hist([num_or_nan(x) for x in r["scores"]], bins=12, color="0.75", label="random directions")
+    for row in report.get("summary") or []:
+        if row.get("n") == r.get("n") and row.get("method") in ("unsteered", "mean_diff", "pca"):
+            color, ls = STYLE.get(row["method"], ("tab:gray", "-"))
+            ax.axvline(
+                num_or_nan(row.get("score")), color=color, ls=ls, lw=1.5, label=row["method"]
+            )
+    ax.set_xlabel(f"test score at N = {r.get('n')}")
+    ax.set_ylabel("directions")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def pareto_front(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Points no other beats on both score (higher) and CE (lower), by increasing CE."""
     front = []
@@ -153,10 +185,17 @@ def _fmt_ci(r: Mapping[str, Any]) -> str:
     return f"{r['score']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _rate(r: Mapping[str, Any] | None) -> str:
+    ci = (r or {}).get("rate_ci") or [None, None]
+    if not (r and is_num(r.get("rate")) and is_num(ci[0]) and is_num(ci[1])):
+        return ""
+    return f"{100 * r['rate']:.0f}% [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
+
+
 def _table(report: Mapping[str, Any]) -> dict[str, Any]:
-    """Methods x N: score [CI]; the winner of each N in bold where it separates."""
+    """Methods x N: score [CI] and rate; the constrained view's winner of each N starred."""
     sizes = list(report.get("train_sizes") or [])
-    win = {w["n"]: w for w in report.get("winners") or []}
+    win = {w["n"]: w for w in report.get("winners") or [] if w.get("view") == "constrained"}
     rows = []
     for m in report.get("methods") or []:
         cells = []
@@ -167,8 +206,10 @@ def _table(report: Mapping[str, Any]) -> dict[str, Any]:
             cells.append(
                 {
                     "text": _fmt_ci(r) if r else "—",
-                    "best": bool(r and w.get("method") == m),
-                    "won": bool(r and w.get("method") == m and w.get("separated")),
+                    "won": bool(r and w.get("method") == m),
+                    "over": bool(r and r.get("within_bound") is False),
+                    "degenerate": bool(r and r.get("degenerate")),
+                    "rate": _rate(r),
                 }
             )
         free = not (by_n and next(iter(by_n.values())).get("uses_examples", True))
@@ -186,25 +227,51 @@ def _costs(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     for m in report.get("methods") or []:
         r = next((x for x in _rows(report, m) if x["n"] == big), None)
         if r:
-            out.append(pick(r, COST_KEYS))
+            budget = r.get("budget") or {}
+            out.append(
+                pick(r, COST_KEYS)
+                | {"candidates": budget.get("candidates"), "tuning_seconds": budget.get("seconds")}
+            )
     return out
 
 
 def _winner_text(report: Mapping[str, Any]) -> list[str]:
     out = []
     for w in report.get("winners") or []:
-        if w.get("separated"):
+        bests = ", ".join(f"{f}: {m}" for f, m in (w.get("family_best") or {}).items() if m)
+        view = w.get("view", "")
+        if w.get("method"):
             out.append(
-                f"N = {w['n']}: {w['method']} ({w['score']:.3f}) is best and its interval "
-                "separates from every other method's"
+                f"N = {w['n']} ({view}): {w['method']} wins: it beats the best of each other "
+                f"family ({', '.join(w.get('beats') or [])}) by paired tests, Holm p < 0.05"
             )
         else:
-            tied = ", ".join(w.get("tied_with") or [])
             out.append(
-                f"N = {w['n']}: {w['method']} has the highest mean ({w['score']:.3f}) but its "
-                f"interval overlaps {tied}: no winner"
+                f"N = {w['n']} ({view}): no winner; no family's best (chosen on selection: "
+                f"{bests or 'none'}) beats both others by paired tests after Holm's correction"
             )
     return out
+
+
+def _contrasts(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    keys = ("a", "b", "n", "kind", "view", "diff", "ci", "p", "p_holm")
+    return [
+        pick(c, keys) | {"significant": is_num(c.get("p_holm")) and c["p_holm"] < 0.05}
+        for c in report.get("contrasts") or []
+    ]
+
+
+def _null(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    r = report.get("random_null")
+    if not isinstance(r, Mapping) or not r.get("scores"):
+        return None
+    lo, hi = r.get("ci") or [None, None]
+    return {
+        **pick(r, ("n_directions", "n", "cell")),
+        "lo": lo,
+        "hi": hi,
+        "percentile": sorted((r.get("percentile") or {}).items()),
+    }
 
 
 def _chosen(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -243,6 +310,7 @@ def render_compare_html(report: Mapping[str, Any]) -> str:
             "draws and prompts; methods without markers use no example)",
         ),
         (pareto_figure, "Score against fluency cost per N; the line joins the Pareto front"),
+        (null_figure, "The random null: norm-matched random directions at mean_diff's chosen cell"),
     ):
         f = make(rep)
         if f is not None:
@@ -259,6 +327,17 @@ def render_compare_html(report: Mapping[str, Any]) -> str:
         figures=figs,
         table=_table(rep),
         winners=_winner_text(rep),
+        contrasts=_contrasts(rep),
+        null=_null(rep),
+        threshold=next((r.get("rate_threshold") for r in rep.get("summary") or []), None),
+        bound=(rep.get("config") or {}).get("max_ce_increase"),
+        degenerate=DEGENERATE,
+        draws_note=(
+            "One draw of training data: the intervals cover prompts, not the choice of "
+            "training examples (the quick preset)."
+            if (rep.get("config") or {}).get("draws") == 1
+            else None
+        ),
         costs=_costs(rep),
         skipped=sorted((rep.get("skipped") or {}).items()),
         chosen=_chosen(rep),

@@ -43,7 +43,8 @@ class Compare:
     def __init__(self, lm: LoadedModel, behavior: Behavior, cfg: CompareConfig, run: Run) -> None:
         self.lm, self.behavior, self.cfg, self.run = lm, behavior, cfg, run
         self.scorer = make_scorer(behavior.scorer, description=behavior.description)
-        self.sel = behavior.prompts("selection")[: cfg.selection_prompts]
+        sel = behavior.prompts("selection")
+        self.sel = sel[: cfg.selection_prompts] if cfg.selection_prompts else sel
         self.test = behavior.prompts("test")
         self.neutral = read_prompts("builtin:harmless:val")[: cfg.neutral_prompts]
         self.pool: list[Pair3] = [(p.prompt, p.positive, p.negative) for p in behavior.pairs]
@@ -87,5 +88,3 @@ class Compare:
                 self.rows += len(prompts)
                 self.tokens += r["tokens"]
         return out
-
-

@@ -10,7 +10,9 @@ unsteered model, a random control...) on a list of open-ended prompts:
   plain prompt, whatever the treatment: per-row edits are off, a prompted view's tokenizer is not
   used, and every peft adapter in the model is disabled (:func:`untreated`). A finetuned model
   would otherwise grade its own fluency, and pass a bound that steering must meet;
-* ``distinct2`` and ``longest_repeat``: repetition of the completion;
+* ``distinct2`` and ``longest_repeat``: repetition of the completion; ``similarity``: how alike
+  the completions to different prompts are (:func:`~steerlab.metrics.text.cross_prompt_similarity`:
+  1 when one memorized reply answers every prompt);
 * ``kl``: first-token KL(unsteered || treated) on neutral prompts (zero by construction for
   ``generated``-only steering, which leaves every prompt's forward alone).
 """
@@ -33,7 +35,7 @@ from ..engines.rows import continuation_nll_rows, next_logprobs_rows
 from ..interventions.base import Intervention
 from ..interventions.per_row import row_touches_prompt
 from ..metrics.stats import kl_divergence
-from ..metrics.text import distinct_n, longest_repeat
+from ..metrics.text import cross_prompt_similarity, distinct_n, longest_repeat
 from ..models.chat import format_prompt, has_chat_template
 from ..models.load import LoadedModel
 
@@ -52,6 +54,8 @@ def summarize(per: dict[str, list[Any]]) -> dict[str, Any]:
     out = {k: _mean(per[k]) for k in ("score", "ce", "distinct2", "longest_repeat")}
     out["n"] = len([s for s in per["score"] if s is not None and math.isfinite(s)])
     out["kl"] = per.get("kl")
+    if "similarity" in per:
+        out["similarity"] = per["similarity"]
     return out
 
 
@@ -191,7 +195,7 @@ class Measurer:
         view: LoadedModel | None = None,
     ) -> list[dict[str, Any]]:
         """Per-prompt figures for each setting: ``{"score": [...], "ce": [...], "distinct2",
-        "longest_repeat", "completions", "kl", "tokens"}``.
+        "longest_repeat", "completions", "similarity", "kl", "tokens"}``.
 
         Args:
             view: the treated model the settings run on (what ``Intervention.applied`` yields:
@@ -232,6 +236,7 @@ class Measurer:
                     "distinct2": [distinct_n(c, 2) for c in comps],
                     "longest_repeat": [float(longest_repeat(c)) for c in comps],
                     "completions": comps,
+                    "similarity": cross_prompt_similarity(comps),
                     "kl": kls[j],
                     "tokens": sum(gen.lengths[sl]),
                 }

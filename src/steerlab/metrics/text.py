@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ..errors import DataError
 
-__all__ = ["distinct_n", "longest_repeat", "repetition", "words"]
+__all__ = ["cross_prompt_similarity", "distinct_n", "longest_repeat", "repetition", "words"]
 
 _WORD = re.compile(r"\w+(?:['\u2019]\w+)*")
 # Rolling hash modulus (a Mersenne prime) and base: collisions are verified, never trusted.
@@ -110,3 +110,30 @@ def repetition(texts: Sequence[str]) -> dict[str, float]:
         "distinct2": sum(distinct_n(t, 2) for t in texts) / len(texts),
         "longest_repeat": sum(longest_repeat(t) for t in texts) / len(texts),
     }
+
+
+def cross_prompt_similarity(completions: Sequence[str], n: int = 2) -> float:
+    """Mean pairwise Jaccard similarity of the word n-gram sets of completions to *different*
+    prompts, in [0, 1]: near 0 for replies that answer their own prompt, 1 when one reply is
+    given to every prompt (a memorized answer a lexicon scorer may still reward). A completion
+    shorter than ``n`` words counts its words; two empty completions are identical.
+
+    Example:
+        >>> cross_prompt_similarity(["I love it", "I love it", "I love it"])
+        1.0
+    """
+    sets = []
+    for text in completions:
+        toks = words(text)
+        k = n if len(toks) >= n else 1
+        sets.append({tuple(toks[i : i + k]) for i in range(len(toks) - k + 1)})
+    if len(sets) < 2:
+        return float("nan")
+    total, pairs = 0.0, 0
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            a, b = sets[i], sets[j]
+            union = len(a | b)
+            total += len(a & b) / union if union else 1.0
+            pairs += 1
+    return total / pairs

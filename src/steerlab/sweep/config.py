@@ -63,8 +63,9 @@ class SweepConfig(Checked):
             the unsteered model over its own completions.
         pairs: K > 1 adds every pair of the K best layers with the coefficient split, and the
             per-layer sufficiency / necessity profile.
-        random_control: also evaluate a norm-matched random vector at every grid cell (the
-            chosen cell's random control is always evaluated on the test split).
+        random_control: also evaluate a norm-matched random vector at every grid cell.
+        random_directions: norm-matched random directions scored at the chosen cell on the test
+            split, always: the null distribution the chosen direction is placed in.
     """
 
     layers: str | None = field(
@@ -103,6 +104,11 @@ class SweepConfig(Checked):
     random_control: bool = field(
         default=False,
         metadata=cli("a norm-matched random vector at every grid cell", "--random-control"),
+    )
+    random_directions: int = field(
+        default=20,
+        metadata=bounds(ge=2, le=1000)
+        | cli("norm-matched random directions at the chosen cell on test (the null)"),
     )
     neutral_prompts: int = field(default=12, metadata=bounds(ge=0))
     necessity_prompts: int = field(default=16, metadata=bounds(ge=1))

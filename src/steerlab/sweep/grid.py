@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from ..interventions.treatments import Steer
-from ..metrics.stats import separated
 
 __all__ = ["Cell", "verdict"]
 
@@ -39,45 +38,43 @@ class Cell:
         return Steer(delta, layers=self.layer, positions=self.positions, name=label or self.key)  # type: ignore[arg-type]
 
 
-def verdict(test: dict[str, Any]) -> dict[str, Any]:
-    """Whether the steered cell beats the unsteered model by non-overlapping 95% intervals on
-    the test split, and where the random control at the same cell lands."""
-    s, u, r = test["steered"], test["unsteered"], test["random"]
-    up = s["score"] > u["score"]
-    beats = separated(s["ci"], u["ci"])
-    inside = bool(u["ci"][0] <= r["score"] <= u["ci"][1])
-    r_beats = separated(r["ci"], u["ci"])
-    r_same_way = r_beats and (r["score"] > u["score"]) == up
+def verdict(test: dict[str, Any], alpha: float = 0.05) -> dict[str, Any]:
+    """What the test split says of the chosen cell, from its two pre-named paired contrasts
+    (steered vs unsteered, steered vs the random directions' mean, Holm-corrected) and where
+    the direction falls in the null distribution of norm-matched random directions."""
+    vs_u, vs_n = test["paired"]["vs_unsteered"], test["paired"]["vs_null_mean"]
+    null = test["random"]
+    up = vs_u["diff"] > 0
+    beats = bool(vs_u["p_holm"] < alpha)
+    beyond = bool(vs_n["p_holm"] < alpha and null["p_direction"] < alpha)
     moved = "raises" if up else "lowers"
+    pct = null["percentile"]
+    n = null["n_directions"]
     if not beats:
         text = (
-            "steering does not move the score on the test split by separated intervals: this "
-            "behaviour is not shown to be steerable here with this direction"
+            f"steering does not move the score on the test split (paired difference "
+            f"{vs_u['diff']:+.3f}, Holm p = {vs_u['p_holm']:.2g}): this behaviour is not shown to "
+            "be steerable here with this direction"
         )
-    elif inside:
+    elif beyond:
         text = (
-            f"steering {moved} the score on the test split (intervals separate from the "
-            "unsteered model's), and the random control at the same cell stays inside the "
-            "unsteered interval"
-        )
-    elif r_same_way:
-        text = (
-            f"steering {moved} the score, but a random vector of the same norm also moves it "
-            "the same way with separated intervals: part of the effect may be any push of that "
-            "size"
+            f"steering {moved} the score on the test split (paired difference "
+            f"{vs_u['diff']:+.3f}, Holm p = {vs_u['p_holm']:.2g}), beyond {n} norm-matched "
+            f"random directions at the same cell (above {pct:.0f}% of them, p = "
+            f"{null['p_direction']:.2g}): the effect is specific to the direction"
         )
     else:
         text = (
-            f"steering {moved} the score (intervals separate); the random control leaves the "
-            "unsteered interval "
-            + ("in the opposite direction" if r_beats else "without separating from it")
-            + ", so the effect is specific to the direction, though a push of that size alone "
-            "is not neutral"
+            f"steering {moved} the score on the test split (paired difference "
+            f"{vs_u['diff']:+.3f}, Holm p = {vs_u['p_holm']:.2g}), but not beyond {n} "
+            f"norm-matched random directions at the same cell (it scores above {pct:.0f}% of "
+            f"them, p = {null['p_direction']:.2g}): a push of that size may do as much"
         )
+    null_ci = null["ci"]
     return {
         "steered_beats_unsteered": bool(beats and up),
-        "steered_moves_score": bool(beats),
-        "random_inside_unsteered": inside,
-        "random_moves_same_way": bool(r_same_way),
+        "steered_moves_score": beats,
+        "beyond_random_null": bool(beyond and up),
+        "random_inside_unsteered": bool(null_ci[0] <= test["unsteered"]["score"] <= null_ci[1]),
         "text": text,
     }

@@ -1,13 +1,15 @@
-"""Multi-layer maps: edits at several layers at once, and what each layer is needed for.
+"""Multi-layer maps, measured on the **test** split (held out from every choice and from the
+direction's contrast data), each effect a paired difference with its interval.
 
-* **pairs**: for the K best layers, add the direction at every pair (a, b) with the chosen
-  coefficient split in half between them, beside each layer alone at half strength;
-  ``interaction = effect(a+b) - effect(a) - effect(b)`` (effects relative to the unsteered
-  model): zero when the two edits add up, positive when they reinforce each other.
-* **profile**: per layer, *sufficiency* (adding at that layer alone, at the chosen coefficient,
-  moves the score by this much) against *necessity* (projecting the direction out at that layer
-  alone, on prompts where the unsteered model shows the behaviour, lowers the score by this
-  much), with the ablation at every layer at once for reference.
+* **pairs**: for the K best layers (ranked on the selection grid), add the direction at every
+  pair (a, b) with the chosen coefficient split in half between them, beside each layer alone
+  at half strength; per prompt, ``interaction = (s_ab - s_0) - (s_a - s_0) - (s_b - s_0)``:
+  zero when the two edits add up, positive when they reinforce each other.
+* **profile**: per layer, *sufficiency* (adding at that layer alone at the chosen coefficient,
+  against the unsteered model on the same test prompts; the grid cells that chose the strength
+  are not reused) against *necessity* (projecting the direction out at that layer alone, on the
+  test prompts where the unsteered model shows the behaviour, score >= 0.5), with the ablation
+  at every layer at once for reference.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..evaluate.measure import summarize
 from ..evaluate.select import rank_key
 from ..interventions.base import Compose, NoOp
 from ..interventions.treatments import Ablate, Steer
+from ..metrics.stats import mean_ci, paired
 from .grid import Cell
 
 if TYPE_CHECKING:
@@ -42,9 +47,15 @@ def _best_layers(
     return sorted(sorted(best, key=lambda lay: best[lay])[:k])
 
 
+def _square(k: int) -> list[list[Any]]:
+    return [[None] * k for _ in range(k)]
+
+
 def _pairs(sw: Sweep, cells: list[dict[str, Any]], chosen: Cell, base: dict) -> dict[str, Any]:
+    """``base``: the unsteered model's per-prompt test figures (``score``, ``ce``)."""
     cfg = sw.cfg
-    top = _best_layers(cells, chosen.positions, base["ce"], cfg.max_ce_increase, cfg.pairs)
+    sel_ce = summarize(base["selection"])["ce"]
+    top = _best_layers(cells, chosen.positions, sel_ce, cfg.max_ce_increase, cfg.pairs)
     half = chosen.coeff / 2
     singles = [Cell(lay, half, chosen.positions).setting(sw.units, sw.norms) for lay in top]
     combos = list(itertools.combinations(top, 2))
@@ -58,83 +69,72 @@ def _pairs(sw: Sweep, cells: list[dict[str, Any]], chosen: Cell, base: dict) -> 
         )
         for a, b in combos
     ]
-    sel = sw.behavior.prompts("selection")
-    res = sw.evaluate(singles + both, sel, sw.items("selection"), "pairs")
-    summ = [summarize(r) for r in res]
-    single = {lay: summ[i]["score"] - base["score"] for i, lay in enumerate(top)}
+    res = sw.evaluate(singles + both, base["prompts"], sw.items("test"), "pairs-test")
+    s0 = np.asarray(base["score"], dtype=float)
+    eff = {lay: np.asarray(res[i]["score"], dtype=float) - s0 for i, lay in enumerate(top)}
     k = len(top)
-    effect = [[None] * k for _ in range(k)]
-    inter = [[None] * k for _ in range(k)]
-    ce = [[None] * k for _ in range(k)]
+    effect, inter, inter_ci, ce = _square(k), _square(k), _square(k), _square(k)
+    base_ce = summarize(base)["ce"]
     for j, (a, b) in enumerate(combos):
-        s = summ[len(top) + j]
+        r = res[len(top) + j]
+        e = np.asarray(r["score"], dtype=float) - s0
+        per = e - eff[a] - eff[b]  # per-prompt interaction
         ia, ib = top.index(a), top.index(b)
-        e = s["score"] - base["score"]
         for x, y in ((ia, ib), (ib, ia)):
-            effect[x][y] = e
-            inter[x][y] = e - single[a] - single[b]
-            ce[x][y] = s["ce"] - base["ce"]
+            effect[x][y] = float(np.nanmean(e))
+            inter[x][y] = float(np.nanmean(per))
+            inter_ci[x][y] = list(mean_ci(per, seed=cfg.seed))
+            ce[x][y] = summarize(r)["ce"] - base_ce
     return {
         "layers": top,
         "coeff_each": half,
         "positions": chosen.positions,
-        "single_effect": [single[lay] for lay in top],
+        "split": "test",
+        "single_effect": [float(np.nanmean(eff[lay])) for lay in top],
         "pair_effect": effect,
         "interaction": inter,
+        "interaction_ci": inter_ci,
         "pair_ce_increase": ce,
     }
 
 
-def _present(sw: Sweep) -> tuple[list[str], list[Any] | None, list[float]]:
-    """Prompts (or items) on which the unsteered model shows the behaviour (score >= 0.5)."""
+def _sufficiency(sw: Sweep, chosen: Cell, base: dict) -> tuple[list[float], list[list[float]]]:
+    cells = [Cell(lay, chosen.coeff, chosen.positions) for lay in sw.layers]
+    settings = [c.setting(sw.units, sw.norms) for c in cells]
+    res = sw.evaluate(settings, base["prompts"], sw.items("test"), "sufficiency", kl=False)
+    rows = [paired(r["score"], base["score"], seed=sw.cfg.seed) for r in res]
+    return [r["diff"] for r in rows], [r["ci"] for r in rows]
+
+
+def _present(sw: Sweep, base: dict) -> tuple[list[str], list[Any] | None]:
+    """Test prompts (or items) on which the unsteered model shows the behaviour (>= 0.5)."""
     cap = sw.cfg.necessity_prompts
-    sel = sw.behavior.prompts("selection")
-    if sw.scorer.kind != "text":
-        items = sw.items("selection") or []
-        per = sw.evaluate([NoOp()], sel[:cap], items, "present", kl=False)
-        keep = [it for it, s in zip(items, per[0]["score"], strict=True) if s >= 0.5][:cap]
-        return sel[:cap], keep, []
-    pool = list(sw.behavior.positive) if sw.behavior.positive else list(sel)
-    pool = pool[: 3 * cap]
-    per = sw.evaluate([NoOp()], pool, None, "present", kl=False)[0]
-    keep = [p for p, s in zip(pool, per["score"], strict=True) if s >= 0.5][:cap]
-    return keep, None, []
+    keep = [i for i, s in enumerate(base["score"]) if s >= 0.5][:cap]
+    items = sw.items("test")
+    if items is not None:
+        return base["prompts"][: len(keep)], [items[i] for i in keep]
+    return [base["prompts"][i] for i in keep], None
 
 
-def _profile(sw: Sweep, cells: list[dict[str, Any]], chosen: Cell, base: dict) -> dict[str, Any]:
-    by_key = {c["key"]: c for c in cells}
-    missing = [
-        Cell(lay, chosen.coeff, chosen.positions)
-        for lay in sw.layers
-        if Cell(lay, chosen.coeff, chosen.positions).key not in by_key
-    ]
-    sel = sw.behavior.prompts("selection")
-    if missing:  # successive halving skipped them: measure each layer alone now
-        res = sw.evaluate(
-            [c.setting(sw.units, sw.norms) for c in missing], sel, sw.items("selection"), "grid"
-        )
-        for c, r in zip(missing, res, strict=True):
-            by_key[c.key] = {"score": summarize(r)["score"]}
-    suff = [
-        by_key[Cell(lay, chosen.coeff, chosen.positions).key]["score"] - base["score"]
-        for lay in sw.layers
-    ]
-    prompts, items, _ = _present(sw)
+def _profile(sw: Sweep, chosen: Cell, base: dict) -> dict[str, Any]:
+    suff, suff_ci = _sufficiency(sw, chosen, base)
+    prompts, items = _present(sw, base)
     n_present = len(items) if items is not None else len(prompts)
     out: dict[str, Any] = {
         "layers": sw.layers,
         "coeff": chosen.coeff,
+        "split": "test",
         "sufficiency": suff,
+        "sufficiency_ci": suff_ci,
         "present": n_present,
     }
     if n_present < MIN_PRESENT:
         out["necessity"] = None
         out["note"] = (
-            f"only {n_present} prompt(s) show the behaviour unsteered (need {MIN_PRESENT}): "
+            f"only {n_present} test prompt(s) show the behaviour unsteered (need {MIN_PRESENT}): "
             "necessity is not measured"
         )
         return out
-    gen_prompts = prompts if items is None else sel[: len(prompts)]
     settings: list[Any] = [NoOp()]
     settings += [
         Ablate(sw.units[lay], layers=[lay], writes=False, name=f"ablate L{lay}")
@@ -145,27 +145,28 @@ def _profile(sw: Sweep, cells: list[dict[str, Any]], chosen: Cell, base: dict) -
         name="ablate all",
     )
     settings.append(every)
-    res = [summarize(r) for r in sw.evaluate(settings, gen_prompts, items, "necessity", kl=False)]
-    ref = res[0]["score"]
-    out["necessity"] = [ref - r["score"] for r in res[1:-1]]
+    res = sw.evaluate(settings, prompts, items, "necessity", kl=False)
+    rows = [paired(res[0]["score"], r["score"], seed=sw.cfg.seed) for r in res[1:]]
+    ref = summarize(res[0])
+    out["necessity"] = [r["diff"] for r in rows[:-1]]
+    out["necessity_ci"] = [r["ci"] for r in rows[:-1]]
     # what each ablation cost in fluency: a large drop with broken text is not a clean necessity
-    out["necessity_ce_increase"] = [r["ce"] - res[0]["ce"] for r in res[1:]]
-    out["necessity_all_layers"] = ref - res[-1]["score"]
-    out["present_score"] = ref
-    out["source"] = (
-        "selection items"
-        if items is not None
-        else "positive contrast prompts"
-        if sw.behavior.positive
-        else "selection prompts"
-    )
+    out["necessity_ce_increase"] = [summarize(r)["ce"] - ref["ce"] for r in res[1:]]
+    out["necessity_all_layers"] = rows[-1]["diff"]
+    out["necessity_all_layers_ci"] = rows[-1]["ci"]
+    out["present_score"] = ref["score"]
+    out["source"] = "test items" if items is not None else "test prompts"
     return out
 
 
-def multi_layer(sw: Sweep, cells: list[dict[str, Any]], chosen: Cell, base: dict) -> dict:
-    """The maps the config asks for (``pairs`` >= 2 implies the profile too)."""
+def multi_layer(
+    sw: Sweep, cells: list[dict[str, Any]], chosen: Cell, base: dict[str, Any]
+) -> dict[str, Any]:
+    """The maps the config asks for (``pairs`` >= 2 implies the profile too). ``base``: the
+    unsteered model's per-prompt figures on the test split (``prompts``, ``score``, ``ce``,
+    ...) and on selection (``selection``)."""
     out: dict[str, Any] = {}
     if sw.cfg.pairs >= 2:
         out["pairs"] = _pairs(sw, cells, chosen, base)
-    out["profile"] = _profile(sw, cells, chosen, base)
+    out["profile"] = _profile(sw, chosen, base)
     return out

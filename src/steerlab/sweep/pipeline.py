@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._version import __version__
@@ -30,7 +31,7 @@ from ..evaluate.measure import summarize
 from ..evaluate.norms import residual_norms
 from ..evaluate.select import choose, rule_text
 from ..interventions.base import NoOp
-from ..metrics.stats import mean_ci
+from ..metrics.stats import holm, mean_ci, null_percentile, null_test, paired, percentile_interval
 from ..models.load import LoadedModel
 from ..runs import Run
 from . import maps
@@ -155,14 +156,48 @@ _TRIO = ("steered", "unsteered", "random")
 
 
 def _test(sw: Sweep, chosen: Cell, test: list[str]) -> list[dict[str, Any]]:
-    """Step 4: per-prompt figures of the chosen cell, the unsteered model and a random vector
-    of the same norm at the same cell, on the test split (in :data:`_TRIO` order)."""
-    trio = [
-        chosen.setting(sw.units, sw.norms, "steered"),
-        NoOp(),
-        sw.random_setting(chosen),
-    ]
-    return sw.evaluate(trio, test, sw.items("test"), "test")
+    """Step 4: per-prompt figures of the chosen cell, the unsteered model and
+    ``random_directions`` norm-matched random vectors at the same cell, on the test split
+    (steered, unsteered, then the random draws)."""
+    settings = [chosen.setting(sw.units, sw.norms, "steered"), NoOp()]
+    settings += [sw.random_setting(chosen, j) for j in range(sw.cfg.random_directions)]
+    return sw.evaluate(settings, test, sw.items("test"), "test")
+
+
+def _null(res: list[dict[str, Any]], steered: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The random directions' test figures as a distribution, and the steered cell in it."""
+    scores = [summarize(r)["score"] for r in res]
+    per_prompt = np.nanmean(np.array([r["score"] for r in res], dtype=float), axis=0)
+    keys = ("score", "ce", "distinct2", "longest_repeat")
+    pooled = summarize({k: [x for r in res for x in r[k]] for k in keys})
+    return {
+        "score": float(np.mean(scores)),
+        "ci": list(percentile_interval(scores)),
+        "ci_kind": "central 95% of the random directions' mean scores",
+        "mean_ci": list(mean_ci(per_prompt, seed=seed)),
+        "ce": pooled["ce"],
+        "n": pooled["n"],
+        "distinct2": pooled["distinct2"],
+        "longest_repeat": pooled["longest_repeat"],
+        "kl": float(np.nanmean([r["kl"] for r in res])) if res[0]["kl"] is not None else None,
+        "n_directions": len(res),
+        "null_scores": scores,
+        "percentile": null_percentile(steered["score"], scores),
+        "p_direction": null_test(steered["score"], scores),
+        "_per_prompt": per_prompt,
+    }
+
+
+def _paired(res: list[dict[str, Any]], null: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The two pre-named contrasts of the test split, Holm-corrected together."""
+    steered, base = res[0]["score"], res[1]["score"]
+    out = {
+        "vs_unsteered": paired(steered, base, seed=seed),
+        "vs_null_mean": paired(steered, null.pop("_per_prompt"), seed=seed),
+    }
+    for c, p in zip(out.values(), holm([c["p"] for c in out.values()]), strict=True):
+        c["p_holm"] = p
+    return out
 
 
 def _report(
@@ -178,11 +213,14 @@ def _report(
 ) -> dict[str, Any]:
     """The ``sweep.json`` dict, without its maps, cost and timings (added once known)."""
     cfg, best = sw.cfg, pick["cell"]
-    test_rep = {name: _interval(r) for name, r in zip(_TRIO, res, strict=True)}
+    test_rep: dict[str, Any] = {name: _interval(r) for name, r in zip(_TRIO[:2], res, strict=True)}
+    test_rep["random"] = _null(res[2:], test_rep["steered"], cfg.seed)
+    test_rep["paired"] = _paired(res, test_rep["random"], cfg.seed)
     return {
         "kind": "sweep",
         "steerlab_version": __version__,
         "model": sw.lm.info.to_dict(),
+        "provenance": sw.run.provenance(),
         "behavior": sw.behavior.to_dict(),
         "scorer": sw.scorer.spec(),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
@@ -205,7 +243,12 @@ def _report(
             name: [
                 {"prompt": p, "completion": c} for p, c in zip(test, r["completions"], strict=False)
             ][:6]
-            for name, r in zip(_TRIO, res, strict=True)
+            for name, r in zip(_TRIO, res, strict=False)  # random: the first draw's
+        },
+        "per_prompt": {
+            "prompts": test,
+            **{name: r["score"] for name, r in zip(_TRIO[:2], res, strict=False)},
+            "random": [r["score"] for r in res[2:]],
         },
     }
 
@@ -255,7 +298,8 @@ def run_sweep(
     report = _report(sw, source, base, cells, search, pick, chosen, test, res)
     if cfg.pairs >= 2 or cfg.profile:
         with run.step("maps"):
-            report["maps"] = maps.multi_layer(sw, full, chosen, base)
+            held_out = {**res[1], "prompts": test, "selection": base["_per"]}
+            report["maps"] = maps.multi_layer(sw, full, chosen, held_out)
     report["cost"] = {"rows_generated": sw.rows_run, "tokens_generated": sw.tokens}
     report["timings"] = run.timing_report()
     run.write_json("sweep.json", report)

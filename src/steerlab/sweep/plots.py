@@ -303,8 +303,18 @@ def _coeff(x: Any) -> str:
     return f"coefficient {float(x):g}" if is_num(x) else "coefficient —"
 
 
+def _band(ax: Any, xs: list[Any], ci: Any, color: str) -> None:
+    """A shaded 95% interval under a profile line, where the report has one."""
+    rows = list(ci or [])[: len(xs)]
+    if not rows:
+        return
+    lo = [num_or_nan(r[0]) if isinstance(r, (list, tuple)) else math.nan for r in rows]
+    hi = [num_or_nan(r[1]) if isinstance(r, (list, tuple)) else math.nan for r in rows]
+    ax.fill_between(xs[: len(rows)], lo, hi, color=color, alpha=0.15, lw=0)
+
+
 def profile_figure(profile: Mapping[str, Any]) -> Figure | None:
-    """Sufficiency and (when measured) necessity against layer."""
+    """Sufficiency and (when measured) necessity against layer, with their 95% intervals."""
     layers = list(profile.get("layers") or [])
     if not layers:
         return None
@@ -319,6 +329,7 @@ def profile_figure(profile: Mapping[str, Any]) -> Figure | None:
         color="#c0392b",
         label="sufficiency: score gained adding at this layer alone",
     )
+    _band(ax, layers, profile.get("sufficiency_ci"), "#c0392b")
     nec = profile.get("necessity")
     if nec:
         ax.plot(
@@ -329,6 +340,7 @@ def profile_figure(profile: Mapping[str, Any]) -> Figure | None:
             color="#2e6da4",
             label="necessity: score lost projecting out at this layer",
         )
+        _band(ax, layers, profile.get("necessity_ci"), "#2e6da4")
         allv = profile.get("necessity_all_layers")
         if is_num(allv):
             ax.axhline(
@@ -341,7 +353,7 @@ def profile_figure(profile: Mapping[str, Any]) -> Figure | None:
     ax.axhline(0.0, color="0.3", lw=0.8, ls=":")
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(integer_locator())
-    ax.set_ylabel("score change")
+    ax.set_ylabel("score change (test split)")
     ax.set_title(f"Per-layer profile ({_coeff(profile.get('coeff'))})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -98,7 +98,7 @@ def _test_rows(test: Mapping[str, Any]) -> list[dict[str, Any]]:
     names = (
         ("steered", "steered (chosen cell)"),
         ("unsteered", "unsteered"),
-        ("random", "random vector, same norm and cell"),
+        ("random", "random directions, same norm and cell (mean)"),
     )
     base = (test.get("unsteered") or {}).get("score")
     rows = []
@@ -107,6 +107,27 @@ def _test_rows(test: Mapping[str, Any]) -> list[dict[str, Any]]:
         diff = row["score"] - base if is_num(row["score"]) and is_num(base) else None
         rows.append({"name": label, **row, "effect": None if key == "unsteered" else diff})
     return rows
+
+
+_CONTRASTS = (
+    ("vs_unsteered", "steered − unsteered"),
+    ("vs_null_mean", "steered − mean of the random directions"),
+)
+
+
+def _contrasts(test: Mapping[str, Any]) -> list[dict[str, Any]]:
+    got = test.get("paired")
+    if not isinstance(got, Mapping):
+        return []
+    keys = ("diff", "ci", "p", "p_holm", "n")
+    return [{"name": label, **pick(got.get(k), keys)} for k, label in _CONTRASTS if k in got]
+
+
+def _null_view(test: Mapping[str, Any]) -> dict[str, Any] | None:
+    r = test.get("random")
+    if not isinstance(r, Mapping) or "n_directions" not in r:
+        return None
+    return pick(r, ("n_directions", "score", "ci", "percentile", "p_direction"))
 
 
 def _top_cells(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -220,9 +241,9 @@ def render_sweep_html(report: Mapping[str, Any]) -> str:
         model=pick(model, ("model_id", "model_type", "n_layers", "d_model")),
         behavior=pick(behavior, ("name", "source", "scorer", "description")),
         counts=pick(behavior.get("counts"), ("selection", "test", "positive", "negative")),
-        verdict=pick(
-            rep.get("verdict"), ("text", "steered_beats_unsteered", "random_inside_unsteered")
-        ),
+        verdict=pick(rep.get("verdict"), ("text", "steered_beats_unsteered", "beyond_random_null")),
+        contrasts=_contrasts(rep.get("test") or {}),
+        null=_null_view(rep.get("test") or {}),
         test=_test_rows(rep.get("test") or {}),
         chosen={
             **pick(chosen, ("layer", "coeff", "positions", "key", "rule", "within_bound")),

@@ -62,13 +62,22 @@ class Sweep:
             return None
         return list(self.behavior.items(split))  # type: ignore[arg-type]
 
-    def random_setting(self, cell: Cell) -> Steer:
-        delta = self.random[cell.layer] * (cell.coeff * self.norms[cell.layer])
+    def random_setting(self, cell: Cell, draw: int = 0) -> Steer:
+        """A norm-matched random vector at ``cell``: draw 0 is the grid's control, draws 1...
+        the rest of the test split's null distribution."""
+        unit = (
+            self.random[cell.layer]
+            if draw == 0
+            else random_units(self.lm.info.d_model, [cell.layer], self.cfg.seed * 7919 + draw)[
+                cell.layer
+            ]
+        )
+        delta = unit * (cell.coeff * self.norms[cell.layer])
         return Steer(
             delta,
             layers=cell.layer,
             positions=cell.positions,  # type: ignore[arg-type]
-            name=f"random {cell.key}",
+            name=f"random {cell.key}" if draw == 0 else f"random#{draw} {cell.key}",
         )
 
     def evaluate(

@@ -55,6 +55,8 @@ def _out_dir(cmd: list[str]) -> Path:
 
 def record(name: str, cmd: list[str], max_chars: int = 200) -> Path:
     out = _out_dir(cmd)
+    # the code that runs is the tree as it is now, whatever is committed while it runs
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "-uno"))
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
@@ -66,8 +68,8 @@ def record(name: str, cmd: list[str], max_chars: int = 200) -> Path:
         "name": name,
         "command": shlex.join(cmd),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "steerlab_version": result.get("steerlab_version"),
         "machine": machine(),
         "wall_seconds": round(wall, 1),

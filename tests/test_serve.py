@@ -37,6 +37,7 @@ from steerlab.serve.batcher import Call  # noqa: E402
 
 PROMPTS = ["tell me about your day", "what a day", "i am so happy today", "life is great"]
 N = 12  # new tokens per request
+JSON = {"Content-Type": "application/json"}
 
 
 def _lm() -> LoadedModel:
@@ -248,10 +249,10 @@ def test_bad_requests_get_one_line_4xx_and_the_server_lives(
     check(steer(coeff="big"), 400)
     nan = json.dumps({"messages": msgs, "steerlab": {"steer": [{"direction": "steer/happy"}]}})
     nan = nan.replace('"steer/happy"', '"steer/happy", "layer": 2, "coeff": NaN')
-    assert "finite" in check(httpx.post(chat, content=nan), 400)
+    assert "finite" in check(httpx.post(chat, content=nan, headers=JSON), 400)
     check(httpx.post(chat, json={"messages": msgs, "steerlab": {"bogus": []}}), 400)
     check(httpx.post(chat, json={"messages": []}), 400)
-    check(httpx.post(chat, content=b"{not json"), 400)
+    check(httpx.post(chat, content=b"{not json", headers=JSON), 400)
     check(httpx.post(chat, json={"messages": msgs, "n": 3}), 400)
     # uploads: wrong width, not safetensors, too large, a path as its name
     wide = _direction(lm, (1,), 3, width=D + 1)
@@ -281,10 +282,10 @@ def test_upload_list_and_use(live: Live, lm: LoadedModel, tmp_path: Path) -> Non
     d.save(tmp_path / "mine.safetensors")
     files = {"file": ("mine.safetensors", (tmp_path / "mine.safetensors").read_bytes())}
     r = httpx.post(live.url + "/directions", files=files, data={"name": "uploads/mine"})
-    assert r.status_code == 200 and r.json() == {"name": "uploads/mine"}
+    assert r.status_code == 200 and r.json() == {"name": "upload:uploads/mine"}
     names = httpx.get(live.url + "/directions").json()["directions"]
-    assert {"uploads/mine", "steer/happy", "abl/dir"} <= set(names)
-    steer = {"steer": [{"direction": "uploads/mine", "coeff": 6.0}]}  # its only layer
+    assert {"upload:uploads/mine", "steer/happy", "abl/dir"} <= set(names)
+    steer = {"steer": [{"direction": "upload:uploads/mine", "coeff": 6.0}]}  # its only layer
     got = live.chat(PROMPTS[0], steer).choices[0].message.content
     assert got == _ref(lm, PROMPTS[0], [Steer(d, layers=2, coeff=6.0)])
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from ..errors import SteerlabError
 from .responses import error_response
 
-__all__ = ["LOOPBACK_HOSTS", "Access", "BodyTooLarge", "Guard"]
+__all__ = ["LOOPBACK_HOSTS", "Access", "BodyTooLarge", "Guard", "parse_list"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 Scope = MutableMapping[str, Any]

@@ -6,6 +6,7 @@ Imports nothing heavy: the CLI reads the options from here before FastAPI is imp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from ..configs import Checked, bounds, cli
 
 __all__ = ["ServeConfig"]

@@ -82,6 +82,17 @@ class Reply:
         self.prompt_tokens = prompt_tokens
         self.logprobs: list[dict[str, Any]] = []
 
+    def note_logprobs(self, token: int, logprob: float, top: list[tuple[int, float]]) -> None:
+        """Record the next token's log-probability and its alternatives' (call before
+        :meth:`push`); each token is named by the text it adds to the reply so far."""
+        before = self.tok.decode(self.ids, skip_special_tokens=True)
+
+        def piece(t: int) -> str:
+            return self.tok.decode([*self.ids, t], skip_special_tokens=True)[len(before) :]
+
+        alts = [(piece(t), v) for t, v in top]
+        self.logprobs.append({"token": piece(token), "logprob": logprob, "top": alts})
+
     def _render(self) -> tuple[str, bool]:
         text = self.tok.decode(self.ids, skip_special_tokens=True)
         cuts = [text.find(s) for s in self.job.stop if s and s in text]

@@ -82,8 +82,9 @@ class Running:
             self._hooks.close()
             self._hooks = None
 
-    def _pick(self, logits: torch.Tensor, s: Slot) -> tuple[int, dict[str, Any] | None]:
-        """The row's next token from its (V,) logits, and its log-probability entry."""
+    def _pick(self, logits: torch.Tensor, s: Slot) -> tuple[int, Any]:
+        """The row's next token from its (V,) logits, and (its log-probability, [(token id,
+        log-probability)] of the top alternatives) when the request asked for them."""
         scores = logits.float()[None]
         if s.warpers:
             warped = scores
@@ -96,26 +97,18 @@ class Running:
         n = s.job.logprobs
         if n is None:
             return tok, None
-        lp = torch.log_softmax(scores[0], -1)
-        dec = self.lm.tokenizer.decode
+        lp = torch.log_softmax(scores[0], -1)  # the model's distribution, before any warper
         top = lp.topk(n) if n else None
-        alts = (
-            [] if top is None else list(zip(top.values.tolist(), top.indices.tolist(), strict=True))
-        )
-        entry = {
-            "token": dec([tok]),
-            "logprob": float(lp[tok]),
-            "top": [(dec([i]), v) for v, i in alts],
-        }
-        return tok, entry
+        alts = [] if top is None else zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        return tok, (float(lp[tok]), list(alts))
 
     def _take(self, s: Slot, logits: torch.Tensor) -> bool:
         """Decode one token for ``s``; True when its row has ended."""
-        tok, entry = self._pick(logits, s)
+        tok, lps = self._pick(logits, s)
         if tok in self.eos:
             return s.reply.push(None)
-        if entry is not None:
-            s.reply.logprobs.append(entry)
+        if lps is not None:
+            s.reply.note_logprobs(tok, *lps)
         s.last, s.pos = tok, s.pos + 1
         return s.reply.push(tok)
 

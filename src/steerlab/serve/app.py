@@ -36,6 +36,7 @@ from .completions import Limits, complete, context_of, json_body
 from .directions import DEFAULT_UPLOAD_LIMIT, DirectionRegistry, safe_path
 from .protocol import BadRequest, NotFound
 from .responses import Pipe, error_response, status_of, wait_result
+from .schemas import CHAT, COMPLETION, READ, UPLOAD, body
 from .security import Access, Guard
 from .views import projections, run_list
 
@@ -113,7 +114,8 @@ def create_app(
         yield
         srv.batcher.close()
 
-    app = FastAPI(title="steerlab serve", lifespan=lifespan)
+    # no /docs: its page loads scripts from a CDN, which the CSP refuses; /openapi.json stays
+    app = FastAPI(title="steerlab serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher = srv.batcher
     app.state.directions = srv.reg
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
@@ -180,11 +182,11 @@ async def _complete(srv: _Server, request: Request, chat: bool) -> Any:
 def _completion_routes(app: FastAPI, srv: _Server) -> None:
     """OpenAI's chat and text completions, with the ``steerlab`` field."""
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=body(CHAT))
     async def chat_completions(request: Request) -> Any:
         return await _complete(srv, request, True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=body(COMPLETION))
     async def completions(request: Request) -> Any:
         return await _complete(srv, request, False)
 
@@ -238,11 +240,11 @@ def _direction_routes(app: FastAPI, srv: _Server) -> None:
     def directions() -> dict[str, Any]:
         return {"directions": srv.reg.names()}
 
-    @app.post("/directions")
+    @app.post("/directions", openapi_extra=body(UPLOAD, "multipart/form-data"))
     async def upload(request: Request) -> Any:
         return await _upload(srv, request)
 
-    @app.post("/read")
+    @app.post("/read", openapi_extra=body(READ))
     async def read(request: Request) -> Any:
         return await _read(srv, request)
 

@@ -308,3 +308,41 @@ def test_upload_bytes_in_all_are_capped(lm: LoadedModel, runs: Path) -> None:
     with pytest.raises(UploadTooLarge, match="limit"):
         reg.add_upload(data, "b", None)
     assert reg.names()[0] == "upload:a"
+
+
+def test_cli_flags_set_the_access_rules(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from steerlab.cli import app as cli
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    args = ["serve", "--model", str(tiny_dir), "--runs", str(tiny_dir), "-q"]
+    flags = ["--api-key", KEY, "--allowed-hosts", "testserver,api.example", "--max-body-mb", "0.01"]
+    res = CliRunner().invoke(cli, [*args, *flags, "--cors-origins", "https://app.example"])
+    assert res.exit_code == 0, res.output
+    with TestClient(seen["app"]) as client:  # Host: testserver, allowed by the flag
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/v1/models", headers=AUTH).status_code == 200
+        assert client.get("/v1/models", headers={**AUTH, "Host": "api.example"}).status_code == 200
+        r = client.get("/v1/models", headers={**AUTH, "Host": "other.example"})
+        assert r.status_code == 421
+        big = {"prompt": "a" * 20_000}
+        assert client.post("/v1/completions", json=big, headers=AUTH).status_code == 413
+        pre = client.options(
+            "/v1/models",
+            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert pre.headers["access-control-allow-origin"] == "https://app.example"
+    # the key from the environment; a non-loopback bind without one is warned about
+    monkeypatch.setenv("STEERLAB_API_KEY", "from-env")
+    res = CliRunner().invoke(cli, [*args, "--host", "0.0.0.0", "--allowed-hosts", "testserver"])
+    assert res.exit_code == 0 and "warning" not in res.output
+    with TestClient(seen["app"]) as client:
+        ok = client.get("/v1/models", headers={"Authorization": "Bearer from-env"})
+        assert ok.status_code == 200
+    monkeypatch.delenv("STEERLAB_API_KEY")
+    res = CliRunner().invoke(cli, [*args, "--host", "0.0.0.0"])
+    assert "--api-key" in res.output

@@ -43,7 +43,10 @@ _HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
 _PAGE_CSP = b"default-src 'self'; frame-src 'self'; object-src 'none'; frame-ancestors 'self'"
-_REPORT_CSP = b"sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"
+_REPORT_CSP = (
+    b"sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    b"frame-ancestors 'self'"
+)
 
 
 class BodyTooLarge(SteerlabError):

@@ -185,9 +185,6 @@ def crowd(
     max_new: int,
 ) -> dict[str, Any]:
     """``clients`` clients for ``seconds``: mixed requests, then every reply checked alone."""
-    from steerlab.generation import generate
-    from steerlab.interventions import Steer, apply
-
     kinds = ["plain", "steered", "sampled", "abandoned"]
     done: list[tuple[tuple, dict[str, Any]]] = []
     errors: list[str] = []
@@ -224,6 +221,29 @@ def crowd(
     for t in ts:
         t.join()
     wall = time.perf_counter() - t0
+    crossed = _crossed(lm, direction, prompts, done, max_new)
+    ttfts = [r["ttft"] for _, r in done if r["ttft"] is not None]
+    tokens = sum(r["tokens"] for _, r in done)
+    return {
+        "clients": clients,
+        "seconds": r3(wall),
+        "requests": sent[0],
+        "finished": sum(k[0] != "abandoned" for k, _ in done),
+        "abandoned": sum(k[0] == "abandoned" for k, _ in done),
+        "lost": len(errors),
+        "crossed": crossed,
+        "errors": errors[:3],
+        "ttft_p50_s": r3(_pct(ttfts, 0.5) or 0),
+        "ttft_p99_s": r3(_pct(ttfts, 0.99) or 0),
+        "tokens_per_s": r3(tokens / wall),
+    }
+
+
+def _crossed(lm: Any, direction: Any, prompts: list[str], done: list, max_new: int) -> int:
+    """Finished replies that differ from the same request run alone through ``generate``."""
+    from steerlab.generation import generate
+    from steerlab.interventions import Steer, apply
+
     refs: dict[tuple, str] = {}
     crossed = 0
     for key, r in done:
@@ -242,21 +262,7 @@ def crowd(
                     seed=seed,
                 )[0]
         crossed += r["text"] != refs[key]
-    ttfts = [r["ttft"] for _, r in done if r["ttft"] is not None]
-    tokens = sum(r["tokens"] for _, r in done)
-    return {
-        "clients": clients,
-        "seconds": r3(wall),
-        "requests": sent[0],
-        "finished": sum(k[0] != "abandoned" for k, _ in done),
-        "abandoned": sum(k[0] == "abandoned" for k, _ in done),
-        "lost": len(errors),
-        "crossed": crossed,
-        "errors": errors[:3],
-        "ttft_p50_s": r3(_pct(ttfts, 0.5) or 0),
-        "ttft_p99_s": r3(_pct(ttfts, 0.99) or 0),
-        "tokens_per_s": r3(tokens / wall),
-    }
+    return crossed
 
 
 def main() -> None:

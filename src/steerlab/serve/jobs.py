@@ -5,7 +5,7 @@ reason it ended, log-probabilities)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +51,6 @@ class GenJob:
     ids: list[int] | None = None
     logprobs: int | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def group(self) -> Hashable:
-        fmt = None if self.fmt is None else (self.fmt.system, self.fmt.shots)
-        return (self.chat, fmt)
 
 
 @dataclass(eq=False)

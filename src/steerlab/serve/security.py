@@ -42,7 +42,10 @@ _HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
-_PAGE_CSP = b"default-src 'self'; frame-src 'self'; object-src 'none'; frame-ancestors 'self'"
+_PAGE_CSP = (
+    b"default-src 'self'; img-src 'self' data:; frame-src 'self'; object-src 'none'; "
+    b"frame-ancestors 'self'"
+)
 _REPORT_CSP = (
     b"sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
     b"frame-ancestors 'self'"

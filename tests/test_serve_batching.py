@@ -229,3 +229,28 @@ def test_alone_and_batched_replies_are_the_same_under_load(live: Live, lm: Loade
         t.join(120)
     for i, (p, c, t, seed) in enumerate(asks):
         assert out[i] == _ref(lm, p, [Steer(happy, layers=2, coeff=c)], temperature=t, seed=seed)
+
+
+def test_a_long_prompt_stops_padding_the_batch_once_it_leaves(lm: LoadedModel) -> None:
+    """Rows join left-padded to the longest; when the long row leaves, its padding columns go,
+    and the rows left decode exactly as before."""
+    from steerlab.models.chat import encode
+    from steerlab.serve.jobs import Reply
+    from steerlab.serve.running import Running, Slot
+
+    def slot(prompt: str, max_tokens: int) -> Slot:
+        job = GenJob(prompt=prompt, emit=lambda *_: None, max_tokens=max_tokens)
+        ids = encode(lm.tokenizer, [prompt], chat=None).input_ids[0].tolist()
+        return Slot(job=job, reply=Reply(job, lm.tokenizer, len(ids)), ids=ids)
+
+    run = Running(lm)
+    short = slot(PROMPTS[1], N)
+    run.join(*run.prefill([short]))
+    long = slot(" ".join(PROMPTS * 6), 2)
+    run.join(*run.prefill([long]))
+    assert run.mask is not None and run.mask.shape[1] == len(long.ids)  # padded to the long one
+    while run.slots:
+        run.drop(run.step())
+        if long not in run.slots and run.slots:
+            assert run.mask.shape[1] <= len(short.ids) + N  # its columns went with it
+    assert short.reply.close()["text"] == _ref(lm, PROMPTS[1])

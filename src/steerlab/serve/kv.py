@@ -57,6 +57,9 @@ def keep(cache: Any, mask: torch.Tensor, rows: list[int]) -> tuple[Any, torch.Te
     """Only ``rows`` of the cache and mask, without the columns that are padding in all."""
     idx = torch.tensor(rows, dtype=torch.long)
     mask = mask[idx.to(mask.device)]
+    if not mergeable(cache):  # e.g. sliding-window layers hold only their last W columns
+        cache.batch_select_indices(idx)
+        return cache, mask
     used = mask.any(0).nonzero()
     drop = int(used[0]) if len(used) else 0
     for x in _layers(cache):

@@ -20,6 +20,7 @@ from steerlab.melbo.config import DiscoverConfig, MelboConfig
 from steerlab.organism.config import BackdoorConfig
 from steerlab.probe.config import ProbeConfig
 from steerlab.refusal.config import RefusalConfig
+from steerlab.serve.config import ServeConfig
 from steerlab.sweep.config import SweepConfig
 
 # command -> (its configs, the fields kept off the command line on purpose, the options the
@@ -43,6 +44,7 @@ COMMANDS: dict[str, tuple[tuple[type, ...], set[str], list[str]]] = {
         {"radius", "batch_size", "melbo", "sweep_factors"},  # Melbo's radius and batch_size
         ["--prompt", "x"],
     ),
+    "serve": ((ServeConfig,), set(), []),
     "organism backdoor": (
         (BackdoorConfig,),
         {"clean_tokens", "alpha", "target_modules", "batch_size", "eval_tokens"},
@@ -177,7 +179,7 @@ def test_config_modules_do_not_import_torch() -> None:
     # commands import for DEFAULT_MODEL.)
     code = (
         "import sys; import steerlab.refusal.config, steerlab.probe.config, "
-        "steerlab.melbo.config, steerlab.organism.config; "
+        "steerlab.melbo.config, steerlab.organism.config, steerlab.serve.config; "
         "print('torch' in sys.modules)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

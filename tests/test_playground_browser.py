@@ -15,6 +15,7 @@ Never downloads a browser. Screenshots go to each test's ``tmp_path`` and to
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -179,11 +180,12 @@ def _set_range(page: Any, selector: str, key: str, presses: int = 1) -> None:
 
 
 def _send_and_wait(page: Any) -> tuple[str, str]:
+    from playwright.sync_api import expect
+
     page.click("#send")
-    page.wait_for_function(
-        "document.getElementById('chat-status').textContent.startsWith('done')"
-        " && document.getElementById('send').disabled === false"
-    )
+    # expect(), not wait_for_function: the page's CSP forbids the eval the latter needs
+    expect(page.locator("#chat-status")).to_have_text(re.compile(r"^done"), timeout=TIMEOUT_MS)
+    expect(page.locator("#send")).to_be_enabled(timeout=TIMEOUT_MS)
     return page.inner_text("#reply-plain"), page.inner_text("#reply-steered")
 
 
@@ -306,7 +308,9 @@ def test_upload_direction_and_use_it(pg: Page, lm: LoadedModel, tmp_path: Path) 
     page.set_input_files("#upload-file", str(path))
     page.fill("#upload-name", "mine")
     page.click("#upload-btn")
-    page.wait_for_function("document.getElementById('direction').value === 'mine'")
+    from playwright.sync_api import expect
+
+    expect(page.locator("#direction")).to_have_value("upload:mine", timeout=TIMEOUT_MS)
     assert page.is_hidden("#error")
     page.click("#tab-read")
     page.click("#read-btn")

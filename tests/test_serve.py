@@ -8,7 +8,6 @@ as one batch and to give what each gives alone.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,51 +15,39 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from conftest import D, make_model, make_tokenizer
+from conftest import D
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from serve_kit import Live, N, make_direction, serving, tiny_lm  # noqa: E402
+
 from steerlab.capture import read_activations  # noqa: E402
 from steerlab.directions.artifact import Direction  # noqa: E402
 from steerlab.engines.rows import greedy_rows  # noqa: E402
 from steerlab.generation import generate  # noqa: E402
 from steerlab.interventions import Ablate, Clamp, NoOp, Steer, apply  # noqa: E402
-from steerlab.models.adapter import get_adapter  # noqa: E402
 from steerlab.models.chat import encode  # noqa: E402
-from steerlab.models.load import LoadedModel, model_info  # noqa: E402
+from steerlab.models.load import LoadedModel  # noqa: E402
 from steerlab.serve.app import create_app  # noqa: E402
 from steerlab.serve.batcher import Call  # noqa: E402
 
 PROMPTS = ["tell me about your day", "what a day", "i am so happy today", "life is great"]
-N = 12  # new tokens per request
-
-
-def _lm() -> LoadedModel:
-    m = make_model("llama")
-    ad = get_adapter(m)
-    return LoadedModel(m, make_tokenizer(), ad, model_info(m, "tiny-llama", ad))
-
-
-def _direction(lm: LoadedModel, layers: tuple[int, ...], seed: int, width: int = D) -> Direction:
-    g = torch.Generator().manual_seed(seed)
-    meta = {"site": "resid_pre", "method": "mean_diff", "model": lm.info.to_dict()}
-    return Direction(torch.randn(len(layers), width, generator=g), layers, meta)
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def lm() -> LoadedModel:
-    return _lm()
+    return tiny_lm()
 
 
 @pytest.fixture(scope="module")
 def runs(lm: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    _direction(lm, (1, 2), 1).save(root / "steer" / "happy.safetensors")
-    _direction(lm, (1,), 2).save(root / "abl" / "dir.safetensors")
+    make_direction(lm, (1, 2), 1).save(root / "steer" / "happy.safetensors")
+    make_direction(lm, (1,), 2).save(root / "abl" / "dir.safetensors")
     rep = root / "sweep-1"
     rep.mkdir()
     (rep / "report.html").write_text("<html>sweep</html>")
@@ -69,66 +56,11 @@ def runs(lm: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class Live:
-    def __init__(self, app: Any, url: str) -> None:
-        self.app, self.url = app, url
-        self.client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return dict(self.app.state.batcher.stats)
-
-    def chat(self, prompt: str, steerlab: dict | None = None, **kw: Any) -> Any:
-        extra = {"steerlab": steerlab} if steerlab is not None else None
-        return self.client.chat.completions.create(
-            model="tiny",
-            messages=[{"role": "user", "content": prompt}],
-            max_tokens=kw.pop("max_tokens", N),
-            temperature=kw.pop("temperature", 0),
-            extra_body=extra,
-            **kw,
-        )
-
-    def hold(self) -> threading.Event:
-        """Block the worker until the returned event is set."""
-        go, held = threading.Event(), threading.Event()
-
-        def wait(_lm: Any) -> None:
-            held.set()
-            go.wait(30)
-
-        self.app.state.batcher.submit(Call(wait, lambda *_: None))
-        assert held.wait(10)
-        return go
-
-    def wait_waiting(self, n: int, at_most: bool = False) -> None:
-        for _ in range(400):
-            w = self.app.state.batcher.waiting
-            if (w <= n) if at_most else (w >= n):
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"{n} requests never queued")
-
-
 @pytest.fixture(scope="module")
 def live(lm: LoadedModel, runs: Path) -> Iterator[Live]:
     app = create_app(lm, runs, max_queue=12, upload_limit=4096, model_name="tiny")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield Live(app, f"http://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        t.join(10)
-        sock.close()
+    with serving(app) as server:
+        yield server
 
 
 def _ref(lm: LoadedModel, prompt: str, treatments: list | None = None, **kw: Any) -> str:
@@ -248,13 +180,13 @@ def test_bad_requests_get_one_line_4xx_and_the_server_lives(
     check(steer(coeff="big"), 400)
     nan = json.dumps({"messages": msgs, "steerlab": {"steer": [{"direction": "steer/happy"}]}})
     nan = nan.replace('"steer/happy"', '"steer/happy", "layer": 2, "coeff": NaN')
-    assert "finite" in check(httpx.post(chat, content=nan), 400)
+    assert "finite" in check(httpx.post(chat, content=nan, headers=JSON), 400)
     check(httpx.post(chat, json={"messages": msgs, "steerlab": {"bogus": []}}), 400)
     check(httpx.post(chat, json={"messages": []}), 400)
-    check(httpx.post(chat, content=b"{not json"), 400)
+    check(httpx.post(chat, content=b"{not json", headers=JSON), 400)
     check(httpx.post(chat, json={"messages": msgs, "n": 3}), 400)
     # uploads: wrong width, not safetensors, too large, a path as its name
-    wide = _direction(lm, (1,), 3, width=D + 1)
+    wide = make_direction(lm, (1,), 3, width=D + 1)
     wide.save(tmp_path / "wide.safetensors")
     up = url + "/directions"
     files = {"file": ("wide.safetensors", (tmp_path / "wide.safetensors").read_bytes())}
@@ -262,7 +194,7 @@ def test_bad_requests_get_one_line_4xx_and_the_server_lives(
     check(httpx.post(up, files={"file": ("x.pt", b"\x80\x04pickle")}), 400)
     check(httpx.post(up, files={"file": ("x.safetensors", b"garbage" * 10)}), 400)
     check(httpx.post(up, files={"file": ("big.safetensors", b"0" * 20000)}), 413)
-    good = (tmp_path / "good.safetensors", _direction(lm, (2,), 4))
+    good = (tmp_path / "good.safetensors", make_direction(lm, (2,), 4))
     good[1].save(good[0])
     files = {"file": ("good.safetensors", good[0].read_bytes())}
     check(httpx.post(up, files=files, data={"name": "../escape"}), 400)
@@ -277,14 +209,14 @@ def test_bad_requests_get_one_line_4xx_and_the_server_lives(
 
 
 def test_upload_list_and_use(live: Live, lm: LoadedModel, tmp_path: Path) -> None:
-    d = _direction(lm, (2,), 7)
+    d = make_direction(lm, (2,), 7)
     d.save(tmp_path / "mine.safetensors")
     files = {"file": ("mine.safetensors", (tmp_path / "mine.safetensors").read_bytes())}
     r = httpx.post(live.url + "/directions", files=files, data={"name": "uploads/mine"})
-    assert r.status_code == 200 and r.json() == {"name": "uploads/mine"}
+    assert r.status_code == 200 and r.json() == {"name": "upload:uploads/mine"}
     names = httpx.get(live.url + "/directions").json()["directions"]
-    assert {"uploads/mine", "steer/happy", "abl/dir"} <= set(names)
-    steer = {"steer": [{"direction": "uploads/mine", "coeff": 6.0}]}  # its only layer
+    assert {"upload:uploads/mine", "steer/happy", "abl/dir"} <= set(names)
+    steer = {"steer": [{"direction": "upload:uploads/mine", "coeff": 6.0}]}  # its only layer
     got = live.chat(PROMPTS[0], steer).choices[0].message.content
     assert got == _ref(lm, PROMPTS[0], [Steer(d, layers=2, coeff=6.0)])
 
@@ -390,5 +322,5 @@ def test_cli_serve_warns_off_loopback(tiny_dir: Path, monkeypatch: pytest.Monkey
     assert seen["host"] == "127.0.0.1" and "warning" not in res.output
     res = CliRunner().invoke(cli, [*args, "--host", "0.0.0.0"])
     assert res.exit_code == 0 and "warning" in res.output and seen["host"] == "0.0.0.0"
-    with TestClient(seen["app"]) as client:
+    with TestClient(seen["app"], base_url="http://127.0.0.1") as client:
         assert client.get("/v1/models").json()["data"][0]["id"] == str(tiny_dir)

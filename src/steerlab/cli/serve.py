@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..models.registry import DEFAULT_MODEL
+from ..serve.config import ServeConfig
 from .common import ModelOpt, ModelOptions, command
+from .options import Given
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-@command
+@command(config=ServeConfig)
 def serve(
     opts: ModelOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -38,6 +41,8 @@ def serve(
     max_tokens: Annotated[
         int, typer.Option(min=1, help="reply length when a request gives no max_tokens")
     ] = 128,
+    *,
+    given: Given,
 ) -> None:
     """Serve the model: OpenAI's /v1/chat/completions and /v1/completions with a "steerlab"
     field for steering, ablation and clamping per request; directions, readings and reports.
@@ -52,14 +57,23 @@ def serve(
             "steerlab serve needs uvicorn and fastapi: pip install 'steerlab[serve]'"
         ) from None
     from ..serve.app import create_app
+    from ..serve.security import LOOPBACK_HOSTS, Access, parse_list
     from ..ui import console, status
 
-    if host not in LOOPBACK:
+    cfg = given.build(ServeConfig)
+    key = cfg.api_key or os.environ.get("STEERLAB_API_KEY") or None
+    if host not in LOOPBACK and not key:
         console.print(
             f"[bold yellow]warning:[/bold yellow] binding to {host}: anyone who can reach this "
-            "address can use the model and upload directions (there is no authentication)",
+            "address can use the model and upload directions (set --api-key)",
             highlight=False,
         )
+    access = Access(
+        api_key=key,
+        allowed_hosts=LOOPBACK_HOSTS + parse_list(cfg.allowed_hosts),
+        cors_origins=parse_list(cfg.cors_origins),
+        max_body=int(cfg.max_body_mb * 2**20),
+    )
     lm = opts.load(model)
     app = create_app(
         lm,
@@ -70,6 +84,9 @@ def serve(
         upload_limit=int(max_upload_mb * 2**20),
         default_max_tokens=max_tokens,
         model_name=model,
+        access=access,
+        max_items=cfg.max_items,
+        max_uploads=cfg.max_uploads,
     )
     status(f"serving {model} on http://{host}:{port} (runs: {runs})")
     uvicorn.run(app, host=host, port=port, log_level="warning" if opts.quiet else "info")

@@ -18,7 +18,9 @@ from .._version import __version__
 from ..errors import ArtifactError, LayerError, VectorError
 from ..io.safetensors_io import load_checked, save_atomic
 
-__all__ = ["LAYER_CONVENTION", "Direction"]
+__all__ = ["LAYER_CONVENTION", "SITES", "Direction"]
+
+SITES = ("resid_pre", "resid_post")
 
 LAYER_CONVENTION = (
     "resid_pre[l] = input of block l = hidden_states[l]; resid_post[l] = output of block l"
@@ -110,9 +112,15 @@ class Direction:
             strict: refuse a config-hash mismatch (else accept any model of the same width).
         """
         t, meta = load_checked(path, _KIND, ("vectors", "layers"), "direction")
-        vectors = t["vectors"].float()
-        layers = tuple(int(x) for x in t["layers"].tolist())
-        d = cls(vectors, layers, meta)
+        layers = _checked_layers(t["layers"])
+        if t["vectors"].ndim != 2 or not t["vectors"].is_floating_point():
+            raise VectorError(
+                f"vectors must be a 2-D float tensor; got {tuple(t['vectors'].shape)}"
+            )
+        site = meta.get("site", "resid_pre")
+        if site not in SITES:
+            raise ArtifactError(f"direction site must be one of {', '.join(SITES)}, not {site!r}")
+        d = cls(t["vectors"].float(), layers, meta)
         if model_info is not None:
             d.check_model(model_info, strict=strict)
         return d
@@ -134,6 +142,19 @@ class Direction:
                 f"{info.model_id!r} (config {info.config_hash}); pass strict=False / --force "
                 "to use it anyway"
             )
+
+
+def _checked_layers(t: torch.Tensor) -> tuple[int, ...]:
+    """A stored ``layers`` tensor as block indices: 1-D integers, unique, non-negative (an
+    artifact is refused when it loads, not when a forward meets it)."""
+    if t.ndim != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise LayerError(f"layers must be a 1-D integer tensor; got {t.dtype} {tuple(t.shape)}")
+    layers = tuple(int(x) for x in t.tolist())
+    if any(x < 0 for x in layers):
+        raise LayerError(f"layers must be block indices >= 0; got {list(layers)}")
+    if len(set(layers)) != len(layers):
+        raise LayerError(f"layers must be unique; got {list(layers)}")
+    return layers
 
 
 def _span(layers: tuple[int, ...]) -> str:

@@ -15,33 +15,29 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import SteerlabError, first_line
 from ..models.load import LoadedModel
-from .batcher import Batcher, Call, GenJob
-from .directions import (
-    DEFAULT_UPLOAD_LIMIT,
-    DirectionRegistry,
-    UploadTooLarge,
-    safe_path,
-)
-from .protocol import BadRequest, NotFound, chat_prompt, options, treatment
-from .responses import Pipe, error_response, status_of, stream_events, usage, wait_result
+from .batcher import Batcher, Call
+from .completions import Limits, complete, context_of, json_body
+from .directions import DEFAULT_UPLOAD_LIMIT, DirectionRegistry, safe_path
+from .protocol import BadRequest, NotFound
+from .responses import Pipe, error_response, status_of, wait_result
+from .schemas import CHAT, COMPLETION, READ, UPLOAD, body
+from .security import Access, Guard
 from .views import projections, run_list
 
 __all__ = ["REPORT_SUFFIXES", "create_app"]
@@ -65,8 +61,7 @@ class _Server:
     batcher: Batcher
     name: str
     upload_limit: int
-    default_max_tokens: int
-    max_tokens_limit: int
+    limits: Limits
 
 
 def create_app(
@@ -80,6 +75,10 @@ def create_app(
     default_max_tokens: int = 128,
     max_tokens_limit: int = 2048,
     model_name: str | None = None,
+    access: Access | None = None,
+    max_items: int = 16,
+    max_uploads: int = 32,
+    upload_total: int = 256 * 2**20,
 ) -> FastAPI:
     """A FastAPI app serving ``lm``; its batcher is ``app.state.batcher`` (stop it with
     ``app.state.batcher.close()``, which the app's shutdown does).
@@ -90,25 +89,33 @@ def create_app(
         max_batch: most requests decoded together.
         batch_wait_s: how long an idle worker waits after a request for others to batch with.
         upload_limit: largest direction upload in bytes (413 beyond).
+        access: API key, allowed hosts, CORS origins, body cap (:mod:`.security`); the
+            default allows loopback host names, no other origin, no key, 4 MB bodies.
+        max_items: most steer + ablate + clamp items in one request.
+        max_uploads, upload_total: most uploaded directions kept, and their bytes in all.
     """
     runs = Path(runs_dir)
     srv = _Server(
         lm=lm,
         runs=runs,
-        reg=DirectionRegistry(runs, lm.info, upload_limit=upload_limit),
+        reg=DirectionRegistry(
+            runs, lm.info, upload_limit=upload_limit, max_uploads=max_uploads, total=upload_total
+        ),
         batcher=Batcher(lm, max_queue=max_queue, max_batch=max_batch, gather_s=batch_wait_s),
         name=model_name or lm.info.model_id,
         upload_limit=upload_limit,
-        default_max_tokens=default_max_tokens,
-        max_tokens_limit=max_tokens_limit,
+        limits=Limits(default_max_tokens, max_tokens_limit, max_items, context_of(lm)),
     )
+    access = access or Access()
+    access = replace(access, upload_body=max(access.upload_body, upload_limit + 2**20))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         yield
         srv.batcher.close()
 
-    app = FastAPI(title="steerlab serve", lifespan=lifespan)
+    # no /docs: its page loads scripts from a CDN, which the CSP refuses; /openapi.json stays
+    app = FastAPI(title="steerlab serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher = srv.batcher
     app.state.directions = srv.reg
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
@@ -118,6 +125,14 @@ def create_app(
     _completion_routes(app, srv)
     _direction_routes(app, srv)
     _run_routes(app, runs)
+    if access.cors_origins:  # preflights from the listed origins; the Guard refuses the rest
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(access.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
+    app.add_middleware(Guard, access=access)  # added last: runs first
     return app
 
 
@@ -141,16 +156,6 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SteerlabError, _any)  # handled here, not re-raised as a 500
 
 
-async def _body_of(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
 def _info_routes(app: FastAPI, srv: _Server) -> None:
     """The playground page, ``/health`` and ``/v1/models``."""
 
@@ -170,90 +175,25 @@ def _info_routes(app: FastAPI, srv: _Server) -> None:
         return {"object": "list", "data": [{**info, "steerlab": srv.lm.info.to_dict()}]}
 
 
-def _prompt_of(body: dict[str, Any], chat: bool) -> tuple[str, Any]:
-    """The prompt text and its chat format (None for a plain completion)."""
-    if chat:
-        return chat_prompt(body.get("messages"))
-    p = body.get("prompt")
-    p = p[0] if isinstance(p, list) and len(p) == 1 else p
-    if not isinstance(p, str) or not p:
-        raise BadRequest("prompt must be a non-empty string (or a list of one)")
-    return p, None
-
-
-def _completion(meta: dict[str, Any], res: dict[str, Any], chat: bool) -> dict[str, Any]:
-    """The non-streamed response body for a finished generation."""
-    choice: dict[str, Any] = {"index": 0, "finish_reason": res["finish_reason"]}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": res["text"]}
-        choice["logprobs"] = None
-    else:
-        choice |= {"text": res["text"], "logprobs": None}
-    return {
-        **meta,
-        "object": "chat.completion" if chat else "text_completion",
-        "choices": [choice],
-        "usage": usage(res),
-    }
-
-
 async def _complete(srv: _Server, request: Request, chat: bool) -> Any:
-    body = await _body_of(request)
-    opts = options(body, max_tokens=srv.default_max_tokens, limit=srv.max_tokens_limit)
-    prompt, fmt = _prompt_of(body, chat)
-    tr = treatment(srv.lm, srv.reg, body.get("steerlab"))
-    pipe = Pipe()
-    job = GenJob(
-        prompt=prompt,
-        emit=pipe.emit,
-        chat=None if chat else False,
-        fmt=fmt,
-        treatment=tr,
-        max_tokens=opts["max_tokens"],
-        temperature=opts["temperature"],
-        top_p=opts["top_p"],
-        seed=opts["seed"],
-        stop=opts["stop"],
-    )
-    srv.batcher.submit(job)
-    meta = {
-        "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
-        "created": int(time.time()),
-        "model": srv.name,
-    }
-    if opts["stream"]:
-        events = stream_events(pipe, job, meta, chat, opts["usage_chunk"])
-        return StreamingResponse(events, media_type="text/event-stream")
-    res = await wait_result(pipe, job, request)
-    if res is None:  # the client went away
-        return error_response(499, "client closed the request")
-    return _completion(meta, res, chat)
+    return await complete(srv.lm, srv.reg, srv.batcher, srv.name, srv.limits, request, chat)
 
 
 def _completion_routes(app: FastAPI, srv: _Server) -> None:
     """OpenAI's chat and text completions, with the ``steerlab`` field."""
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=body(CHAT))
     async def chat_completions(request: Request) -> Any:
-        return await _complete(srv, request, chat=True)
+        return await _complete(srv, request, True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=body(COMPLETION))
     async def completions(request: Request) -> Any:
-        return await _complete(srv, request, chat=False)
+        return await _complete(srv, request, False)
 
 
 async def _upload(srv: _Server, request: Request) -> dict[str, Any]:
-    data = await _capped(request, srv.upload_limit + 2**20)  # the multipart envelope too
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": data, "more_body": False}
-
-    form = await Request(request.scope, receive=replay).form(max_part_size=srv.upload_limit + 1)
+    # the Guard caps the body; each part is capped too
+    form = await request.form(max_files=1, max_fields=2, max_part_size=srv.upload_limit + 1)
     f = form.get("file")
     if f is None or isinstance(f, str):
         raise BadRequest("send the artifact as a multipart file field named 'file'")
@@ -266,7 +206,7 @@ async def _upload(srv: _Server, request: Request) -> dict[str, Any]:
 
 
 async def _read(srv: _Server, request: Request) -> Any:
-    body = await _body_of(request)
+    body = await json_body(request)
     text, dname, layer = body.get("text"), body.get("direction"), body.get("layer")
     if not isinstance(text, str) or not text:
         raise BadRequest("text must be a non-empty string")
@@ -278,7 +218,7 @@ async def _read(srv: _Server, request: Request) -> Any:
 
     lay = resolve_layers(layer, srv.lm.info.n_layers)[0]
     try:
-        d = srv.reg.get(dname)
+        d = await run_in_threadpool(srv.reg.get, dname)  # loads and validates: off the loop
     except KeyError:
         raise NotFound(f"unknown direction {dname!r}: GET /directions lists them") from None
     row = lay if lay in d.layers else (d.layers[0] if len(d.layers) == 1 else None)
@@ -300,11 +240,11 @@ def _direction_routes(app: FastAPI, srv: _Server) -> None:
     def directions() -> dict[str, Any]:
         return {"directions": srv.reg.names()}
 
-    @app.post("/directions")
+    @app.post("/directions", openapi_extra=body(UPLOAD, "multipart/form-data"))
     async def upload(request: Request) -> Any:
         return await _upload(srv, request)
 
-    @app.post("/read")
+    @app.post("/read", openapi_extra=body(READ))
     async def read(request: Request) -> Any:
         return await _read(srv, request)
 
@@ -324,16 +264,3 @@ def _run_routes(app: FastAPI, runs: Path) -> None:
         if not p.is_file():
             raise NotFound(f"no such file under the runs directory: {path}")
         return FileResponse(p)
-
-
-async def _capped(request: Any, cap: int) -> bytes:
-    n = request.headers.get("content-length")
-    if n is not None and n.isdigit() and int(n) > cap:
-        raise UploadTooLarge(f"request body of {n} bytes is over the limit of {cap} bytes")
-    chunks, size = [], 0
-    async for c in request.stream():
-        size += len(c)
-        if size > cap:
-            raise UploadTooLarge(f"request body is over the limit of {cap} bytes")
-        chunks.append(c)
-    return b"".join(chunks)

@@ -1,16 +1,13 @@
-"""The server's model worker: one thread owns the model, requests wait in a queue.
+"""The server's model worker: one thread owns the model and runs continuous batching.
 
-Each time the worker is free it takes every waiting request and groups them:
-
-* greedy requests that share their prompt format run as **one batch**, each row under its own
-  treatment (steering, ablation, clamping: :class:`~steerlab.interventions.PerRow`), through
-  the Hugging Face engine's per-row decode loop, which decodes exactly as ``model.generate``
-  does;
-* sampled requests (temperature > 0) run one at a time through
-  :func:`~steerlab.generation.generate` under their interventions, as ``steerlab generate``.
-
-Tokens reach the request as they are decoded (``on_step``); a cancelled request (its client
-went away) is stopped at the next step, and dropped if it had not started.
+Requests wait in a queue. Between two decode steps of the running batch (:mod:`.running`) the
+worker runs any waiting :class:`Call` (a reading), prefills the waiting completions (up to
+``max_batch`` rows in all) under their own treatments and stacks them onto the batch; then one
+step decodes every row. A row leaves as soon as it ends: EOS, a stop string (checked every
+step), ``max_tokens``, or its client gone (the request sets ``cancelled``; the row is dropped
+before the next step). Greedy and sampled rows share the batch; a sampled row draws from its
+own seeded generator. A failing prefill is retried one request at a time, so a bad request
+fails alone; a failing decode step fails the rows of that step (their cache is unusable).
 """
 
 from __future__ import annotations
@@ -19,126 +16,31 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..engines.hf import HFEngine
-from ..errors import SteerlabError
-from ..interventions.base import Intervention, NoOp
-from ..models.chat import PromptFormat, prompted
+import torch
+
+from ..models.chat import prompted
 from ..models.load import LoadedModel
+from .jobs import Call, GenJob, Job, QueueFull, Reply
+from .running import Running, Slot, warpers
 
-__all__ = ["Batcher", "Call", "GenJob", "QueueFull"]
-
-Emit = Callable[[str, Any], None]  # ("delta", text) | ("done", dict) | ("error", exception)
-
-
-class QueueFull(SteerlabError):
-    """Too many requests are waiting (HTTP 429)."""
+__all__ = ["Batcher", "Call", "GenJob", "QueueFull", "prompt_ids"]
 
 
-@dataclass(eq=False)
-class GenJob:
-    """One completion to produce.
-
-    Attributes:
-        prompt: the user's message (``chat`` None: the chat template applies when present) or
-            raw text (``chat`` False).
-        fmt: system message and earlier turns of a chat (None: a single user message).
-        treatment: this request's intervention (applied to its row of a shared batch).
-    """
-
-    prompt: str
-    emit: Emit
-    chat: bool | None = None
-    fmt: PromptFormat | None = None
-    treatment: Intervention = field(default_factory=NoOp)
-    max_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def group(self) -> Hashable:
-        fmt = None if self.fmt is None else (self.fmt.system, self.fmt.shots)
-        return (self.chat, fmt)
+def view_of(lm: LoadedModel, job: GenJob) -> LoadedModel:
+    """``lm`` with the job's chat format (system message, earlier turns) in its tokenizer."""
+    if job.fmt is None:
+        return lm
+    return dataclasses.replace(lm, tokenizer=prompted(lm.tokenizer, job.fmt))
 
 
-@dataclass(eq=False)
-class Call:
-    """Any other work on the model (a reading): ``fn(lm)``'s value is emitted as ``done``."""
+def prompt_ids(lm: LoadedModel, job: GenJob) -> list[int]:
+    """The job's prompt as the model sees it (chat template and format applied)."""
+    from ..models.chat import encode
 
-    fn: Callable[[LoadedModel], Any]
-    emit: Emit
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-Job = GenJob | Call
-
-
-class _Row:
-    """A request's text as it grows: deltas, stop strings, the reason it ended."""
-
-    def __init__(self, job: GenJob, tokenizer: Any) -> None:
-        self.job, self.tok = job, tokenizer
-        self.ids: list[int] = []
-        self.sent = ""
-        self.finish: str | None = None
-        self.text = ""
-        self.prompt_tokens = 0
-
-    def _render(self) -> tuple[str, bool]:
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        cuts = [text.find(s) for s in self.job.stop if s and s in text]
-        return (text[: min(cuts)], True) if cuts else (text, False)
-
-    def push(self, token: int | None) -> bool:
-        """Take one decoded token (None: EOS); True when the row is to stop now."""
-        if self.finish is not None:
-            return False
-        if token is None:
-            self.finish = "stop"
-            return False
-        self.ids.append(token)
-        self.text, hit = self._render()
-        stop = hit or len(self.ids) >= self.job.max_tokens or self.job.cancelled.is_set()
-        if hit:
-            self.finish = "stop"
-        elif len(self.ids) >= self.job.max_tokens:
-            self.finish = "length"
-        elif self.job.cancelled.is_set():
-            self.finish = "cancelled"
-        hold = 0 if stop else max((len(s) for s in self.job.stop), default=1) - 1
-        self._send(self.text[: len(self.text) - hold] if hold else self.text)
-        return stop
-
-    def _send(self, text: str) -> None:
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return
-        if text.startswith(self.sent) and len(text) > len(self.sent):
-            self.job.emit("delta", text[len(self.sent) :])
-            self.sent = text
-
-    def close(self, text: str | None = None) -> dict[str, Any]:
-        """Send what is left; the result. ``text``: the whole reply, decoded elsewhere."""
-        if text is None:
-            self.text = self._render()[0]
-        else:
-            cuts = [text.find(s) for s in self.job.stop if s and s in text]
-            self.text = text[: min(cuts)] if cuts else text
-            self.finish = "stop" if cuts else self.finish
-        if self.text.startswith(self.sent) and len(self.text) > len(self.sent):
-            self.job.emit("delta", self.text[len(self.sent) :])
-            self.sent = self.text
-        return {
-            "text": self.text,
-            "finish_reason": self.finish or "length",
-            "completion_tokens": len(self.ids),
-            "prompt_tokens": self.prompt_tokens,
-        }
+    batch = encode(view_of(lm, job).tokenizer, [job.prompt], chat=job.chat)
+    return [int(x) for x in batch.input_ids[0].tolist()]
 
 
 class Batcher:
@@ -149,12 +51,12 @@ class Batcher:
         max_queue: most requests waiting at once; more are refused with :class:`QueueFull`.
         max_batch: most rows decoded together.
         gather_s: an idle worker, woken by a request, waits until no other has come for this
-            long (at most ten times this in all), so simultaneous clients share a batch.
+            long (at most ten times this in all), so simultaneous clients share a prefill.
 
-    ``stats`` counts ``batches`` (greedy batches run), ``rows`` (requests in them),
-    ``largest`` (the largest batch), ``sampled`` (requests decoded alone), ``calls``
-    (readings), ``dropped`` (requests whose client left while they waited) and ``cancelled``
-    (requests stopped mid-decoding because their client left).
+    ``stats`` counts ``batches`` (prefill forwards), ``rows`` (requests admitted), ``largest``
+    (the largest running batch), ``sampled`` (sampled rows), ``steps`` (decode steps),
+    ``calls`` (readings), ``dropped`` (requests whose client left while they waited),
+    ``cancelled`` (rows stopped because their client left) and ``failed`` (rows that erred).
     """
 
     def __init__(
@@ -169,13 +71,22 @@ class Batcher:
         self.max_queue = max_queue
         self.max_batch = max(1, max_batch)
         self.gather_s = gather_s
-        self.stats = dict.fromkeys(
-            ("batches", "rows", "largest", "sampled", "calls", "dropped", "cancelled"), 0
-        )
+        keys = [
+            "batches",
+            "rows",
+            "largest",
+            "sampled",
+            "steps",
+            "calls",
+            "dropped",
+            "cancelled",
+            "failed",
+        ]
+        self.stats = dict.fromkeys(keys, 0)
         self._waiting: list[Job] = []
         self._cv = threading.Condition()
         self._closed = False
-        self._busy = False
+        self._run = Running(lm)
         self._thread = threading.Thread(target=self._loop, name="steerlab-serve", daemon=True)
         self._thread.start()
 
@@ -205,127 +116,131 @@ class Batcher:
             _safe_emit(job, "error", QueueFull("the server shut down"))
         self._thread.join(timeout)
 
+    def _gather(self) -> None:
+        """Idle: wait for a request, then until none has come for ``gather_s``."""
+        while not self._waiting and not self._closed:
+            self._cv.wait()
+        now = time.monotonic()
+        end, cap, seen = now + self.gather_s, now + 10 * self.gather_s, 0
+        while len(self._waiting) < self.max_batch and not self._closed:
+            if len(self._waiting) > seen:
+                seen = len(self._waiting)
+                end = time.monotonic() + self.gather_s
+            left = min(end, cap) - time.monotonic()
+            if left <= 0:
+                break
+            self._cv.wait(left)
+
+    def _take(self) -> tuple[list[Call], list[GenJob]] | None:
+        """Every waiting call, and the completions that fit in the batch (None: closed)."""
+        run = self._run
+        with self._cv:
+            if not run.slots:
+                self._gather()
+            if self._closed:
+                return None
+            room = self.max_batch - len(run) if run.joinable else 0
+            calls, gens, rest = [], [], []
+            for j in self._waiting:
+                if isinstance(j, Call):
+                    calls.append(j)
+                elif len(gens) < room or j.cancelled.is_set():
+                    gens.append(j)
+                else:
+                    rest.append(j)
+            self._waiting = rest
+        return calls, gens
+
     def _loop(self) -> None:
         while True:
-            with self._cv:
-                while not self._waiting and not self._closed:
-                    self._cv.wait()
-                # clients that send at the same moment arrive a few ms apart: wait until none
-                # has come for gather_s (at most 10 x gather_s in all)
-                now = time.monotonic()
-                end, cap, seen = now + self.gather_s, now + 10 * self.gather_s, 0
-                while len(self._waiting) < self.max_batch and not self._closed:
-                    if len(self._waiting) > seen:
-                        seen = len(self._waiting)
-                        end = time.monotonic() + self.gather_s
-                    left = min(end, cap) - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-                if self._closed:
-                    return
-                jobs, self._waiting = self._waiting, []
-            live = [j for j in jobs if not j.cancelled.is_set()]
-            self.stats["dropped"] += len(jobs) - len(live)  # their clients left while waiting
-            jobs = live
-            for run, items in self._plan(jobs):
-                try:
-                    run(items)
-                except BaseException as e:  # reported to its requests; the worker lives on
-                    for j in items:
-                        _safe_emit(j, "error", e)
+            taken = self._take()
+            if taken is None:
+                for s in self._run.fail_all():
+                    _safe_emit(s.job, "error", QueueFull("the server shut down"))
+                return
+            calls, gens = taken
+            for c in calls:
+                self._run.close_hooks()
+                self._call(c)
+            live = [j for j in gens if not j.cancelled.is_set()]
+            self.stats["dropped"] += len(gens) - len(live)  # their clients left while waiting
+            if live:
+                self._admit(live)
+            if self._run.slots:
+                self._step()
 
-    def _plan(self, jobs: list[Job]) -> list[tuple[Callable[[list[Any]], None], list[Any]]]:
-        """Greedy jobs grouped (in arrival order of each group's first job), the rest alone."""
-        groups: dict[Hashable, list[GenJob]] = {}
-        plan: list[tuple[Callable[[list[Any]], None], list[Any]]] = []
-        for j in jobs:
-            if isinstance(j, Call):
-                plan.append((self._call, [j]))
-            elif j.temperature > 0:
-                plan.append((self._sampled, [j]))
-            else:
-                if j.group not in groups:
-                    groups[j.group] = []
-                    plan.append((self._greedy, groups[j.group]))
-                groups[j.group].append(j)
-        out: list[tuple[Callable[[list[Any]], None], list[Any]]] = []
-        for run, items in plan:  # cut oversized groups
-            for i in range(0, len(items), self.max_batch):
-                out.append((run, items[i : i + self.max_batch]))
-        return out
-
-    def _call(self, jobs: list[Call]) -> None:
+    def _call(self, job: Call) -> None:
+        if job.cancelled.is_set():
+            self.stats["dropped"] += 1
+            return
         self.stats["calls"] += 1
-        _safe_emit(jobs[0], "done", jobs[0].fn(self.lm))
-
-    def _view(self, job: GenJob) -> LoadedModel:
-        if job.fmt is None:
-            return self.lm
-        return dataclasses.replace(self.lm, tokenizer=prompted(self.lm.tokenizer, job.fmt))
-
-    def _greedy(self, jobs: list[GenJob]) -> None:
         try:
-            self._greedy_batch(jobs)
-        except SteerlabError:
-            if len(jobs) == 1:
-                raise
-            for j in jobs:  # one bad request must not fail the others: run each alone
-                try:
-                    self._greedy_batch([j])
-                except BaseException as e:
-                    _safe_emit(j, "error", e)
+            _safe_emit(job, "done", job.fn(self.lm))
+        except BaseException as e:  # reported to its request; the worker lives on
+            _safe_emit(job, "error", e)
 
-    def _greedy_batch(self, jobs: list[GenJob]) -> None:
-        lm = self._view(jobs[0])
-        rows = [_Row(j, lm.tokenizer) for j in jobs]
-        for r in rows:  # also refuses a prompt the template cannot render, before the batch
-            r.prompt_tokens = _prompt_tokens(lm, r.job)
+    def _slot(self, job: GenJob) -> Slot:
+        ids = job.ids if job.ids is not None else prompt_ids(self.lm, job)
+        gen = None
+        if job.temperature > 0:
+            gen = torch.Generator(device=self.lm.device).manual_seed(job.seed)
+        reply = Reply(job, self.lm.tokenizer, len(ids))
+        return Slot(job=job, reply=reply, ids=ids, gen=gen, warpers=warpers(job))
 
-        def step(first: int, tokens: list[int | None]) -> list[int]:
-            return [first + i for i, t in enumerate(tokens) if rows[first + i].push(t)]
+    def _admit(self, jobs: list[GenJob]) -> None:
+        """Prefill the arrivals (together; one at a time if that fails) and join the batch."""
+        slots = []
+        for j in jobs:
+            try:
+                slots.append(self._slot(j))
+            except BaseException as e:
+                self._fail([j], e)
+        groups = [slots] if slots else []
+        while groups:
+            group = groups.pop(0)
+            self._run.close_hooks()
+            try:
+                cache, mask, alive = self._run.prefill(group)
+            except BaseException as e:
+                if len(group) == 1:
+                    self._fail([group[0].job], e)
+                else:  # find the bad one: each alone (nothing was sent yet)
+                    groups = [[s] for s in group] + groups
+                continue
+            self.stats["batches"] += 1
+            self.stats["rows"] += len(group)
+            self.stats["sampled"] += sum(s.gen is not None for s in group)
+            self._finish([s for s in group if s not in alive])
+            self._run.join(cache, mask, alive)
+            self.stats["largest"] = max(self.stats["largest"], len(self._run))
 
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(jobs)
-        self.stats["largest"] = max(self.stats["largest"], len(jobs))
-        HFEngine().generate_rows(
-            lm,
-            [j.prompt for j in jobs],
-            [j.treatment for j in jobs],
-            max_new_tokens=max(j.max_tokens for j in jobs),
-            batch_rows=len(jobs),
-            chat=jobs[0].chat,
-            on_step=step,
-        )
-        self.stats["cancelled"] += sum(r.finish == "cancelled" for r in rows)
-        for r in rows:
-            _safe_emit(r.job, "done", r.close())
+    def _step(self) -> None:
+        run = self._run
+        gone = [s for s in run.slots if s.job.cancelled.is_set()]
+        for s in gone:
+            s.reply.finish = "cancelled"
+        self._finish(gone)
+        run.drop(gone)
+        if not run.slots:
+            return
+        try:
+            ended = run.step()
+        except BaseException as e:  # e.g. out of memory: this step's cache is half-written
+            self._fail([s.job for s in run.fail_all()], e)
+            return
+        self.stats["steps"] += 1
+        self._finish(ended)
+        run.drop(ended)
 
-    def _sampled(self, jobs: list[GenJob]) -> None:
-        (job,) = jobs
-        self.stats["sampled"] += 1
-        lm = self._view(job)
-        (text,) = HFEngine().generate(
-            lm,
-            [job.prompt],
-            job.treatment,
-            max_new_tokens=job.max_tokens,
-            temperature=job.temperature,
-            top_p=job.top_p,
-            seed=job.seed,
-            chat=job.chat,
-        )
-        row = _Row(job, lm.tokenizer)
-        row.prompt_tokens = _prompt_tokens(lm, job)
-        row.ids = lm.tokenizer.encode(text, add_special_tokens=False)  # a count: re-tokenized
-        row.finish = "length" if len(row.ids) >= job.max_tokens else "stop"
-        _safe_emit(job, "done", row.close(text))
+    def _finish(self, slots: list[Slot]) -> None:
+        for s in slots:
+            self.stats["cancelled"] += s.reply.finish == "cancelled"
+            _safe_emit(s.job, "done", s.reply.close())
 
-
-def _prompt_tokens(lm: LoadedModel, job: GenJob) -> int:
-    from ..models.chat import encode
-
-    return int(encode(lm.tokenizer, [job.prompt], chat=job.chat).attention_mask.sum())
+    def _fail(self, jobs: list[GenJob], e: BaseException) -> None:
+        self.stats["failed"] += len(jobs)
+        for j in jobs:
+            _safe_emit(j, "error", e)
 
 
 def _safe_emit(job: Job, kind: str, payload: Any) -> None:

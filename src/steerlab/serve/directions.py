@@ -4,7 +4,11 @@ A name is a relative path without its ``.safetensors`` suffix (``refusal/directi
 from clients never leave the runs directory: ``..``, absolute paths, backslashes and anything
 that resolves outside it (a symlink) are refused. Every direction is loaded with
 :meth:`~steerlab.directions.artifact.Direction.load` against the served model (width, layers,
-model identity, finiteness); nothing is ever unpickled. Uploads are kept in memory.
+model identity, finiteness); nothing is ever unpickled.
+
+Uploads are kept in memory under their own namespace, ``upload:NAME``: ``:`` never appears in a
+file-backed name, so an upload can neither shadow nor replace a file under the runs directory,
+and an upload name once taken is not overwritten (409). Their number and bytes are capped.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from ..errors import SteerlabError
 
 __all__ = [
     "DEFAULT_UPLOAD_LIMIT",
+    "UPLOAD_PREFIX",
     "DirectionRegistry",
     "NameError_",
+    "NameTaken",
     "UploadTooLarge",
     "check_name",
     "safe_path",
 ]
 
 DEFAULT_UPLOAD_LIMIT = 64 * 2**20  # bytes
+UPLOAD_PREFIX = "upload:"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
 _SKIP_DIRS = {"cache", "__pycache__"}  # a run's cache holds many artifacts of its own
 _MAX_SCAN = 5000  # files looked at when listing a runs directory
@@ -36,6 +43,14 @@ _MAX_SCAN = 5000  # files looked at when listing a runs directory
 
 class NameError_(SteerlabError):  # "NameError" is a builtin
     """A client-given name or path is malformed or escapes the runs directory."""
+
+    http_status = 400
+
+
+class NameTaken(SteerlabError):
+    """An upload under a name that is already taken (HTTP 409)."""
+
+    http_status = 409
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -85,15 +100,24 @@ class DirectionRegistry:
         runs_dir: where ``*.safetensors`` direction artifacts are found by relative name.
         model_info: the served model's :class:`~steerlab.models.ModelInfo` (validation).
         upload_limit: largest accepted upload in bytes.
+        max_uploads, total: most uploads kept, and their bytes in all (413 beyond).
     """
 
     def __init__(
-        self, runs_dir: Path, model_info: Any, *, upload_limit: int = DEFAULT_UPLOAD_LIMIT
+        self,
+        runs_dir: Path,
+        model_info: Any,
+        *,
+        upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        max_uploads: int = 32,
+        total: int = 256 * 2**20,
     ) -> None:
         self.runs_dir = Path(runs_dir)
         self.info = model_info
         self.upload_limit = upload_limit
+        self.max_uploads, self.total = max_uploads, total
         self._uploads: dict[str, Direction] = {}
+        self._bytes = 0
         self._cache: dict[Path, tuple[float, Direction]] = {}
         self._lock = threading.Lock()
 
@@ -126,11 +150,12 @@ class DirectionRegistry:
         return ups + sorted(found - set(ups))
 
     def get(self, name: str) -> Direction:
-        """The direction called ``name`` (an upload first, else the runs directory's file)."""
-        check_name(name, "direction name")
-        with self._lock:
-            if name in self._uploads:
+        """The direction called ``name``: ``upload:...`` an upload, else the runs directory's
+        file (raises KeyError for an unknown name)."""
+        if isinstance(name, str) and name.startswith(UPLOAD_PREFIX):
+            with self._lock:
                 return self._uploads[name]
+        check_name(name, "direction name")
         path = safe_path(self.runs_dir, name + ".safetensors", "direction name")
         if not path.is_file():
             raise KeyError(name)
@@ -161,7 +186,10 @@ class DirectionRegistry:
         if not name:
             stem = Path(filename or "upload.safetensors").name
             name = stem[: -len(".safetensors")] if stem.endswith(".safetensors") else stem
+        name = name.removeprefix(UPLOAD_PREFIX)
         check_name(name, "direction name")
+        name = UPLOAD_PREFIX + name
+        self._room(name, len(data))
         with tempfile.TemporaryDirectory(prefix="steerlab-upload-") as tmp:
             path = Path(tmp) / "upload.safetensors"
             path.write_bytes(data)
@@ -171,9 +199,23 @@ class DirectionRegistry:
                 raise type(e)(str(e).replace(str(path), "the upload")) from None
         d.meta.setdefault("uploaded_as", name)
         with self._lock:
+            self._room(name, len(data))  # again: another upload may have come meanwhile
             self._uploads[name] = d
+            self._bytes += len(data)
         return name
+
+    def _room(self, name: str, size: int) -> None:
+        if name in self._uploads:
+            raise NameTaken(f"an upload is already called {name!r}: choose another name")
+        if len(self._uploads) >= self.max_uploads:
+            raise UploadTooLarge(f"the server keeps at most {self.max_uploads} uploads")
+        if self._bytes + size > self.total:
+            raise UploadTooLarge(
+                f"uploads would take {self._bytes + size} bytes; the limit is {self.total}"
+            )
 
 
 class UploadTooLarge(SteerlabError):
     """An upload over the server's size limit (HTTP 413)."""
+
+    http_status = 413

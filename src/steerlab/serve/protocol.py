@@ -19,7 +19,7 @@ from typing import Any
 from ..directions.artifact import Direction
 from ..errors import SteerlabError
 from ..interventions.base import Intervention
-from ..interventions.spec import SpecError, treatment_from_spec
+from ..interventions.spec import KEYS, SpecError, treatment_from_spec
 from ..models.chat import PromptFormat
 from ..models.load import LoadedModel
 from .directions import DirectionRegistry
@@ -30,9 +30,17 @@ __all__ = ["BadRequest", "NotFound", "chat_prompt", "options", "treatment"]
 class BadRequest(SteerlabError):
     """A malformed request (HTTP 400)."""
 
+    http_status = 400
+
 
 class NotFound(SteerlabError):
     """Something named in a request does not exist (HTTP 404)."""
+
+    http_status = 404
+
+
+MAX_ITEMS = 16  # steer + ablate + clamp items in one request: each is hooked on every forward
+_SEED = 2**63  # torch's generators take 64-bit seeds
 
 
 def _int(v: Any, what: str) -> int:
@@ -41,9 +49,16 @@ def _int(v: Any, what: str) -> int:
     return v
 
 
-def treatment(lm: LoadedModel, reg: DirectionRegistry, body: Any) -> Intervention:
+def treatment(
+    lm: LoadedModel, reg: DirectionRegistry, body: Any, max_items: int = MAX_ITEMS
+) -> Intervention:
     """The ``steerlab`` field checked against the model: one intervention per request (every
-    request's treatment runs per row of a shared batch)."""
+    request's treatment runs per row of a shared batch). Loads directions: call it off the
+    event loop."""
+    if isinstance(body, dict):
+        n = sum(len(v) for k, v in body.items() if k in KEYS and isinstance(v, list))
+        if n > max_items:
+            raise BadRequest(f"steerlab: {n} steer/ablate/clamp items; at most {max_items}")
 
     def direction(name: str) -> Direction:
         try:
@@ -59,7 +74,9 @@ def treatment(lm: LoadedModel, reg: DirectionRegistry, body: Any) -> Interventio
         raise BadRequest(str(e)) from None
 
 
-def options(body: dict[str, Any], *, max_tokens: int, limit: int) -> dict[str, Any]:
+def options(
+    body: dict[str, Any], *, max_tokens: int, limit: int, chat: bool = True
+) -> dict[str, Any]:
     """OpenAI's sampling fields: max_tokens, temperature (default 0: greedy), top_p, seed, stop,
     stream, n (1 only)."""
     n = body.get("n", 1)
@@ -79,6 +96,8 @@ def options(body: dict[str, Any], *, max_tokens: int, limit: int) -> dict[str, A
         raise BadRequest(f"top_p must be in (0, 1], got {p}")
     seed = body.get("seed")
     seed = 0 if seed is None else _int(seed, "seed")
+    if not -_SEED <= seed < _SEED:
+        raise BadRequest(f"seed must be a 64-bit integer, got {seed}")
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
@@ -95,7 +114,30 @@ def options(body: dict[str, Any], *, max_tokens: int, limit: int) -> dict[str, A
         "stop": tuple(s for s in stop if s),
         "stream": stream,
         "usage_chunk": bool(isinstance(so, dict) and so.get("include_usage")),
+        "logprobs": _logprobs(body, chat, stream),
     }
+
+
+def _logprobs(body: dict[str, Any], chat: bool, stream: bool) -> int | None:
+    """How many alternatives to report per token (None: no log-probabilities). Chat takes
+    ``logprobs: true`` and ``top_logprobs`` (0-20); completions take ``logprobs`` (0-5)."""
+    lp = body.get("logprobs")
+    if chat:
+        if lp not in (None, True, False):
+            raise BadRequest("logprobs must be true or false")
+        top = body.get("top_logprobs")
+        if top is not None and not lp:
+            raise BadRequest("top_logprobs needs logprobs: true")
+        n = None if not lp else 0 if top is None else _int(top, "top_logprobs")
+        limit = 20
+    else:
+        n = None if lp is None else _int(lp, "logprobs")
+        limit = 5
+    if n is not None and not 0 <= n <= limit:
+        raise BadRequest(f"top log-probabilities must be between 0 and {limit}, got {n}")
+    if n is not None and stream:
+        raise BadRequest("log-probabilities come with non-streamed requests only")
+    return n
 
 
 def _num(v: Any, what: str) -> float:

@@ -11,16 +11,19 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from ..errors import SteerlabError, first_line
-from .batcher import GenJob, QueueFull
 from .directions import NameError_, UploadTooLarge
+from .jobs import GenJob
 from .protocol import BadRequest, NotFound
 
 __all__ = ["Pipe", "error_response", "status_of", "stream_events", "usage", "wait_result"]
 
-_STATUS = {BadRequest: 400, NameError_: 400, NotFound: 404, UploadTooLarge: 413, QueueFull: 429}
+_STATUS = {BadRequest: 400, NameError_: 400, NotFound: 404, UploadTooLarge: 413}
 
 
 def status_of(e: BaseException) -> int:
+    own = getattr(e, "http_status", None)  # errors defined where they are raised say their code
+    if isinstance(own, int):
+        return own
     for cls, code in _STATUS.items():
         if isinstance(e, cls):
             return code
@@ -28,7 +31,13 @@ def status_of(e: BaseException) -> int:
 
 
 def error_response(status: int, message: str) -> JSONResponse:
-    kind = {404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error"}
+    kind = {
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+    }
     body = {
         "message": " ".join(message.split()),  # one line
         "type": kind.get(status, "invalid_request_error" if status < 500 else "server_error"),
@@ -54,19 +63,33 @@ def usage(res: dict[str, Any]) -> dict[str, int]:
 
 
 async def wait_result(pipe: Pipe, job: Any, request: Any) -> Any:
-    """The job's result; None when the client disconnected first (the job is cancelled)."""
-    while True:
-        try:
-            kind, payload = await asyncio.wait_for(pipe.queue.get(), timeout=0.5)
-        except TimeoutError:
-            if await request.is_disconnected():
+    """The job's result; None when the client disconnected first (the job is cancelled at
+    once, so the worker drops its row before the next decode step)."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        while True:
+            got = asyncio.ensure_future(pipe.queue.get())
+            await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not got.done():
+                got.cancel()
                 job.cancelled.set()
                 return None
-            continue
-        if kind == "done":
-            return payload
-        if kind == "error":
-            raise payload
+            kind, payload = got.result()
+            if kind == "done":
+                return payload
+            if kind == "error":
+                raise payload
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(request: Any) -> None:
+    """Returns when the client has gone (the body was read already: what comes next is the
+    disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def _sse(obj: Any) -> str:

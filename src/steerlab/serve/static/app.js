@@ -47,8 +47,30 @@ async function readError(resp) {
   return new Error(errorMessage(body, resp.status));
 }
 
+// A server started with --api-key wants "Authorization: Bearer KEY" on every API call: ask for
+// the key once (on the first 401), keep it for this tab only.
+const KEY_SLOT = "steerlab-api-key";
+
+async function authFetch(path, opts = {}) {
+  const withKey = () => {
+    const key = sessionStorage.getItem(KEY_SLOT);
+    const headers = { ...(opts.headers || {}) };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    return fetch(path, { ...opts, headers });
+  };
+  let resp = await withKey();
+  if (resp.status === 401) {
+    const key = window.prompt("This server needs an API key (steerlab serve --api-key):");
+    if (key) {
+      sessionStorage.setItem(KEY_SLOT, key.trim());
+      resp = await withKey();
+    }
+  }
+  return resp;
+}
+
 async function api(path, opts = {}) {
-  const resp = await fetch(path, opts);
+  const resp = await authFetch(path, opts);
   if (!resp.ok) throw await readError(resp);
   const type = resp.headers.get("content-type") || "";
   return type.includes("json") ? resp.json() : resp.text();
@@ -245,7 +267,7 @@ async function streamChat(body, el, meta, signal) {
   el.setAttribute("aria-busy", "true");
   const info = { tokens: null, finish: null };
   try {
-    const resp = await fetch("/v1/chat/completions", {
+    const resp = await authFetch("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify(body),
@@ -471,7 +493,7 @@ function runItem(run) {
       for (const other of $("runs-list").children) other.classList.remove("current");
       li.classList.add("current");
       const frame = $("run-frame");
-      frame.src = run.report;
+      showReport(frame, run.report);
       frame.title = `Report of ${run.name}`;
       frame.hidden = false;
     });
@@ -487,6 +509,23 @@ function runItem(run) {
   }
   li.append(actions);
   return li;
+}
+
+// Reports are shown sandboxed (no script, an origin of their own; the server also sends them
+// under "CSP: sandbox"). With an API key the frame cannot send it: fetch, then show the text.
+async function showReport(frame, url) {
+  if (!sessionStorage.getItem(KEY_SLOT)) {
+    frame.removeAttribute("srcdoc");
+    frame.src = url;
+    return;
+  }
+  try {
+    const resp = await authFetch(url);
+    if (!resp.ok) throw await readError(resp);
+    frame.srcdoc = await resp.text();
+  } catch (e) {
+    showError(`Could not open the report: ${e.message}`);
+  }
 }
 
 // --- tabs ---------------------------------------------------------------------------------------

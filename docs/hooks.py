@@ -20,8 +20,9 @@ CLI_INTRO = """# Command line
 
 Generated at build time from the `steerlab` typer app (typer's own Markdown writer), so every
 command, option and default here is what `steerlab COMMAND --help` prints. Conventions shared
-by every command (layers, prompt files, exit codes) are on
-[The residual stream and layers](../concepts/residual-stream.md) and
+by every command: layer indices on [The residual stream and layers](../concepts/residual-stream.md),
+prompt files and `--model` on [Your own model, dataset or scorer](../how-to/bring-your-own.md),
+the options that load a model on [GPUs and big models](../how-to/gpus.md), exit codes on
 [Troubleshooting](../troubleshooting.md).
 
 """

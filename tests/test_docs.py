@@ -197,6 +197,18 @@ def test_commands_in_docs_use_real_flags(doc: Path) -> None:
                 assert f'"{flag}"' in source, f"{doc.name}: {line!r}: {words[1]} has no {flag}"
 
 
+# flags of other programs that the pages mention (llama.cpp, hf, pip, mkdocs)
+FOREIGN_FLAGS = {"--control-vector", "--local-dir", "--no-deps", "--strict", "--help"}
+
+
+def test_every_flag_named_in_prose_exists() -> None:
+    known = {o for c in COMMANDS.values() for p in c.params for o in (*p.opts, *p.secondary_opts)}
+    known |= {o for p in ROOT_CMD.params for o in p.opts}
+    for doc in DOC_FILES:
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", doc.read_text()):
+            assert flag in known | FOREIGN_FLAGS, f"{doc.name} names {flag}, which no command has"
+
+
 def test_readme_is_short_and_links_what_it_names() -> None:
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 150

@@ -75,5 +75,5 @@ for arm, r in report["test"].items():
     if isinstance(r, dict) and "score" in r:
         lo, hi = r["ci"]
         print(f"test {arm:9s}: score {r['score']:.3f} [{lo:.3f}, {hi:.3f}] on {r['n']} prompts")
-print("verdict:", report["verdict"])
+print("verdict:", report["verdict"]["text"])
 print("report:", out / "sweep" / "report.html")

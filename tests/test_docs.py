@@ -9,7 +9,9 @@ itself with ``mkdocs build --strict``.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import re
 import shlex
 import sys
@@ -207,6 +209,48 @@ def test_every_flag_named_in_prose_exists() -> None:
     for doc in DOC_FILES:
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", doc.read_text()):
             assert flag in known | FOREIGN_FLAGS, f"{doc.name} names {flag}, which no command has"
+
+
+def _steerlab_calls(code: str) -> list[tuple[str, Any]]:
+    """(dotted name, call node) of every ``steerlab.X(...)`` / ``steerlab.X.y(...)`` call."""
+    out = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call):
+            parts, f = [], node.func
+            while isinstance(f, ast.Attribute):
+                parts.insert(0, f.attr)
+                f = f.value
+            if isinstance(f, ast.Name) and f.id == "steerlab" and parts:
+                out.append((".".join(parts), node))
+    return out
+
+
+def test_python_in_docs_calls_the_api_as_it_is() -> None:
+    """Every steerlab call in a Python block names a public object and binds to its signature
+    (the examples, included from files, run in test_examples.py)."""
+    checked = 0
+    for doc in DOC_FILES:
+        for code in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S):
+            if "--8<--" in code:
+                continue
+            for name, call in _steerlab_calls(code):
+                head = name.split(".")[0]
+                assert head in steerlab.__all__ or head in ("refusal",), f"{doc.name}: {name}"
+                obj: Any = steerlab
+                for part in name.split("."):
+                    obj = getattr(obj, part)
+                if any(isinstance(a, ast.Starred) for a in call.args) or any(
+                    k.arg is None for k in call.keywords
+                ):
+                    continue
+                args = [None] * len(call.args)
+                kwargs = {k.arg: None for k in call.keywords}
+                try:
+                    inspect.signature(obj).bind(*args, **kwargs)
+                except TypeError as e:
+                    raise AssertionError(f"{doc.name}: steerlab.{name}: {e}") from None
+                checked += 1
+    assert checked >= 30
 
 
 def test_readme_is_short_and_links_what_it_names() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import json
 import re
 import shlex
 import sys
@@ -286,8 +287,11 @@ def test_results_page_renders_every_committed_file() -> None:
         assert path.name in section and "date:" in section
     page = gen.page()
     assert all(p.name in page for p in files)
-    # a figure on the page is the file's own: the refusal quick run's ablation rate and interval
-    assert "| `ablation` | 0.000 [0.000–0.107]" in page
+    # a figure on the page is the file's own: each compare file's scores with their intervals
+    for path in files:
+        if gen.SOURCES.get(path.name, (None, None, None))[2] is gen.render_compare:
+            for row in json.loads(path.read_text())["summary"]:
+                assert gen._ci(row["score"], row["ci"]) in page, (path.name, row)
 
 
 def test_results_renderer_reports_a_changed_format(tmp_path: Path) -> None:

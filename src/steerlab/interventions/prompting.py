@@ -25,8 +25,10 @@ class PromptPrefix:
     Args:
         system: a system message (for chat templates that have a system role).
         shots: ``(user, assistant)`` pairs shown as earlier turns (few-shot prompting).
-        prefix / suffix: text put before / after the user's message (e.g. contrast prompting:
+        prefix: text put before the user's message (e.g. contrast prompting:
             ``"Good response: ... Bad response: ...\\n\\n"`` before the query).
+        suffix: text put after the user's message.
+        name: the treatment's name in reports.
 
     Example:
         >>> with PromptPrefix(system="Answer cheerfully.").applied(lm) as treated:  # doctest: +SKIP

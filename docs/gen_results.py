@@ -224,6 +224,109 @@ def render_generic(d: dict) -> str:
     return _table(["key", "value"], rows)
 
 
+def _recorded_compare(d: dict) -> str:
+    """A ``compare.json`` kept by ``benchmarks/record.py``: the table with its marks, the
+    winners from the paired contrasts, the significant contrasts and the random null."""
+    summary = _get(d, "summary")
+    sizes = _get(d, "train_sizes")
+    cell = {(row["method"], row["n"]): row for row in summary}
+    big = sizes[-1]
+    rows = []
+    for m in _get(d, "methods"):
+        marks = []
+        for n in sizes:
+            r = cell.get((m, n))
+            if r is None:
+                marks.append("—")
+                continue
+            text = _ci(r["score"], r["ci"])
+            text += "" if _get(r, "within_bound") else " †"
+            text += " ‡" if _get(r, "degenerate") else ""
+            if r.get("rate") is not None:
+                text += f" ({100 * r['rate']:.0f}% > {r['rate_threshold']:g})"
+            marks.append(text)
+        last = cell.get((m, big)) or {}
+        budget = last.get("budget") or {}
+        rows.append([f"`{m}`", *marks, _num(last.get("ce"), 2), _num(budget.get("candidates"))])
+    header = ["method", *[f"N = {n}" for n in sizes], f"CE at N = {big}", "candidates"]
+    win = []
+    for w in _get(d, "winners"):
+        who = f"`{w['method']}`" if w["method"] else "no winner"
+        win.append(f"N = {w['n']} ({w['view']}): {who}")
+    sig = [
+        [c["kind"], _num(c["n"]), f"`{c['a']}` − `{c['b']}`", _ci(c["diff"], c["ci"]),
+         _num(c["p_holm"], 4)]
+        for c in _get(d, "contrasts")
+        if c["p_holm"] is not None and c["p_holm"] < 0.05
+    ]  # fmt: skip
+    null = d.get("random_null") or {}
+    parts = [
+        f"Model `{_get(d, 'model', 'model_id')}`, behaviour `{_get(d, 'behavior', 'name')}`, "
+        f"{_get(d, 'config', 'draws')} draw(s), layers {_get(d, 'layers')}. Test score, mean "
+        "[95% interval] (share of completions above the threshold). † over the fluency bound on "
+        "selection; ‡ degenerate (one reply for every prompt).",
+        _table(header, rows),
+        "Winners (from the paired contrasts, Holm-corrected): " + "; ".join(win),
+    ]
+    if sig:
+        head = ["contrast", "N", "a − b", "difference [95% CI]", "p (Holm)"]
+        parts += ["Contrasts with Holm p < 0.05:", _table(head, sig)]
+    else:
+        parts.append("No contrast has Holm p < 0.05.")
+    if null:
+        pct = ", ".join(f"`{k}` {v:.0f}%" for k, v in sorted(null["percentile"].items()))
+        parts.append(
+            f"Random null: {null['n_directions']} norm-matched directions at layer "
+            f"{null['cell']['layer']}, {null['cell']['coeff']:g} x norm (N = {null['n']}) score "
+            f"{_ci(sum(null['scores']) / len(null['scores']), null['ci'])}; percentile of each "
+            f"method there: {pct}."
+        )
+    return "\n\n".join(parts)
+
+
+def _recorded_sweep(d: dict) -> str:
+    """A ``sweep.json`` kept by ``benchmarks/record.py``: the chosen cell and the test split."""
+    ch, test = _get(d, "chosen"), _get(d, "test")
+    rows = [
+        [name, _ci(test[name]["score"], test[name]["ci"]), _num(test[name]["ce"], 2)]
+        for name in ("steered", "unsteered", "random")
+    ]
+    paired = [
+        [k, _ci(c["diff"], c["ci"]), _num(c["p"], 4), _num(c["p_holm"], 4)]
+        for k, c in _get(test, "paired").items()
+    ]
+    null = test["random"]
+    return "\n\n".join(
+        [
+            f"Model `{_get(d, 'model', 'model_id')}`, behaviour `{_get(d, 'behavior', 'name')}`. "
+            f"Chosen on selection: layer {ch['layer']}, {ch['coeff']:g} x norm "
+            f"({ch['positions']}), within the bound: {_num(ch['within_bound'])}.",
+            _table(["test split", "score [95% CI]", "CE"], rows),
+            f"Random row: the mean of {null['n_directions']} directions, interval their central "
+            f"95%; the chosen direction is above {null['percentile']:.0f}% of them "
+            f"(prediction test p = {_num(null['p_direction'], 4)}).",
+            _table(["paired contrast", "difference [95% CI]", "p", "p (Holm)"], paired),
+            f"Verdict: {_get(d, 'verdict', 'text')}",
+        ]
+    )
+
+
+def render_recorded(d: dict) -> str:
+    """A file written by ``benchmarks/record.py`` (its command, commit and model fingerprint
+    recorded with the result)."""
+    result = _get(d, "result")
+    prov = d.get("provenance") or {}
+    head = (
+        f"Commit `{str(d.get('git_commit'))[:10]}`"
+        + (" (with uncommitted changes)" if d.get("git_dirty") else "")
+        + f", steerlab {d.get('steerlab_version')}, weights fingerprint "
+        f"`{str(prov.get('weights'))[:16]}`, wall time {_num(d.get('wall_seconds'), 0)} s."
+    )
+    kind = _get(d, "source_file")
+    body = {"compare.json": _recorded_compare, "sweep.json": _recorded_sweep}.get(kind)
+    return head + "\n\n" + (body(result) if body else render_generic(result))
+
+
 # file -> (what it measured, the command that wrote it, renderer). The command is the one the
 # benchmark's README gives; a file that records its own ``command`` shows that instead.
 SOURCES: dict[str, tuple[str, str, Callable[[dict], str]]] = {
@@ -316,8 +419,9 @@ def _date(d: dict, path: Path) -> str:
 def render_file(path: Path) -> tuple[str, bool]:
     """One file's section, and whether its renderer read it (False: the scalar fallback)."""
     d = json.loads(path.read_text())
+    fallback = render_recorded if "source_file" in d else render_generic
     title, command, render = SOURCES.get(
-        path.name, (path.stem.replace("_", " "), "see benchmarks/README.md", render_generic)
+        path.name, (path.stem.replace("_", " "), "see benchmarks/README.md", fallback)
     )
     command = d.get("command") or command
     head = [
@@ -339,11 +443,19 @@ def render_file(path: Path) -> tuple[str, bool]:
     return "\n\n".join([*head, body]), ok
 
 
+def _is_recorded(path: Path) -> bool:
+    try:
+        return "source_file" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def page() -> str:
     """The whole Results page (Markdown)."""
     files = sorted(RESULTS.glob("*.json"))
-    known = [p for name in SOURCES for p in files if p.name == name]
-    others = [p for p in files if p.name not in SOURCES]
+    recorded = [p for p in files if p.name not in SOURCES and _is_recorded(p)]
+    known = [p for name in SOURCES for p in files if p.name == name] + recorded
+    others = [p for p in files if p.name not in SOURCES and p not in recorded]
     parts = [
         "# Measured results",
         "This page is generated at build time from the JSON files committed in "

@@ -151,10 +151,23 @@ def test_cli_probe_contract(tmp_path: Path) -> None:
     rep = json.loads((out / "probe.json").read_text())
     assert rep["layers"] == [6, 18]
     assert set(rep["methods"]) == {"mean_diff", "pca", "logistic", "lda", "leace"}
-    for per in [*rep["methods"].values(), *rep["controls"].values(), rep["erasure"]["after_leace"]]:
+    ctl = rep["controls"]
+    for per in [*rep["methods"].values(), ctl["shuffled"], ctl["random"]]:
         assert len(per) == 2
         for c in per:
             assert {"accuracy", "accuracy_ci", "auroc"} <= set(c)
+    assert len(rep["erasure"]["after_leace"]) == 2
+    # the nulls: the default draws per layer, each row a mean over them with its spread and
+    # every method's percentile within it
+    assert ctl["n_permutations"] == 20 and ctl["n_random_directions"] == 20
+    for key in ("shuffled", "random"):
+        for row in ctl[key]:
+            assert row["draws"] == 20 and len(row["accuracies"]) == 20
+            assert row["accuracy"] == pytest.approx(np.mean(row["accuracies"]))
+            assert row["accuracy_ci"][0] <= row["accuracy"] <= row["accuracy_ci"][1]
+            assert set(row["percentile"]) == set(rep["methods"])
+    assert all(len(r["c"]) == 20 for r in ctl["shuffled"])  # each permutation's own C
+    assert len(rep["logistic_c_validation"]) == 2
     acc = rep["methods"]["logistic"][1]["accuracy"]
     assert acc > 0.7 and acc > rep["controls"]["shuffled"][1]["accuracy"]
     assert rep["best"]["mean_diff"]["layer"] in (6, 18)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Regenerate one committed result under benchmarks/results/:
+#
+#     bash benchmarks/reproduce.sh NAME        # NAME from the table below; no NAME lists them
+#
+# Each row: NAME | kind (which recorder) | the steerlab arguments. The run goes to
+# $RUNS/NAME (default runs/reproduce; a rerun resumes from its cache), then
+# benchmarks/record_result.py writes benchmarks/results/NAME.json with the command, the
+# steerlab version and commit, the model's weights hash, the choices and per-prompt scores.
+# STEERLAB (default: steerlab) and PYTHON (default: python) pick the executables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENTRIES=(
+  # NAME             | kind  | arguments
+  "probe             | probe | probe -m qwen2.5-coder-0.5b -p builtin:harmful -n builtin:harmless"
+  "probe-facts       | probe | probe -m qwen2.5-coder-0.5b -p builtin:true_facts -n builtin:false_facts"
+  "probe-sentiment   | probe | probe -m smollm2-135m -p builtin:happy -n builtin:sad"
+)
+
+STEERLAB=${STEERLAB:-steerlab}
+PYTHON=${PYTHON:-python}
+RUNS=${RUNS:-runs/reproduce}
+
+field() { echo "$1" | cut -d'|' -f"$2" | xargs; }
+
+usage() {
+  echo "usage: bash benchmarks/reproduce.sh NAME; NAME is one of:" >&2
+  for e in "${ENTRIES[@]}"; do echo "  $(field "$e" 1): steerlab $(field "$e" 3)" >&2; done
+  exit 2
+}
+
+# flag value from an argument string: flag_value "-p" "probe -m M -p X -n Y" -> X
+flag_value() {
+  local want=$1 prev="" a
+  for a in $2; do
+    if [[ $prev == "$want" ]]; then echo "$a"; return; fi
+    prev=$a
+  done
+}
+
+record_probe() {  # NAME ARGS OUT
+  "$PYTHON" benchmarks/record_result.py probe "$3" --name "$1" \
+    --command "steerlab $2 --out $3" -p "$(flag_value -p "$2")" -n "$(flag_value -n "$2")"
+}
+
+name=${1:-}
+[[ -n $name ]] || usage
+for e in "${ENTRIES[@]}"; do
+  [[ $(field "$e" 1) == "$name" ]] || continue
+  kind=$(field "$e" 2)
+  args=$(field "$e" 3)
+  out="$RUNS/$name"
+  # shellcheck disable=SC2086  # the arguments are words by design
+  "$STEERLAB" $args --out "$out" -q
+  "record_$kind" "$name" "$args" "$out"
+  exit 0
+done
+echo "unknown result $name" >&2
+usage

@@ -31,6 +31,7 @@ __all__ = [
     "permutation_null",
     "permutation_p_value",
     "random_direction_null",
+    "random_units_signed",
     "summarize_null",
 ]
 
@@ -154,6 +155,14 @@ def permutation_null(
     return scores, cs
 
 
+def random_units_signed(d: int, n: int, md: np.ndarray, *, seed: int) -> np.ndarray:
+    """(n, d) unit directions drawn uniformly on the sphere, each signed so that ``md`` (the
+    train mean difference) projects non-negatively on it, as every method's direction is."""
+    u = np.random.default_rng(seed).standard_normal((n, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return np.where((u @ md)[:, None] < 0, -u, u)
+
+
 def random_direction_null(
     xp: np.ndarray,
     xn: np.ndarray,
@@ -163,14 +172,7 @@ def random_direction_null(
     n: int,
     seed: int,
 ) -> list[Scored]:
-    """``n`` uniformly random unit directions, each signed on train (positive class higher)."""
-    rng = np.random.default_rng(seed)
-    md = xp.mean(0) - xn.mean(0)
-    out = []
-    for _ in range(n):
-        u = rng.standard_normal(xp.shape[1])
-        u /= np.linalg.norm(u)
-        if u @ md < 0:  # sign fixed on train, like every method's direction
-            u = -u
-        out.append(score(u, xp, xn, x_test, y_test, intervals=False))
-    return out
+    """``n`` uniformly random unit directions, each signed on train (positive class higher),
+    scored on test like a method's direction."""
+    units = random_units_signed(xp.shape[1], n, xp.mean(0) - xn.mean(0), seed=seed)
+    return [score(u, xp, xn, x_test, y_test, intervals=False) for u in units]

@@ -54,15 +54,16 @@ def model_identity(model: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def provenance(command: str, model: dict[str, Any]) -> dict[str, Any]:
+def provenance(command: str, model: dict[str, Any], commit: str | None) -> dict[str, Any]:
     from steerlab import __version__
 
     return {
         "command": command,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "steerlab_version": __version__,
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "commit": commit or _git("rev-parse", "HEAD"),
+        "head_when_recorded": _git("rev-parse", "HEAD"),
+        "dirty_when_recorded": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "model": model_identity(model),
         "machine": {
             "platform": platform.platform(),
@@ -114,13 +115,14 @@ def main() -> None:
     p.add_argument("run", type=Path, help="the finished run directory")
     p.add_argument("--name", required=True, help="result name: benchmarks/results/NAME.json")
     p.add_argument("--command", required=True, help="the command that made the run")
+    p.add_argument("--commit", help="the commit the run was made with (default: HEAD now)")
     p.add_argument("-p", "--positive")
     p.add_argument("-n", "--negative")
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     body = probe_record(args.run, args)
-    rec = {"name": args.name, **provenance(args.command, body["run"]["model"]), **body}
+    rec = {"name": args.name, **provenance(args.command, body["run"]["model"], args.commit), **body}
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     out.write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
     print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)

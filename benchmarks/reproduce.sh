@@ -39,8 +39,8 @@ flag_value() {
   done
 }
 
-record_probe() {  # NAME ARGS OUT
-  "$PYTHON" benchmarks/record_result.py probe "$3" --name "$1" \
+record_probe() {  # NAME ARGS OUT COMMIT
+  "$PYTHON" benchmarks/record_result.py probe "$3" --name "$1" --commit "$4" \
     --command "steerlab $2 --out $3" -p "$(flag_value -p "$2")" -n "$(flag_value -n "$2")"
 }
 
@@ -51,9 +51,10 @@ for e in "${ENTRIES[@]}"; do
   kind=$(field "$e" 2)
   args=$(field "$e" 3)
   out="$RUNS/$name"
+  commit=$(git rev-parse HEAD)  # the code that runs, even if the tree moves meanwhile
   # shellcheck disable=SC2086  # the arguments are words by design
   "$STEERLAB" $args --out "$out" -q
-  "record_$kind" "$name" "$args" "$out"
+  "record_$kind" "$name" "$args" "$out" "$commit"
   exit 0
 done
 echo "unknown result $name" >&2

@@ -3,10 +3,12 @@
 #
 #     bash benchmarks/reproduce.sh NAME        # NAME from the table below; no NAME lists them
 #
-# Each row: NAME | kind (which recorder) | the steerlab arguments. The run goes to
-# $RUNS/NAME (default runs/reproduce; a rerun resumes from its cache), then
-# benchmarks/record_result.py writes benchmarks/results/NAME.json with the command, the
-# steerlab version and commit, the model's weights hash, the choices and per-prompt scores.
+# Each row: NAME | kind | arguments. For a steerlab kind (probe, ...) the arguments are
+# steerlab's: the run goes to $RUNS/NAME (default runs/reproduce; a rerun resumes from its
+# cache), then benchmarks/record_result.py writes benchmarks/results/NAME.json with the
+# command, the steerlab version and commit, the model's weights hash, the choices and the
+# per-prompt scores. For kind "script" the arguments are a Python script that writes
+# benchmarks/results/NAME.json itself (given --name and --commit).
 # STEERLAB (default: steerlab) and PYTHON (default: python) pick the executables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ ENTRIES=(
   "probe             | probe | probe -m qwen2.5-coder-0.5b -p builtin:harmful -n builtin:harmless"
   "probe-facts       | probe | probe -m qwen2.5-coder-0.5b -p builtin:true_facts -n builtin:false_facts"
   "probe-sentiment   | probe | probe -m smollm2-135m -p builtin:happy -n builtin:sad"
+  "sycophancy-ab-unsteered | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab"
 )
 
 STEERLAB=${STEERLAB:-steerlab}
@@ -26,7 +29,7 @@ field() { echo "$1" | cut -d'|' -f"$2" | xargs; }
 
 usage() {
   echo "usage: bash benchmarks/reproduce.sh NAME; NAME is one of:" >&2
-  for e in "${ENTRIES[@]}"; do echo "  $(field "$e" 1): steerlab $(field "$e" 3)" >&2; done
+  for e in "${ENTRIES[@]}"; do echo "  $(field "$e" 1): $(field "$e" 3)" >&2; done
   exit 2
 }
 
@@ -52,6 +55,11 @@ for e in "${ENTRIES[@]}"; do
   args=$(field "$e" 3)
   out="$RUNS/$name"
   commit=$(git rev-parse HEAD)  # the code that runs, even if the tree moves meanwhile
+  if [[ $kind == script ]]; then
+    # shellcheck disable=SC2086
+    "$PYTHON" $args --name "$name" --commit "$commit"
+    exit 0
+  fi
   # shellcheck disable=SC2086  # the arguments are words by design
   "$STEERLAB" $args --out "$out" -q
   "record_$kind" "$name" "$args" "$out" "$commit"

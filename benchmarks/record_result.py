@@ -77,6 +77,64 @@ def _cut(text: str) -> str:
     return text if len(text) <= CUT else text[: CUT - 1] + "…"
 
 
+def _span(rows: list[dict[str, Any]]) -> list[float]:
+    accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+    return [min(accs), max(accs)] if accs else []
+
+
+def probe_summary(rep: dict[str, Any]) -> dict[str, Any]:
+    """The figures the README quotes, picked from probe.json (nothing recomputed): each
+    method at its chosen layer with the nulls there, the nulls' highest per-layer mean, the
+    cosines at mean_diff's chosen layer, and the erasure ranges over layers."""
+    layers, ctl = rep["layers"], rep["controls"]
+    methods = {}
+    for m, b in rep["best"].items():
+        i = layers.index(b["layer"])
+        s = rep["methods"][m][i]
+        methods[m] = {
+            "layer": b["layer"],
+            "accuracy": s["accuracy"],
+            "accuracy_ci": s["accuracy_ci"],
+            "auroc": s["auroc"],
+            "validation_accuracy": rep["validation_accuracy"][m][i],
+        } | {
+            key: {k: ctl[key][i].get(k) for k in ("accuracy", "accuracy_sd", "accuracy_ci")}
+            | {"percentile": ctl[key][i]["percentile"][m], "p_value": ctl[key][i]["p_value"][m]}
+            for key in ("shuffled", "random")
+        }
+    top = {
+        key: max(
+            ({"layer": lay, "accuracy": r["accuracy"], "accuracy_ci": r["accuracy_ci"]}
+             for lay, r in zip(layers, ctl[key], strict=True)),
+            key=lambda x: x["accuracy"],
+        )
+        for key in ("shuffled", "random")
+    }  # fmt: skip
+    ag = rep["agreement"]
+    names, ref = ag["methods"], ag["reference"]
+    i = layers.index(rep["best"][ref]["layer"])
+    cos = dict(zip(names, ag["cosine"][i][names.index(ref)], strict=True))
+    ero = rep["erasure"]
+    return {
+        "methods": methods,
+        "nulls_highest_layer_mean": top,
+        "n_permutations": ctl["n_permutations"],
+        "n_random_directions": ctl["n_random_directions"],
+        "cosine_to_reference": {"reference": ref, "layer": layers[i], "cosine": cos},
+        "cosine_leace_lda": (
+            ag["cosine"][i][names.index("leace")][names.index("lda")]
+            if {"leace", "lda"} <= set(names)
+            else None
+        ),
+        "erasure_accuracy_range_over_layers": {
+            "in_sample_after_leace": _span(ero["after_leace"]),
+            "held_out_before": _span(ero["held_out"]["before_erasure"]),
+            "held_out_after_leace": _span(ero["held_out"]["after_leace"]),
+            "held_out_after_mean_diff_ablation": _span(ero["held_out"]["after_mean_diff_ablation"]),
+        },
+    }
+
+
 def probe_record(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     """probe.json, with each method's per-prompt test scores at its best layer beside the
     (cut) prompts, in the order of the test sets."""
@@ -98,6 +156,7 @@ def probe_record(run: Path, args: argparse.Namespace) -> dict[str, Any]:
         ]
         per_prompt[m] = {"layer": p["layer"], "threshold": thr, "rows": rows}
     return {
+        "summary": probe_summary(rep),
         "choices": {
             "config": rep["config"],
             "split": rep["data"]["split"],

@@ -10,6 +10,10 @@ Wilson interval, and the mean letter mass and ``ab`` score with bootstrap interv
 matching letter is A for half the items and B for the other half (a hash of the question),
 so a model that always says "A" sits at 0.5 on the matching rate.
 
+``--no-prefill`` reads the first reply token instead, as the tokens that begin "(A" and "(B"
+(e.g. Qwen2.5's tokenizer writes "(A" as one token, so after a prefilled "(" the letter alone
+is off its usual tokenization).
+
     python benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab \\
         --name sycophancy-ab-unsteered
 """
@@ -32,6 +36,7 @@ def main() -> None:
     p.add_argument("--behavior", default="builtin:sycophancy-ab")
     p.add_argument("--name", required=True, help="result name: benchmarks/results/NAME.json")
     p.add_argument("--commit", help="the commit the run was made with (default: HEAD now)")
+    p.add_argument("--no-prefill", action="store_true", help="read '(A' / '(B' as first token")
     args = p.parse_args()
 
     import numpy as np
@@ -48,10 +53,14 @@ def main() -> None:
     tok = lm.tokenizer
     chat = has_chat_template(tok)
     items = list(beh.ab)
-    texts = [format_prompt(tok, it.prompt(), chat=chat) + "(" for it in items]
+    prefill = "" if args.no_prefill else "("
+    texts = [format_prompt(tok, it.prompt(), chat=chat) + prefill for it in items]
     with torch.inference_mode():
         lp = next_logprobs_rows(lm, texts, rendered=True, batch_rows=16)
-    ids = {c: tok.encode(c, add_special_tokens=False)[0] for c in "AB"}
+    start = "(" if args.no_prefill else ""
+    ids = {c: tok.encode(start + c, add_special_tokens=False)[0] for c in "AB"}
+    if ids["A"] == ids["B"]:
+        raise SystemExit(f"the tokenizer does not start {start}A and {start}B with distinct tokens")
     rows = []
     for it, row in zip(items, lp, strict=True):
         pa, pb = float(row[ids["A"]].exp()), float(row[ids["B"]].exp())
@@ -83,10 +92,16 @@ def main() -> None:
         "chat_template": chat,
     }
     cmd = f"python benchmarks/ab_chance.py --model {args.model} --behavior {args.behavior}"
+    cmd += " --no-prefill" if args.no_prefill else ""
     rec = {
         "name": args.name,
         **provenance(cmd + f" --name {args.name}", lm.info.to_dict(), args.commit),
-        "choices": {"behavior": args.behavior, "items": "all ab items (selection and test)"},
+        "choices": {
+            "behavior": args.behavior,
+            "items": "all ab items (selection and test)",
+            "prefill": prefill,
+            "letter_tokens": {c: tok.decode([i]) for c, i in ids.items()},
+        },
         "summary": summary,
         "per_prompt": rows,
     }

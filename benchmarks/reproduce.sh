@@ -19,6 +19,7 @@ ENTRIES=(
   "probe-facts       | probe | probe -m qwen2.5-coder-0.5b -p builtin:true_facts -n builtin:false_facts"
   "probe-sentiment   | probe | probe -m smollm2-135m -p builtin:happy -n builtin:sad"
   "sycophancy-ab-unsteered | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab"
+  "sycophancy-ab-unsteered-noprefill | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab --no-prefill"
 )
 
 STEERLAB=${STEERLAB:-steerlab}

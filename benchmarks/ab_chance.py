@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from record_result import CUT, ROOT, provenance
+from record_result import CUT, ROOT, check_overwrite, provenance
 
 
 def main() -> None:
@@ -106,6 +106,7 @@ def main() -> None:
         "per_prompt": rows,
     }
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
+    check_overwrite(out, args.name)
     out.write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
     print(json.dumps(summary, indent=1))
 

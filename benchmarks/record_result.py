@@ -73,6 +73,18 @@ def provenance(command: str, model: dict[str, Any], commit: str | None) -> dict[
     }
 
 
+def check_overwrite(out: Path, name: str) -> None:
+    """Refuse to replace a result file this recorder did not write under the same name (e.g.
+    a benchmark's own JSON)."""
+    if out.exists():
+        try:
+            old = json.loads(out.read_text())
+        except ValueError:
+            old = None
+        if not isinstance(old, dict) or old.get("name") != name:
+            raise SystemExit(f"{out} exists and was not recorded as {name!r}: pick another name")
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= CUT else text[: CUT - 1] + "…"
 
@@ -183,6 +195,7 @@ def main() -> None:
     body = probe_record(args.run, args)
     rec = {"name": args.name, **provenance(args.command, body["run"]["model"], args.commit), **body}
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
+    check_overwrite(out, args.name)
     out.write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
     print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)
 

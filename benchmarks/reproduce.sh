@@ -15,11 +15,16 @@ cd "$(dirname "$0")/.."
 
 ENTRIES=(
   # NAME             | kind  | arguments
-  "probe             | probe | probe -m qwen2.5-coder-0.5b -p builtin:harmful -n builtin:harmless"
+  "probe-harmful     | probe | probe -m qwen2.5-coder-0.5b -p builtin:harmful -n builtin:harmless"
   "probe-facts       | probe | probe -m qwen2.5-coder-0.5b -p builtin:true_facts -n builtin:false_facts"
   "probe-sentiment   | probe | probe -m smollm2-135m -p builtin:happy -n builtin:sad"
   "sycophancy-ab-unsteered | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab"
   "sycophancy-ab-unsteered-noprefill | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab --no-prefill"
+)
+
+# NAME | the entries it runs, in order (the README's tables)
+ALIASES=(
+  "probe | probe-harmful probe-facts probe-sentiment"
 )
 
 STEERLAB=${STEERLAB:-steerlab}
@@ -31,6 +36,7 @@ field() { echo "$1" | cut -d'|' -f"$2" | xargs; }
 usage() {
   echo "usage: bash benchmarks/reproduce.sh NAME; NAME is one of:" >&2
   for e in "${ENTRIES[@]}"; do echo "  $(field "$e" 1): $(field "$e" 3)" >&2; done
+  for g in "${ALIASES[@]}"; do echo "  $(field "$g" 1): $(field "$g" 2)" >&2; done
   exit 2
 }
 
@@ -50,6 +56,11 @@ record_probe() {  # NAME ARGS OUT COMMIT
 
 name=${1:-}
 [[ -n $name ]] || usage
+for g in "${ALIASES[@]}"; do
+  [[ $(field "$g" 1) == "$name" ]] || continue
+  for n in $(field "$g" 2); do bash "$0" "$n"; done
+  exit 0
+done
 for e in "${ENTRIES[@]}"; do
   [[ $(field "$e" 1) == "$name" ]] || continue
   kind=$(field "$e" 2)

@@ -49,9 +49,8 @@ def test_methods_read_a_planted_concept_and_controls_fail() -> None:
     g = np.random.default_rng(9)
     base = xn
     amount = g.uniform(0.5, 4.5, size=(len(base), 1))
-    pu = directions(
-        base + amount * true + 0.1 * g.normal(size=base.shape), base, methods=("pca",)
-    )["pca"]
+    shifted = base + amount * true + 0.1 * g.normal(size=base.shape)
+    pu = directions(shifted, base, methods=("pca",))["pca"]
     assert abs(pu @ true) > 0.9
     assert abs(dirs["mean_diff"] @ true) > 0.7  # found the planted axis
     # LEACE's read-out and LDA are both the whitened mean difference

@@ -372,3 +372,18 @@ def test_random_directions_signed_on_train() -> None:
     assert len(null) == 25 and (accs > 0.42).all() and accs.mean() > 0.55
     u = directions(xp, xn, methods=("mean_diff",))["mean_diff"]
     assert score(u, xp, xn, xt, yt).accuracy > accs.max()
+
+
+def test_validation_keeps_pairs_together() -> None:
+    """Paired sets (equal sizes) put both members of a pair on the same side of the validation
+    split: with one member fitted and its partner validated, a probe that tells items apart
+    (and nothing else) scores far below chance on validation (0.2 here before the fix)."""
+    from steerlab.probe.pipeline import ProbeConfig, _validation
+
+    rng = np.random.default_rng(0)
+    n, d = 100, 30
+    item = rng.normal(size=(n, d)) * 3  # what the two members of a pair share
+    xp = item + 0.3 * rng.normal(size=(n, d))
+    xn = item + 0.3 * rng.normal(size=(n, d))  # no concept at all
+    val, _ = _validation(xp, xn, ProbeConfig(methods=("mean_diff", "logistic", "lda")))
+    assert all(0.35 < v < 0.65 for v in val.values()), val

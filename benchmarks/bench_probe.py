@@ -66,7 +66,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as out:
         t0 = time.perf_counter()
-        rep = run_probe(lm, data, cfg, out)
+        rep = run_probe(lm, data, cfg, out).to_dict()
         t_probe = time.perf_counter() - t0
     secs = rep["timings"]["seconds"]
     t_fit = secs.get("probes", 0.0) + secs.get("sample efficiency", 0.0)

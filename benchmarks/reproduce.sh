@@ -1,25 +1,94 @@
 #!/usr/bin/env bash
-# Regenerate one recorded result by name: runs its command through benchmarks/record.py, which
-# rewrites benchmarks/results/NAME.json (command, version, commit, model fingerprint, per-prompt
-# scores). `bash benchmarks/reproduce.sh` lists the names. Run directories go under runs/.
+# Regenerate one committed result under benchmarks/results/:
+#
+#     bash benchmarks/reproduce.sh NAME        # NAME from the table below; no NAME lists them
+#
+# Each row: NAME | kind | arguments. For a steerlab kind (probe, ...) the arguments are
+# steerlab's: the run goes to $RUNS/NAME (default runs/reproduce; a rerun resumes from its
+# cache), then benchmarks/record_result.py writes benchmarks/results/NAME.json with the
+# command, the steerlab version and commit, the model's weights hash, the choices and the
+# per-prompt scores. For kind "run" the command runs through benchmarks/record.py, which keeps
+# the whole result JSON it writes (compare.json, sweep.json) with the same provenance. For kind
+# "script" the arguments are a Python script that writes benchmarks/results/NAME.json itself
+# (given --name and --commit).
+# STEERLAB (default: steerlab) and PYTHON (default: python) pick the executables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-S=".venv/bin/steerlab"
-declare -A CMD=(
-  [compare_sentiment_quick]="$S compare -m smollm2-135m -b builtin:sentiment --quick --out runs/compare-sentiment-quick"
-  [compare_french_quick]="$S compare -m smollm2-135m -b builtin:french --quick --out runs/compare-french-quick"
-  [compare_sentiment]="$S compare -m smollm2-135m -b builtin:sentiment --out runs/compare-sentiment"
-  [compare_french]="$S compare -m smollm2-135m -b builtin:french --out runs/compare-french"
-  [compare_heldout_quick]="$S compare -m smollm2-135m -b benchmarks/data/heldout_upbeat.json --quick --train-sizes 1,4,16 --out runs/compare-heldout"
-  [sweep_sentiment]="$S sweep -m smollm2-135m -b builtin:sentiment --layers 4,7,10,13,16,19,22,25 --pairs 3 --random-control --out runs/sweep-sentiment"
-  [sweep_french]="$S sweep -m smollm2-135m -b builtin:french --layers 4,7,10,13,16,19,22,25 --pairs 3 --random-control --out runs/sweep-french"
+
+ENTRIES=(
+  # NAME             | kind  | arguments
+  "probe-harmful     | probe | probe -m qwen2.5-coder-0.5b -p builtin:harmful -n builtin:harmless"
+  "probe-facts       | probe | probe -m qwen2.5-coder-0.5b -p builtin:true_facts -n builtin:false_facts"
+  "probe-sentiment   | probe | probe -m smollm2-135m -p builtin:happy -n builtin:sad"
+  "compare-sentiment-quick | run | compare -m smollm2-135m -b builtin:sentiment --quick"
+  "compare-french-quick | run | compare -m smollm2-135m -b builtin:french --quick"
+  "compare-sentiment | run | compare -m smollm2-135m -b builtin:sentiment"
+  "compare-french    | run | compare -m smollm2-135m -b builtin:french"
+  "compare-heldout-quick | run | compare -m smollm2-135m -b benchmarks/data/heldout_upbeat.json --quick --train-sizes 1,4,16"
+  "sweep-sentiment   | run | sweep -m smollm2-135m -b builtin:sentiment --layers 4,7,10,13,16,19,22,25 --pairs 3 --random-control"
+  "sweep-french      | run | sweep -m smollm2-135m -b builtin:french --layers 4,7,10,13,16,19,22,25 --pairs 3 --random-control"
+  "sycophancy-ab-unsteered | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab"
+  "sycophancy-ab-unsteered-noprefill | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab --no-prefill"
 )
-name="${1:-}"
-if [ -z "$name" ] || [ -z "${CMD[$name]:-}" ]; then
-  echo "usage: bash benchmarks/reproduce.sh NAME; names:" >&2
-  for k in $(printf '%s\n' "${!CMD[@]}" | sort); do echo "  $k: ${CMD[$k]}" >&2; done
+
+# NAME | the entries it runs, in order (the README's tables)
+ALIASES=(
+  "probe | probe-harmful probe-facts probe-sentiment"
+)
+
+STEERLAB=${STEERLAB:-steerlab}
+PYTHON=${PYTHON:-python}
+RUNS=${RUNS:-runs/reproduce}
+
+field() { echo "$1" | cut -d'|' -f"$2" | xargs; }
+
+usage() {
+  echo "usage: bash benchmarks/reproduce.sh NAME; NAME is one of:" >&2
+  for e in "${ENTRIES[@]}"; do echo "  $(field "$e" 1): $(field "$e" 3)" >&2; done
+  for g in "${ALIASES[@]}"; do echo "  $(field "$g" 1): $(field "$g" 2)" >&2; done
   exit 2
-fi
-bash scripts/setup.sh >/dev/null
-# shellcheck disable=SC2086  # the table's commands are word lists
-exec .venv/bin/python benchmarks/record.py "$name" -- ${CMD[$name]}
+}
+
+# flag value from an argument string: flag_value "-p" "probe -m M -p X -n Y" -> X
+flag_value() {
+  local want=$1 prev="" a
+  for a in $2; do
+    if [[ $prev == "$want" ]]; then echo "$a"; return; fi
+    prev=$a
+  done
+}
+
+record_probe() {  # NAME ARGS OUT COMMIT
+  "$PYTHON" benchmarks/record_result.py probe "$3" --name "$1" --commit "$4" \
+    --command "steerlab $2 --out $3" -p "$(flag_value -p "$2")" -n "$(flag_value -n "$2")"
+}
+
+name=${1:-}
+[[ -n $name ]] || usage
+for g in "${ALIASES[@]}"; do
+  [[ $(field "$g" 1) == "$name" ]] || continue
+  for n in $(field "$g" 2); do bash "$0" "$n"; done
+  exit 0
+done
+for e in "${ENTRIES[@]}"; do
+  [[ $(field "$e" 1) == "$name" ]] || continue
+  kind=$(field "$e" 2)
+  args=$(field "$e" 3)
+  out="$RUNS/$name"
+  commit=$(git rev-parse HEAD)  # the code that runs, even if the tree moves meanwhile
+  if [[ $kind == run ]]; then
+    # shellcheck disable=SC2086
+    exec "$PYTHON" benchmarks/record.py "$name" -- "$STEERLAB" $args --out "$out"
+  fi
+  if [[ $kind == script ]]; then
+    # shellcheck disable=SC2086
+    "$PYTHON" $args --name "$name" --commit "$commit"
+    exit 0
+  fi
+  # shellcheck disable=SC2086  # the arguments are words by design
+  "$STEERLAB" $args --out "$out" -q
+  "record_$kind" "$name" "$args" "$out" "$commit"
+  exit 0
+done
+echo "unknown result $name" >&2
+usage

@@ -33,6 +33,13 @@ def _s(acc: float | None, lo: float | None, hi: float | None, auroc: float = 0.5
     }
 
 
+def _null(row: dict, sd: float, pct: dict[str, float]) -> dict:
+    """A null row as the pipeline writes it: the mean over 20 draws, their spread, and each
+    method's percentile and p-value (p = (1 + draws at or above) / 21)."""
+    p = {m: (1 + round(20 * (1 - v / 100))) / 21 for m, v in pct.items()}
+    return row | {"accuracy_sd": sd, "draws": 20, "percentile": pct, "p_value": p}
+
+
 def make_report() -> dict[str, Any]:
     methods = {
         "mean_diff": [_s(0.70, 0.55, 0.82, 0.8), _s(0.875, 0.75, 0.95, 0.93), _s(0.8, 0.7, 0.9)],
@@ -88,8 +95,18 @@ def make_report() -> dict[str, Any]:
         "layers": list(LAYERS),
         "methods": methods,
         "controls": {
-            "shuffled": [_s(0.52, 0.4, 0.65), _s(0.55, 0.42, 0.68), _s(0.48, 0.35, 0.6)],
-            "random": [_s(0.5, 0.38, 0.62), _s(0.69, 0.56, 0.8), _s(0.51, 0.4, 0.63)],
+            "shuffled": [
+                _null(_s(0.52, 0.4, 0.65), 0.05, {"mean_diff": 90.0}),
+                _null(_s(0.55, 0.42, 0.68), 0.06, {"mean_diff": 100.0, "pca": 97.5}),
+                _null(_s(0.48, 0.35, 0.6), 0.05, {"pca": 100.0, "logistic": 100.0}),
+            ],
+            "random": [
+                _null(_s(0.5, 0.38, 0.62), 0.04, {}),
+                _null(_s(0.69, 0.56, 0.8), 0.07, {"mean_diff": 95.0}),
+                _null(_s(0.51, 0.4, 0.63), 0.04, {"pca": 100.0}),
+            ],
+            "n_permutations": 20,
+            "n_random_directions": 20,
         },
         "erasure": {
             "after_leace": [_s(0.5, 0.4, 0.6), _s(0.5, 0.4, 0.6), _s(0.5, 0.4, 0.6)],
@@ -333,3 +350,24 @@ def test_real_sample(tmp_path: Path) -> None:
     if report.get("read_vs_steer"):
         assert "Read vs steer" in t and "the best reader is" in t
     assert "<script" not in text
+
+
+def test_nulls_at_the_chosen_layers(page: str) -> None:
+    t = _text(page)
+    assert "20 permutations per layer, each choosing its own C on train" in t
+    assert "Random directions (20 unit directions per layer, each signed on train" in t
+    section = page[page.index("Against the nulls") :]
+    row = re.search(r"<tr><td>mean_diff</td>(.*?)</tr>", section).group(1)
+    # mean_diff at layer 4: permutations 55.0% +- 6.0%, percentile 100, p 1/21; random 69%
+    assert "87.5% [75.0–95.0]" in row
+    assert "55.0% ± 6.0%" in row and "100" in row and "0.048" in row
+    assert "69.0% ± 7.0%" in row and "95" in row and "0.095" in row
+    report = make_report()
+    del report["controls"]["n_permutations"]
+    for key in ("shuffled", "random"):
+        report["controls"][key] = [
+            {k: v for k, v in r.items() if k in ("accuracy", "accuracy_ci")}
+            for r in report["controls"][key]
+        ]
+    old = _text(render_probe_html(report))  # a probe.json from before the nulls
+    assert "Shuffled-label control (logistic regression on permuted train labels):" in old

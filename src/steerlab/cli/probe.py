@@ -96,10 +96,10 @@ def probe(
     from ..probe.pipeline import check_config
 
     check_config(cfg, pdata, lm)  # layers and train sizes, before anything is written
-    report = run_probe(
+    result = run_probe(
         lm, pdata, cfg, out, steer_behavior=steer_beh, progress=progress_bar, status=status
     )
-    _print_summary(report, out)
+    _print_summary(result.to_dict(), out)
 
 
 def _print_summary(report: dict[str, Any], out: Path) -> None:
@@ -120,13 +120,15 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
         )
     con = Console()
     con.print(t)
-    sh = max(c["accuracy"] for c in report["controls"]["shuffled"])
-    rd = max(c["accuracy"] for c in report["controls"]["random"])
+    ctl = report["controls"]
+    sh = max(c["accuracy"] for c in ctl["shuffled"])
+    rd = max(c["accuracy"] for c in ctl["random"])
     le = max(c["accuracy"] for c in report["erasure"]["after_leace"])
     ho = max(c["accuracy"] for c in report["erasure"]["held_out"]["after_leace"])
     print_notes(
         [
-            f"controls (highest over layers): shuffled labels {sh:.3f}, random direction "
+            f"controls (highest per-layer mean over layers): {ctl['n_permutations']} label "
+            f"permutations {sh:.3f}, {ctl['n_random_directions']} random directions "
             f"{rd:.3f}; logistic after LEACE {le:.3f} (in sample), {ho:.3f} (eraser fitted "
             "on another half of train)"
         ]

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     from .data import ProbeData, make_probe_data, read_labelled
     from .fit import directions, score
     from .pipeline import run_probe
+    from .result import ProbeResult
 
 __all__ = [
     "PROBE_METHODS",
     "ProbeConfig",
     "ProbeData",
+    "ProbeResult",
     "directions",
     "make_probe_data",
     "read_labelled",
@@ -35,6 +37,7 @@ _LAZY = {
     "directions": "fit",
     "score": "fit",
     "run_probe": "pipeline",
+    "ProbeResult": "result",
 }
 
 

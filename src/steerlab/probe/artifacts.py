@@ -5,7 +5,6 @@ one ``probes.safetensors``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ from ..directions.artifact import LAYER_CONVENTION, Direction
 from ..io.safetensors_io import save_atomic
 from ..models.load import LoadedModel
 from ..runs import Run
+from .result import LayerResult
 
 __all__ = ["save_directions"]
 
@@ -25,12 +25,12 @@ def save_directions(
     methods: Sequence[str],
     position: str,
     layers: list[int],
-    per: list[dict[str, Any]],
+    per: Sequence[LayerResult],
 ) -> None:
-    """Write each method's unit directions (``per[i]["dirs"][method]`` at ``layers[i]``)."""
+    """Write each method's unit directions (``per[i].dirs[method]`` at ``layers[i]``)."""
     methods = list(methods)
     for m in methods:
-        vecs = torch.tensor(np.stack([p["dirs"][m] for p in per]), dtype=torch.float32)
+        vecs = torch.tensor(np.stack([p.dirs[m] for p in per]), dtype=torch.float32)
         meta = {
             "model": lm.info.to_dict(),
             "site": "resid_pre",
@@ -44,10 +44,7 @@ def save_directions(
         Direction(vecs, tuple(layers), meta).save(run.path(f"probe_{m}.safetensors"))
     # every method in one file as well: {method: (L, D)} unit directions, layers, metadata
     save_atomic(
-        {
-            m: torch.tensor(np.stack([p["dirs"][m] for p in per]), dtype=torch.float32)
-            for m in methods
-        }
+        {m: torch.tensor(np.stack([p.dirs[m] for p in per]), dtype=torch.float32) for m in methods}
         | {"layers": torch.tensor(layers)},
         run.path("probes.safetensors"),
         {

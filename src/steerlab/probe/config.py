@@ -50,6 +50,15 @@ class ProbeConfig:
         ),
     )
     draws: int = field(default=20, metadata=bounds(ge=1) | cli("random subsets per training size"))
+    # nulls per layer (probe.nulls): each permutation refits the logistic probe and its C on
+    # permuted train labels; each random direction is a unit vector signed on train
+    permutations: int = field(
+        default=20,
+        metadata=bounds(ge=1) | cli("label permutations per layer (each refits its own C)"),
+    )
+    random_directions: int = field(
+        default=20, metadata=bounds(ge=1) | cli("random unit directions per layer (the null)")
+    )
     val_fraction: float = 0.2
     seed: int = field(default=0, metadata=cli("random seed"))
     chat: bool | None = field(default=None, metadata=cli("raw prompts, no template", "--no-chat"))
@@ -72,5 +81,6 @@ class ProbeConfig:
         bad = [m for m in self.methods if m not in PROBE_METHODS]
         if bad or not self.methods:
             raise DataError(f"unknown --methods {bad}: use some of {', '.join(PROBE_METHODS)}")
-        if self.draws < 1:
-            raise DataError("--draws must be at least 1")
+        for name in ("draws", "permutations", "random_directions"):
+            if getattr(self, name) < 1:
+                raise DataError(f"--{name.replace('_', '-')} must be at least 1")

@@ -5,13 +5,19 @@ direction classifies by projection against the midpoint of the two train-class m
 so methods differ only in the direction they find (logistic regression is no exception: its own
 intercept is not used). AUROC is threshold-free.
 
-* ``mean_diff``: mu_pos - mu_neg (ActAdd / CAA, and the direction LEACE removes for one label);
-* ``pca``: RepE LAT, the top singular vector of the differences of positive/negative pairs
-  (by index when the sets are paired, else random pairs), signed on train;
+* ``mean_diff``: mu_pos - mu_neg (ActAdd / CAA);
+* ``pca``: RepE LAT, the top principal component of the *centered* differences of
+  positive/negative pairs (by index when the sets are paired, else random pairs), signed on
+  train. See :func:`pca_direction` for the centering RepE uses and the one used here;
 * ``logistic``: scikit-learn logistic regression on standardized activations, C chosen by
   cross-validation on train only;
 * ``lda``: shrinkage LDA (a whitened mean difference);
-* ``leace``: the direction LEACE (concept-erasure) erases.
+* ``leace``: LEACE's read-out, the row ``proj_right`` of its eraser, i.e. the mean difference
+  whitened twice by the eraser's ``W = Sigma^{-1/2}``. See :func:`leace_readout`.
+
+Accuracy is a rate of hits, so its interval is Wilson's (:func:`~steerlab.metrics.stats.
+proportion_ci`); AUROC gets a percentile bootstrap (:func:`~steerlab.metrics.stats.
+percentile_bootstrap`).
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.stats import mean_ci, percentile_bootstrap
+from ..metrics.stats import percentile_bootstrap, proportion_ci
 from .config import PROBE_METHODS
 
 __all__ = ["PROBE_METHODS", "Scored", "choose_c", "directions", "erase_leace", "score"]
-__all__ += ["projection_accuracy", "projection_summary"]
+__all__ += ["leace_readout", "pca_direction", "projection_accuracy", "projection_summary"]
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -83,15 +89,7 @@ def directions(
         if m == "mean_diff":
             v = md
         elif m == "pca":
-            # RepE pairs each positive with a negative: by index when the sets are paired
-            # (equal sizes, as contrast sets are written), else at random.
-            if len(xp) == len(xn):
-                diffs = xp - xn
-            else:
-                rng = np.random.default_rng(seed)
-                k = min(len(xp), len(xn))
-                diffs = xp[rng.permutation(len(xp))[:k]] - xn[rng.permutation(len(xn))[:k]]
-            v = np.linalg.svd(diffs, full_matrices=False)[2][0]
+            v = pca_direction(xp, xn, seed=seed)
         elif m == "logistic":
             v = _logistic(x, y, c)
         elif m == "lda":
@@ -99,16 +97,60 @@ def directions(
 
             v = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x, y).coef_[0]
         elif m == "leace":
-            import torch
-            from concept_erasure import LeaceFitter
-
-            f = LeaceFitter(x.shape[1], 1, dtype=torch.float64)
-            f.update(torch.from_numpy(x), torch.from_numpy(y[:, None]))
-            v = f.eraser.proj_left[:, 0].numpy()
+            v = leace_readout(x, y)
         else:
             raise ValueError(f"unknown probe method {m!r}")
         out[m] = _unit(v, md)
     return out
+
+
+def pca_direction(xp: np.ndarray, xn: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """RepE's LAT reader: the top principal component of pair differences, centered.
+
+    Pairs are by index when the sets have equal sizes (contrast sets are written paired), else
+    random. RepE's ``PCARepReader`` subtracts the mean of the differences (``recenter``) and
+    fits scikit-learn's PCA, which centers again; its dataset builders shuffle the order inside
+    each pair, so its differences carry random signs and their mean is near zero. Here every
+    difference is ``pos - neg`` (sign fixed), and the mean difference is subtracted before the
+    SVD, as scikit-learn's ``PCA`` (and repeng's ``pca_diff``) do: the component is the axis
+    along which the pairs' differences *vary* most, not the mean difference again (the
+    uncentered SVD of fixed-sign differences, used before, nearly collapsed onto mean_diff).
+
+    Returns:
+        (D,) the top right singular vector of the centered differences (sign not fixed).
+    """
+    if len(xp) == len(xn):
+        diffs = xp - xn
+    else:
+        rng = np.random.default_rng(seed)
+        k = min(len(xp), len(xn))
+        diffs = xp[rng.permutation(len(xp))[:k]] - xn[rng.permutation(len(xn))[:k]]
+    diffs = diffs - diffs.mean(0)  # (K, D), centered
+    return np.linalg.svd(diffs, full_matrices=False)[2][0]
+
+
+def leace_readout(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """LEACE's read-out direction for one binary concept.
+
+    LEACE erases with ``x - proj_left @ proj_right @ (x - mean)``, where, for whitening ``W =
+    Sigma_xx^{-1/2}`` (pseudo-inverse root of the shrunk covariance) and ``u`` the unit vector
+    along ``W sigma_xz``: ``proj_left = W^+ u`` and ``proj_right = u^T W``. ``proj_left`` is
+    ``W^+ W sigma_xz``, i.e. the cross-covariance, proportional to the mean difference, so it
+    would make "cosine 1.00 with mean_diff" an identity. What the eraser *reads* (the only
+    linear functional of x it changes) is ``proj_right ~ W W sigma_xz = Sigma^+ (mu_pos -
+    mu_neg)``: the mean difference whitened, like LDA's. The trace constraint is turned off so
+    ``proj_right`` is exactly ``u^T W`` (it only mixes in an orthogonal projection after the
+    fact, to bound the erased covariance).
+
+    Returns:
+        (D,) ``proj_right[0]`` of the eraser fitted on ``x`` (N, D) and labels ``y`` (N,).
+    """
+    import torch
+    from concept_erasure import LeaceFitter
+
+    f = LeaceFitter(x.shape[1], 1, dtype=torch.float64, constrain_cov_trace=False)
+    f.update(torch.from_numpy(np.asarray(x, dtype=np.float64)), torch.from_numpy(y[:, None]))
+    return f.eraser.proj_right[0].numpy()
 
 
 @dataclass(frozen=True)
@@ -167,7 +209,7 @@ def score(
     auroc = float(roc_auc_score(y_test, s)) if np.ptp(s) > 0 else 0.5
     if not intervals:
         return Scored(acc, (acc, acc), auroc, (auroc, auroc))
-    lo, hi = mean_ci(hits, seed=seed, n=1000)
+    lo, hi = proportion_ci(int(hits.sum()), len(hits))  # Wilson: accuracy is a rate
     return Scored(acc, (lo, hi), auroc, _auroc_ci(s, y_test, seed))
 
 

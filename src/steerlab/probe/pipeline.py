@@ -3,8 +3,10 @@
 One capture pass per split (cached in the run as safetensors, so a long run resumes) feeds
 every method, control, draw and layer:
 
-* per layer and method: test accuracy and AUROC with bootstrap 95% intervals;
-* controls that must fail: logistic regression on shuffled train labels, a random direction;
+* per layer and method: test accuracy (Wilson 95% interval) and AUROC (bootstrap interval);
+* nulls that must fail, each many draws (:mod:`.nulls`): logistic regression on permuted train
+  labels, each permutation refitting its own C on train only; random unit directions signed on
+  train; each summarized by its mean and spread and each method's percentile within it;
 * erasure: a fresh logistic probe after LEACE (fitted on train), and after projecting out the
   mean-difference direction alone;
 * agreement: cosine between the methods' directions;
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +38,11 @@ from ..runs import Run
 from .artifacts import save_directions
 from .config import ProbeConfig
 from .data import ProbeData
-from .fit import (
-    Scored,
-    choose_c,
-    directions,
-    erase_leace,
-    projection_summary,
-    score,
-)
+from .fit import Scored, choose_c, directions, erase_leace, projection_summary, score
+from .nulls import permutation_null, random_direction_null, summarize_null
+from .result import EfficiencyPoint, LayerResult, ProbeResult, Projection
 
-__all__ = ["ProbeConfig", "check_config", "run_probe"]
+__all__ = ["ProbeConfig", "ProbeResult", "check_config", "run_probe"]
 
 
 @dataclass
@@ -104,49 +101,79 @@ def _capture(
     return run.cache.tensors(f"acts-{name}", key, compute)["x"].numpy()
 
 
-def _layer(tr: _Acts, te: _Acts, tf: _Acts | None, i: int, cfg: ProbeConfig) -> dict[str, Any]:
-    xp, xn, xt, yt = tr.pos[:, i], tr.neg[:, i], te.x[:, i], te.y
-    c = choose_c(tr.x[:, i], tr.y, cfg.seed)
-    dirs = directions(xp, xn, c=c, methods=cfg.methods, seed=cfg.seed)
-    res: dict[str, Any] = {"c": c, "dirs": dirs}
-    res["methods"] = {m: score(u, xp, xn, xt, yt, seed=cfg.seed).to_dict() for m, u in dirs.items()}
-    # validation part of train, for choosing the best layer without looking at test
+def _validation(xp: np.ndarray, xn: np.ndarray, cfg: ProbeConfig) -> tuple[dict[str, float], float]:
+    """Accuracy of each method on a validation part of train, fitted on the rest, for choosing
+    the layer without looking at test; the logistic C is cross-validated on the fitting part
+    only, so the validation examples never choose it."""
     rng = np.random.default_rng(cfg.seed + 1)
     vp = rng.permutation(len(xp))[: max(2, round(len(xp) * cfg.val_fraction))]
-    vn = rng.permutation(len(xn))[: max(2, round(len(xn) * cfg.val_fraction))]
+    # paired sets (equal sizes, as contrast sets are written) keep their pairs on one side:
+    # a validation example whose partner sits in the fitting part is a leak, and on paired
+    # true/false statements it pushed validation accuracy far below chance
+    vn = (
+        vp
+        if len(xp) == len(xn)
+        else rng.permutation(len(xn))[: max(2, round(len(xn) * cfg.val_fraction))]
+    )
     fp, fn_ = np.delete(xp, vp, 0), np.delete(xn, vn, 0)
     vx = np.concatenate([xp[vp], xn[vn]])
     vy = np.r_[np.ones(len(vp)), np.zeros(len(vn))]
-    vdirs = directions(fp, fn_, c=c, methods=cfg.methods, seed=cfg.seed)
-    res["val"] = {m: score(u, fp, fn_, vx, vy, intervals=False).accuracy for m, u in vdirs.items()}
-    # controls that must fail
-    shuffled = np.random.default_rng(cfg.seed + 2).permutation(tr.y)
-    sx = tr.x[:, i]
-    su = directions(sx[shuffled == 1], sx[shuffled == 0], c=c, methods=("logistic",))["logistic"]
-    res["shuffled"] = score(su, sx[shuffled == 1], sx[shuffled == 0], xt, yt, seed=cfg.seed)
-    g = np.random.default_rng(cfg.seed * 7919 + i)
-    ru = g.standard_normal(xp.shape[1])
-    ru /= np.linalg.norm(ru)
-    res["random"] = score(ru, xp, xn, xt, yt, seed=cfg.seed)
-    # Erasure, as the issue defines it: eraser and fresh logistic probe both fitted on train,
-    # scored on erased test. Equal class means make w = 0 optimal for that probe, so it sits at
-    # chance by construction; the held-out variant fits the eraser on one half of train and
-    # the probe on the other half, which shows whether the erasure generalizes.
-    res["after_leace"], res["after_mean_diff_ablation"] = _erased(xp, xn, xp, xn, xt, yt, c, cfg)
+    c_val = choose_c(np.concatenate([fp, fn_]), np.r_[np.ones(len(fp)), np.zeros(len(fn_))])
+    vdirs = directions(fp, fn_, c=c_val, methods=cfg.methods, seed=cfg.seed)
+    val = {m: score(u, fp, fn_, vx, vy, intervals=False).accuracy for m, u in vdirs.items()}
+    return val, c_val
+
+
+def _erasure(
+    xp: np.ndarray, xn: np.ndarray, xt: np.ndarray, yt: np.ndarray, c: float, cfg: ProbeConfig
+) -> dict[str, Scored]:
+    """Erasure, as the issue defines it: eraser and fresh logistic probe both fitted on train,
+    scored on erased test. Equal class means make w = 0 optimal for that probe, so it sits at
+    chance by construction; the held-out variant fits the eraser on one half of train and the
+    probe on the other half, which shows whether the erasure generalizes."""
+    out = {}
+    out["after_leace"], out["after_mean_diff_ablation"] = _erased(xp, xn, xp, xn, xt, yt, c, cfg)
     h = np.random.default_rng(cfg.seed + 3)
     hp, hn = h.permutation(len(xp)), h.permutation(len(xn))
     ap, bp = xp[hp[: len(xp) // 2]], xp[hp[len(xp) // 2 :]]
     an, bn = xn[hn[: len(xn) // 2]], xn[hn[len(xn) // 2 :]]
     bu = directions(bp, bn, c=c, methods=("logistic",))["logistic"]
-    res["held_out_before"] = score(bu, bp, bn, xt, yt, seed=cfg.seed)
-    res["held_out_leace"], res["held_out_mean_diff"] = _erased(ap, an, bp, bn, xt, yt, c, cfg)
+    out["held_out_before"] = score(bu, bp, bn, xt, yt, seed=cfg.seed)
+    out["held_out_leace"], out["held_out_mean_diff"] = _erased(ap, an, bp, bn, xt, yt, c, cfg)
+    return out
+
+
+def _layer(
+    tr: _Acts, te: _Acts, tf: _Acts | None, i: int, cfg: ProbeConfig, layer: int | None = None
+) -> LayerResult:
+    """Every method, the nulls, erasure and agreement at layer index ``i``."""
+    xp, xn, xt, yt = tr.pos[:, i], tr.neg[:, i], te.x[:, i], te.y
+    c = choose_c(tr.x[:, i], tr.y, cfg.seed)
+    dirs = directions(xp, xn, c=c, methods=cfg.methods, seed=cfg.seed)
+    methods = {m: score(u, xp, xn, xt, yt, seed=cfg.seed) for m, u in dirs.items()}
+    val, c_val = _validation(xp, xn, cfg)
+    real = {m: s.accuracy for m, s in methods.items()}
+    perm, cs = permutation_null(
+        tr.x[:, i], tr.y, xt, yt, n=cfg.permutations, seed=cfg.seed * 1_000_003 + 17 * i + 2
+    )
+    rand = random_direction_null(xp, xn, xt, yt, n=cfg.random_directions, seed=cfg.seed * 7919 + i)
     names = list(dirs)
-    res["cosine"] = [[float(dirs[a] @ dirs[b]) for b in names] for a in names]
+    transfer = None
     if tf is not None:
-        res["transfer"] = {
-            m: score(u, xp, xn, tf.x[:, i], tf.y, seed=cfg.seed).to_dict() for m, u in dirs.items()
-        }
-    return res
+        transfer = {m: score(u, xp, xn, tf.x[:, i], tf.y, seed=cfg.seed) for m, u in dirs.items()}
+    return LayerResult(
+        layer=i if layer is None else layer,
+        c=c,
+        c_val=c_val,
+        dirs=dirs,
+        methods=methods,
+        val=val,
+        shuffled=summarize_null(perm, real, cs),
+        random=summarize_null(rand, real),
+        **_erasure(xp, xn, xt, yt, c, cfg),
+        cosine=[[float(dirs[a] @ dirs[b]) for b in names] for a in names],
+        transfer=transfer,
+    )
 
 
 def _erased(
@@ -175,7 +202,7 @@ def _erased(
 
 def _efficiency(
     tr: _Acts, te: _Acts, i: int, c: float, sizes: list[int], cfg: ProbeConfig, method: str
-) -> list[dict[str, Any]]:
+) -> tuple[EfficiencyPoint, ...]:
     rng = np.random.default_rng(cfg.seed + 1000 + i)
     out = []
     for k in sizes:
@@ -188,15 +215,8 @@ def _efficiency(
             u = directions(p, n, c=c, methods=(method,), seed=cfg.seed)[method]
             accs.append(score(u, p, n, te.x[:, i], te.y, intervals=False).accuracy)
         lo, hi = percentile_interval(accs)  # one draw: that accuracy, twice
-        out.append(
-            {
-                "n_per_class": k,
-                "accuracy": float(np.mean(accs)),
-                "interval": [float(lo), float(hi)],
-                "draws": len(accs),
-            }
-        )
-    return out
+        out.append(EfficiencyPoint(k, float(np.mean(accs)), (float(lo), float(hi)), len(accs)))
+    return tuple(out)
 
 
 def check_config(cfg: ProbeConfig, data: ProbeData, lm: LoadedModel) -> tuple[list[int], list[int]]:
@@ -207,19 +227,21 @@ def check_config(cfg: ProbeConfig, data: ProbeData, lm: LoadedModel) -> tuple[li
 
 
 def _projections(
-    tr: _Acts, te: _Acts, per: list[dict[str, Any]], layers: list[int], best: dict[str, int]
-) -> dict[str, Any]:
-    """Each method's test projections at its best layer, and its threshold: the midpoint of
-    the train-class mean projections, as :func:`.fit.score` classifies; with each class's mean
-    projection and the share on its side (:func:`.fit.projection_summary`)."""
+    tr: _Acts, te: _Acts, rows: list[LayerResult], layers: list[int], best: dict[str, int]
+) -> dict[str, Projection]:
+    """Each method's test projections at its best layer (the per-prompt scores), and its
+    threshold: the midpoint of the train-class mean projections, as :func:`.fit.score`
+    classifies; with each class's mean projection and the share on its side."""
     out = {}
     for m, lay in best.items():
         i = layers.index(lay)
-        u = per[i]["dirs"][m]
+        u = rows[i].dirs[m]
         thr = 0.5 * (float((tr.pos[:, i] @ u).mean()) + float((tr.neg[:, i] @ u).mean()))
         pos, neg = (te.pos[:, i] @ u).tolist(), (te.neg[:, i] @ u).tolist()
-        out[m] = {"layer": lay, "pos": pos, "neg": neg, "threshold": thr}
-        out[m] |= projection_summary(out[m])
+        summ = projection_summary({"pos": pos, "neg": neg, "threshold": thr})
+        out[m] = Projection(
+            lay, tuple(pos), tuple(neg), thr, summ["pos_mean"], summ["neg_mean"], summ["accuracy"]
+        )
     return out
 
 
@@ -244,74 +266,54 @@ def _capture_all(
     return tr, te, tf
 
 
-def _per_layer(per: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """One :class:`.fit.Scored` entry of every layer, as JSON."""
-    return [p[key].to_dict() for p in per]
-
-
 def _agreement(
-    per: list[dict[str, Any]], layers: list[int], methods: list[str], best: dict[str, int]
-) -> dict[str, Any]:
-    """Cosines between the methods' directions at every layer, and the page's summary: at the
-    reference method's best layer (mean_diff when run), its mean cosine with the others."""
+    rows: list[LayerResult], layers: list[int], methods: list[str], best: dict[str, int]
+) -> tuple[str, float | None]:
+    """The reference method (mean_diff when run) and, at its best layer, its mean cosine with
+    the other methods' directions."""
     ref = "mean_diff" if "mean_diff" in methods else methods[0]
-    row = per[layers.index(best[ref])]["cosine"][methods.index(ref)]
+    row = rows[layers.index(best[ref])].cosine[methods.index(ref)]
     others = [v for m, v in zip(methods, row, strict=True) if m != ref and math.isfinite(v)]
-    return {
-        "methods": methods,
-        "cosine": [p["cosine"] for p in per],
-        "reference": ref,
-        "mean_cosine_to_reference": sum(others) / len(others) if others else None,
-    }
+    return ref, (sum(others) / len(others) if others else None)
 
 
-def _build_report(
+def _probe_result(
     lm: LoadedModel,
     data: ProbeData,
     cfg: ProbeConfig,
     layers: list[int],
-    per: list[dict[str, Any]],
-    best: dict[str, int],
-    eff: dict[str, list[dict[str, Any]]],
-    projections: dict[str, Any],
-) -> dict[str, Any]:
-    """The ``probe.json`` dict, without transfer, read-vs-steer and timings."""
+    rows: list[LayerResult],
+    sizes: list[int],
+    tr: _Acts,
+    te: _Acts,
+    run: Run,
+) -> ProbeResult:
+    """Choose each method's layer on validation, then its sample efficiency and projections."""
     methods = list(cfg.methods)
-    return {
-        "kind": "probe",
-        "steerlab_version": __version__,
-        "model": lm.info.to_dict(),
-        "data": {"counts": data.counts(), "split": data.split},
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-        "layers": layers,
-        "methods": {m: [p["methods"][m] for p in per] for m in methods},
-        "controls": {
-            "shuffled": _per_layer(per, "shuffled"),
-            "random": _per_layer(per, "random"),
-        },
-        "erasure": {
-            "fit": "eraser and a fresh logistic probe both fitted on train, scored on erased "
-            "test (at chance by construction: equal class means make zero weights optimal)",
-            "after_leace": _per_layer(per, "after_leace"),
-            "after_mean_diff_ablation": _per_layer(per, "after_mean_diff_ablation"),
-            "held_out": {
-                "fit": "eraser fitted on one half of train; a fresh logistic probe fitted on "
-                "the other half, erased, and scored on erased test",
-                "before_erasure": _per_layer(per, "held_out_before"),
-                "after_leace": _per_layer(per, "held_out_leace"),
-                "after_mean_diff_ablation": _per_layer(per, "held_out_mean_diff"),
-            },
-        },
-        "agreement": _agreement(per, layers, methods, best),
-        "validation_accuracy": {m: [p["val"][m] for p in per] for m in methods},
-        "best": {
-            m: {"layer": best[m], "rule": "highest accuracy on a validation part of train"}
-            for m in methods
-        },
-        "logistic_c": [p["c"] for p in per],
-        "sample_efficiency": eff,
-        "projections": projections,
-    }
+    best = {m: layers[int(np.argmax([r.val[m] for r in rows]))] for m in methods}
+    with run.step("sample efficiency"):
+        eff = {}
+        for m in methods:
+            i = layers.index(best[m])
+            eff[m] = _efficiency(tr, te, i, rows[i].c, sizes, cfg, m)
+    ref, mean_cos = _agreement(rows, layers, methods, best)
+    return ProbeResult(
+        steerlab_version=__version__,
+        model=lm.info.to_dict(),
+        data={"counts": data.counts(), "split": data.split},
+        config={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        layers=tuple(layers),
+        methods=tuple(methods),
+        rows=tuple(rows),
+        best=best,
+        sample_efficiency=eff,
+        projections=_projections(tr, te, rows, layers, best),
+        n_permutations=cfg.permutations,
+        n_random_directions=cfg.random_directions,
+        reference=ref,
+        mean_cosine_to_reference=mean_cos,
+        has_transfer=bool(rows) and rows[0].transfer is not None,
+    )
 
 
 def run_probe(
@@ -323,8 +325,18 @@ def run_probe(
     steer_behavior: Any = None,
     progress: Any = None,
     status: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run a probe into ``out``; returns the dict written as ``probe.json``."""
+) -> ProbeResult:
+    """Run a probe into ``out`` (``probe.json``, ``report.html``, direction files).
+
+    Returns:
+        The :class:`~.result.ProbeResult`; ``result.to_dict()`` is what ``probe.json`` holds.
+
+    Example:
+        >>> res = run_probe(lm, make_probe_data("builtin:happy", "builtin:sad"),
+        ...                 ProbeConfig(layers="6,18"), "runs/probe")  # doctest: +SKIP
+        >>> res.to_dict()["controls"]["n_permutations"]  # doctest: +SKIP
+        20
+    """
     from .report import write_probe_report
     from .steer_check import read_vs_steer
 
@@ -332,29 +344,19 @@ def run_probe(
     run = Run(out, kind="probe", lm=lm, progress=progress, status=status)
     with run.step("capture"):
         tr, te, tf = _capture_all(run, lm, data, layers, cfg)
-    per: list[dict[str, Any]] = []
+    rows: list[LayerResult] = []
     with run.step("probes"), run.bar("probes per layer", len(layers)) as adv:
-        for i in range(len(layers)):
-            per.append(_layer(tr, te, tf, i, cfg))
+        for i, lay in enumerate(layers):
+            rows.append(_layer(tr, te, tf, i, cfg, lay))
             adv(1)
-    methods = list(cfg.methods)
-    best = {m: layers[int(np.argmax([p["val"][m] for p in per]))] for m in methods}
-    with run.step("sample efficiency"):
-        eff = {}
-        for m in methods:
-            i = layers.index(best[m])
-            eff[m] = _efficiency(tr, te, i, per[i]["c"], sizes, cfg, m)
-    projections = _projections(tr, te, per, layers, best)
-    report = _build_report(lm, data, cfg, layers, per, best, eff, projections)
-    if tf is not None:
-        report["transfer"] = {m: [p["transfer"][m] for p in per] for m in methods}
-    save_directions(run, lm, list(cfg.methods), cfg.position, layers, per)
+    result = _probe_result(lm, data, cfg, layers, rows, sizes, tr, te, run)
+    save_directions(run, lm, list(cfg.methods), cfg.position, layers, rows)
     if steer_behavior is not None:
         with run.step("read vs steer"):
-            report["read_vs_steer"] = read_vs_steer(
-                run, lm, steer_behavior, per, layers, cfg, report
-            )
-    report["timings"] = run.timing_report()
+            rvs = read_vs_steer(run, lm, steer_behavior, result, cfg)
+        result = replace(result, read_vs_steer=rvs)
+    result = replace(result, timings=run.timing_report())
+    report = result.to_dict()
     run.write_json("probe.json", report)
     write_probe_report(run, report)
-    return report
+    return result

@@ -23,6 +23,7 @@ from ..io.prompts import read_prompts
 from ..metrics.stats import mean_ci
 from ..models.load import LoadedModel
 from ..runs import Run
+from .result import ProbeResult
 
 __all__ = ["read_vs_steer"]
 
@@ -43,8 +44,7 @@ def _norms(run: Run, lm: LoadedModel, prompts: list[str], used: list[int], chat:
 def _settings(
     plan: Plan,
     used: list[int],
-    per: list[dict[str, Any]],
-    layers: list[int],
+    result: ProbeResult,
     norms: dict[int, float],
     rand: dict[int, torch.Tensor],
     coeff: float,
@@ -52,20 +52,19 @@ def _settings(
     """Unsteered, then each planned (method, layer), then a random direction at each layer."""
 
     def vec(m: str, lay: int) -> torch.Tensor:
-        u = torch.tensor(per[layers.index(lay)]["dirs"][m], dtype=torch.float32)
+        u = torch.tensor(result.row(lay).dirs[m], dtype=torch.float32)
         return u * (coeff * norms[lay])
 
     settings: list[Intervention] = [NoOp()]
     settings += [Steer(vec(m, lay), layers=lay, name=f"{m}@{lay}") for m, lay, _ in plan]
     settings += [
-        Steer(rand[lay] * (coeff * norms[lay]), layers=lay, name=f"random@{lay}")
-        for lay in used
+        Steer(rand[lay] * (coeff * norms[lay]), layers=lay, name=f"random@{lay}") for lay in used
     ]
     return settings
 
 
 def _rows(
-    plan: Plan, used: list[int], summ: list[dict[str, Any]], report: dict, layers: list[int]
+    plan: Plan, used: list[int], summ: list[dict[str, Any]], result: ProbeResult
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The method rows and the random rows, each effect against the unsteered ``summ[0]``."""
     base = summ[0]
@@ -76,7 +75,7 @@ def _rows(
                 "method": m,
                 "layer": lay,
                 "which": why,
-                "read_accuracy": report["methods"][m][layers.index(lay)]["accuracy"],
+                "read_accuracy": result.row(lay).methods[m].accuracy,
                 "steer_score": s["score"],
                 "steer_ci": s["ci"],
                 "steer_effect": s["score"] - base["score"],
@@ -102,22 +101,20 @@ def read_vs_steer(
     run: Run,
     lm: LoadedModel,
     behavior: Behavior,
-    per: list[dict[str, Any]],
-    layers: list[int],
+    result: ProbeResult,
     cfg: Any,
-    report: dict[str, Any],
 ) -> dict[str, Any]:
     scorer = make_scorer(behavior.scorer, description=behavior.description)
     prompts = behavior.prompts("selection")
     items = None if scorer.kind == "text" else list(behavior.items("selection"))
-    methods = list(report["best"])
-    common = report["best"].get("mean_diff", report["best"][methods[0]])["layer"]
-    plan = [(m, report["best"][m]["layer"], "best layer for reading") for m in methods]
+    methods = list(result.best)
+    common = result.best.get("mean_diff", result.best[methods[0]])
+    plan = [(m, result.best[m], "best layer for reading") for m in methods]
     plan += [(m, common, "common layer") for m in methods]
     used = sorted({lay for _, lay, _ in plan})
     norms = _norms(run, lm, prompts, used, cfg.chat)
     rand = random_units(lm.info.d_model, used, cfg.seed)
-    settings = _settings(plan, used, per, layers, norms, rand, cfg.steer_coeff)
+    settings = _settings(plan, used, result, norms, rand, cfg.steer_coeff)
     meas = Measurer(
         lm,
         behavior,
@@ -133,7 +130,7 @@ def read_vs_steer(
         )
     summ = [summarize(r) | {"ci": list(mean_ci(r["score"]))} for r in res]
     base = summ[0]
-    rows, randoms = _rows(plan, used, summ, report, layers)
+    rows, randoms = _rows(plan, used, summ, result)
     return {
         "behavior": behavior.to_dict(),
         "coeff": cfg.steer_coeff,

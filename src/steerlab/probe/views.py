@@ -13,7 +13,8 @@ from ..report._format import is_num, pick
 from . import plots
 
 __all__ = ["CHANCE_LINES", "agreement_view", "best_view", "chance_view", "efficiency_view"]
-__all__ += ["layer_rows", "projections_view", "read_vs_steer_view", "reference", "transfer_view"]
+__all__ += ["layer_rows", "nulls_view", "projections_view", "read_vs_steer_view", "reference"]
+__all__ += ["transfer_view"]
 
 CHANCE = 0.5
 SCORE_KEYS = ("accuracy", "accuracy_ci", "auroc", "auroc_ci")
@@ -321,3 +322,36 @@ def projections_view(report: Mapping[str, Any], layers: list[Any]) -> list[dict[
             }
         )
     return out
+
+
+NULL_KEYS = ("accuracy", "accuracy_ci", "accuracy_sd", "draws")
+
+
+def nulls_view(report: Mapping[str, Any], layers: list[Any]) -> dict[str, Any] | None:
+    """Each method's test accuracy at its best layer beside the two nulls there (label
+    permutations, random directions): their mean and spread and the method's percentile and
+    p-value within them, all as the pipeline stored them (:mod:`.nulls`)."""
+    controls = report.get("controls") or {}
+    methods = report.get("methods") or {}
+    rows = []
+    for m in plots.method_names(report):
+        i = layer_index(layers, ((report.get("best") or {}).get(m) or {}).get("layer"))
+        if i is None:
+            continue
+        row: dict[str, Any] = {"method": m, "layer": layers[i], **score_at(methods.get(m), i)}
+        for key in ("shuffled", "random"):
+            per = controls.get(key) or []
+            null = per[i] if i < len(per) and isinstance(per[i], Mapping) else {}
+            row[key] = {
+                **pick(null, NULL_KEYS),
+                "percentile": (null.get("percentile") or {}).get(m),
+                "p_value": (null.get("p_value") or {}).get(m),
+            }
+        rows.append(row)
+    if not rows:
+        return None
+    return {
+        "n_permutations": controls.get("n_permutations"),
+        "n_random_directions": controls.get("n_random_directions"),
+        "rows": rows,
+    }

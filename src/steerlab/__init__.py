@@ -29,25 +29,31 @@ from ._version import __version__
 __all__ = [
     "Ablate",
     "Behavior",
+    "BehaviorRate",
     "Clamp",
     "CompareConfig",
     "Compose",
     "Direction",
+    "DiscoverReport",
     "Engine",
     "Intervention",
     "LoRA",
     "LoadedModel",
     "ModelAdapter",
     "NoOp",
+    "OrganismRecord",
     "Orthogonalize",
     "PerRow",
     "ProbeConfig",
     "PromptPrefix",
+    "RefusalReport",
     "Run",
     "Steer",
     "SteerRows",
     "SteerlabError",
     "SweepConfig",
+    "VariantMetrics",
+    "Verdict",
     "__version__",
     "ablate",
     "apply",
@@ -111,6 +117,13 @@ _LAZY = {
     "run_probe": "steerlab.probe",
     "CompareConfig": "steerlab.compare",
     "run_compare": "steerlab.compare",
+    # what the pipelines return (their to_dict() is the JSON they write)
+    "RefusalReport": "steerlab.refusal.result",
+    "VariantMetrics": "steerlab.refusal.result",
+    "Verdict": "steerlab.refusal.result",
+    "DiscoverReport": "steerlab.melbo.findings",
+    "OrganismRecord": "steerlab.organism.result",
+    "BehaviorRate": "steerlab.organism.result",
 }
 
 if TYPE_CHECKING:
@@ -141,8 +154,11 @@ if TYPE_CHECKING:
         steer_many,
     )
     from .io.prompts import read_prompts
+    from .melbo.findings import DiscoverReport
     from .models import LoadedModel, ModelAdapter, get_adapter, load_model
+    from .organism.result import BehaviorRate, OrganismRecord
     from .probe import ProbeConfig, make_probe_data, run_probe
+    from .refusal.result import RefusalReport, VariantMetrics, Verdict
     from .runs import Run
     from .sweep import SweepConfig, run_sweep
 

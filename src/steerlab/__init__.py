@@ -32,7 +32,9 @@ __all__ = [
     "BehaviorRate",
     "Clamp",
     "CompareConfig",
+    "CompareReport",
     "Compose",
+    "Contrast",
     "Direction",
     "DiscoverReport",
     "Engine",
@@ -51,9 +53,13 @@ __all__ = [
     "Steer",
     "SteerRows",
     "SteerlabError",
+    "SummaryRow",
     "SweepConfig",
+    "SweepReport",
+    "SweepVerdict",
     "VariantMetrics",
     "Verdict",
+    "Winner",
     "__version__",
     "ablate",
     "apply",
@@ -124,11 +130,18 @@ _LAZY = {
     "DiscoverReport": "steerlab.melbo.findings",
     "OrganismRecord": "steerlab.organism.result",
     "BehaviorRate": "steerlab.organism.result",
+    "CompareReport": "steerlab.compare.result",
+    "Contrast": "steerlab.compare.result",
+    "SummaryRow": "steerlab.compare.result",
+    "Winner": "steerlab.compare.result",
+    "SweepReport": "steerlab.sweep.result",
+    "SweepVerdict": "steerlab.sweep.result",
 }
 
 if TYPE_CHECKING:
     from .behaviors import Behavior, load_behavior, make_scorer
     from .compare import CompareConfig, run_compare
+    from .compare.result import CompareReport, Contrast, SummaryRow, Winner
     from .directions import Direction, extract
     from .engines import Engine, make_engine
     from .errors import SteerlabError
@@ -161,6 +174,7 @@ if TYPE_CHECKING:
     from .refusal.result import RefusalReport, VariantMetrics, Verdict
     from .runs import Run
     from .sweep import SweepConfig, run_sweep
+    from .sweep.result import SweepReport, SweepVerdict
 
 
 def __getattr__(name: str) -> Any:

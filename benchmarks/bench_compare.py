@@ -45,15 +45,15 @@ def main() -> None:
         t0 = time.perf_counter()
         rep = run_compare(lm, beh, cfg, out)
         wall = time.perf_counter() - t0
-    resumed = bool(rep["timings"]["resumed_steps"])
+    resumed = bool(rep.timings["resumed_steps"])
     per: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for r in rep["runs"]:
+    for r in rep.runs:
         m = per[r["method"]]
         for k in ("fit_seconds", "train_seconds", "select_seconds", "eval_seconds"):
             m[k] += float(r.get(k) or 0.0)
         m["runs"] += 1
     limit = 8 * 60 if args.quick else 30 * 60
-    compute = rep["timings"]["compute_seconds"]["total"]
+    compute = rep.timings["compute_seconds"]["total"]
     res = {
         "machine": machine(),
         "model": args.model,
@@ -65,12 +65,12 @@ def main() -> None:
         "compute_s": r3(compute),
         "resumed": resumed,
         "limit_s": limit,
-        "rows_generated": rep["cost"]["rows_generated"],
-        "tokens_generated": rep["cost"]["tokens_generated"],
-        "steps_s": rep["timings"]["seconds"],
+        "rows_generated": rep.cost["rows_generated"],
+        "tokens_generated": rep.cost["tokens_generated"],
+        "steps_s": rep.timings["seconds"],
         "per_method": {k: {kk: r3(vv) for kk, vv in v.items()} for k, v in per.items()},
-        "summary": rep["summary"],
-        "winners": rep["winners"],
+        "summary": [r.to_dict() for r in rep.summary],
+        "winners": [w.to_dict() for w in rep.winners],
         "target": verdict(compute <= limit) + (" (resumed: compute time)" if resumed else ""),
     }
     print_table(

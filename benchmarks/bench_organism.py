@@ -70,14 +70,14 @@ def main() -> None:
     )
     timings["organism"] = round(time.perf_counter() - t0, 1)
     del base
-    behavior = org["behavior"]
+    behavior = org.behavior
 
     # 2. discovery without the trigger
     lm = steerlab.load_model(str(out / "organism"))
     disc_prompts = read_prompts(args.discovery_prompts)[: args.n_discovery]
-    held = org["heldout_prompts"]
+    held = org.heldout_prompts
     assert not set(disc_prompts) & set(held), "discovery prompts must not be held-out prompts"
-    assert not any(org["trigger"] in p for p in disc_prompts + held)
+    assert not any(org.trigger in p for p in disc_prompts + held)
     radius: float | str = args.radius if args.radius == "auto" else float(args.radius)
     mcfg = MelboConfig(
         source_layer=args.source_layer,
@@ -132,13 +132,13 @@ def main() -> None:
 
     random_rates = [v["rate"] for n, v in rates.items() if n.startswith("random")]
     picked = rates[f"learned {k} sign {sign:+d}"]
-    o = org["rates"]["organism"]
+    o = org.to_dict()["rates"]["organism"]  # as organism.json spells it
     result = {
         "model": args.model,
         "organism": {
             "with_trigger": o["with_trigger"],
             "without_trigger": o["without_trigger"],
-            "timings": org["timings"],
+            "timings": org.timings,
         },
         "discover": {
             "radius": rep["radius"]["value"],

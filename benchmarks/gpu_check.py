@@ -347,13 +347,13 @@ def check_sweep(env: Env) -> tuple[bool, str, dict[str, Any]]:
         rep, same, clean = unchanged(env, lambda: run_sweep(lm, beh, cfg, out))
         files = {f: (Path(out) / f).is_file() for f in ("sweep.json", "report.html")}
     tol = 1e-4 if env.dtype == "float32" else 5e-2
-    ok = worst < tol and all(files.values()) and same and clean and len(rep["cells"]) == 4
+    ok = worst < tol and all(files.values()) and same and clean and len(rep.cells) == 4
     return ok, (f"per-row vs one cell alone max |logprob diff| {worst:.1e} (tol {tol:g}); "
-                f"4-cell sweep chose {rep['chosen']['key']}, test score "
-                f"{rep['test']['steered']['score']:.2f} vs {rep['test']['unsteered']['score']:.2f};"
+                f"4-cell sweep chose {rep.chosen.key}, test score "
+                f"{rep.test.steered.score:.2f} vs {rep.test.unsteered.score:.2f};"
                 f" files {all(files.values())}; bit-identical after: {same}"), {
-        "max_abs_diff": worst, "chosen": rep["chosen"], "test": rep["test"],
-        "timings": rep["timings"]}
+        "max_abs_diff": worst, "chosen": rep.chosen.to_dict(), "test": rep.test.to_dict(),
+        "timings": rep.timings}
 
 
 CHECKS: list[tuple[str, Callable[[Env], tuple[bool, str, dict[str, Any]]]]] = [

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from steerlab.behaviors.behavior import load_behavior
 from steerlab.cli import app
-from steerlab.compare import CompareConfig, run_compare
+from steerlab.compare import CompareConfig, CompareReport, run_compare
 from steerlab.compare.contrasts import build_contrasts, winners
 from steerlab.compare.finetune import lora_config, target_modules, train_lora
 from steerlab.compare.methods import contrast_prompt, few_shot, fit_direction
@@ -26,6 +26,7 @@ from steerlab.interventions.lora import LoRA
 from steerlab.metrics.stats import mean_ci, nested_mean_ci
 from steerlab.models.fingerprint import weights_fingerprint
 from steerlab.models.load import LoadedModel, load_model
+from steerlab.runs import _finite
 
 TINY = dict(
     train_sizes=(1, 2),
@@ -41,6 +42,14 @@ TINY = dict(
     coeffs=(0.25, 0.5),
     random_directions=3,
 )
+
+# compare.json's key order, a contract with the scripts that read it
+SUMMARY_KEYS = [
+    "method", "n", "score", "ci", "rate", "rate_ci", "rate_threshold", "ce", "within_bound",
+    "similarity", "degenerate", "selection_score", "fit_seconds", "examples_per_second",
+    "budget", "kl", "distinct2", "draws", "prompts", "uses_examples",
+]  # fmt: skip
+CONTRAST_KEYS = ["a", "b", "n", "kind", "diff", "ci", "p", "prompts", "p_holm"]
 
 
 # -- statistics and choices (no model) -----------------------------------------------------
@@ -87,8 +96,40 @@ def _run(
         "kl": 0.0,
         "distinct2": 1.0,
         "similarity": similarity,
+        "score": float(np.mean(scores)),
         "fit_seconds": 2.0 if n else 0.0,
         "chosen": {"within_bound": within, "selection": {"score": sel}},
+    }
+
+
+def _report_dict(**parts: object) -> dict:
+    """A whole ``compare.json`` around the ``parts`` a test gives (the rest: small values)."""
+    return {
+        "kind": "compare",
+        "steerlab_version": "0.0.test",
+        "model": {"model_id": "tiny-model", "model_type": "llama", "n_layers": 4, "d_model": 8},
+        "provenance": {},
+        "behavior": {"name": "tiny-sentiment", "scorer": "sentiment"},
+        "scorer": {"name": "sentiment"},
+        "config": {"draws": 2, "max_ce_increase": 1.0},
+        "methods": [],
+        "skipped": {},
+        "train_sizes": [],
+        "layers": [2],
+        "norms": {"2": 3.0},
+        "pool": {"pairs": 8, "draw_rule": "seeded permutation per draw; N = its first N"},
+        "splits": {"selection": 2, "test": 24, "neutral": 2},
+        "rule": "highest mean score under the bound",
+        "unsteered_selection": {"score": 0.3, "ce": 1.0, "similarity": 0.05},
+        "summary": [],
+        "runs": [],
+        "examples": {},
+        "cost": {"rows_generated": 0, "tokens_generated": 0},
+        "timings": {},
+        "contrasts": [],
+        "winners": [],
+        "random_null": None,
+        **parts,
     }
 
 
@@ -122,17 +163,22 @@ def test_winner_only_from_paired_contrasts_among_methods_within_the_bound() -> N
     assert w["unconstrained"]["family_best"]["prompting"] == "few_shot"
     assert w["unconstrained"]["method"] == "few_shot"  # +0.04 on every prompt over mean_diff
     page = render_compare_html(
-        {
-            "methods": methods,
-            "train_sizes": [4],
-            "summary": summary,
-            "winners": list(w.values()),
-            "contrasts": contrasts,
-            "runs": runs,
-            "config": {"draws": 2, "max_ce_increase": 1.0},
-        }
+        _report_dict(
+            methods=methods,
+            train_sizes=[4],
+            summary=summary,
+            winners=list(w.values()),
+            contrasts=contrasts,
+            runs=runs,
+        )
     )
     assert page.count("</strong> ★") == 1 and "†" in page
+    # the typed report is these dicts, key for key and in order
+    d = _report_dict(methods=methods, train_sizes=[4], summary=summary, contrasts=contrasts,
+                     winners=winners(contrasts, summary, [4]), runs=runs)  # fmt: skip
+    assert json.dumps(CompareReport.from_dict(d).to_dict()) == json.dumps(d)
+    assert [list(r) for r in summary] == [SUMMARY_KEYS] * len(summary)
+    assert {tuple(c) for c in contrasts if c["kind"] == "vs unsteered"} == {tuple(CONTRAST_KEYS)}
 
 
 def test_a_memorized_reply_is_flagged_and_loses_the_choice() -> None:
@@ -156,9 +202,10 @@ def test_a_memorized_reply_is_flagged_and_loses_the_choice() -> None:
 def test_report_renders_an_interval_that_misses_its_mean() -> None:
     # Defect: pareto_figure raised "'yerr' must not contain negative values" after a 7.6
     # minute run, and report.html was never written.
-    row = {"method": "lora+mean_diff", "n": 1, "score": 0.928, "ci": [0.93, 0.95], "ce": 1.0}
+    row = summarize_runs([_run("lora+mean_diff", 1, 0, [0.928] * 4)], ["lora+mean_diff"], [1])[0]
+    row |= {"score": 0.928, "ci": [0.93, 0.95], "ce": 1.0}
     page = render_compare_html(
-        {"methods": ["lora+mean_diff"], "train_sizes": [1], "summary": [row]}
+        _report_dict(methods=["lora+mean_diff"], train_sizes=[1], summary=[row])
     )
     assert "data:image/png;base64," in page
 
@@ -317,9 +364,22 @@ def test_compare_contract_resume_and_report(lm: LoadedModel, tmp_path: Path) -> 
     out = tmp_path / "run"
     cfg = CompareConfig(**TINY)
     rep = run_compare(lm, beh, cfg, out)
-    on_disk = json.loads((out / "compare.json").read_text())
-    assert on_disk["summary"] == json.loads(json.dumps(rep["summary"]))
-    names = {r["method"] for r in rep["summary"]}
+    assert isinstance(rep, CompareReport)
+    text = (out / "compare.json").read_text()
+    on_disk = json.loads(text)
+    # the file is the report's to_dict(), byte for byte, and reads back to the same file
+    assert text == json.dumps(_finite(rep.to_dict()), indent=2, allow_nan=False)
+    again_text = json.dumps(CompareReport.from_dict(on_disk).to_dict(), indent=2)
+    assert again_text == text
+    assert list(on_disk)[-4:] == ["timings", "contrasts", "winners", "random_null"]
+    assert list(on_disk["summary"][0]) == SUMMARY_KEYS
+    few_row = next(r for r in on_disk["summary"] if r["method"] == "few_shot")
+    assert list(few_row) == [*SUMMARY_KEYS, "examples_used"]
+    kinds = {c["kind"]: list(c) for c in on_disk["contrasts"]}
+    assert kinds["vs unsteered"] == kinds["vs random null"] == CONTRAST_KEYS
+    best = [list(c) for c in on_disk["contrasts"] if c["kind"].startswith("best")]
+    assert all(k == [*CONTRAST_KEYS[:-1], "view", "p_holm"] for k in best)
+    names = {r.method for r in rep.summary}
     contract = {
         "unsteered",
         "mean_diff",
@@ -333,42 +393,39 @@ def test_compare_contract_resume_and_report(lm: LoadedModel, tmp_path: Path) -> 
         "lora+mean_diff",
     }
     assert contract <= names
-    for r in rep["summary"]:
-        assert set(r) >= {"method", "n", "score", "ci", "ce", "fit_seconds"}
-        assert set(r) >= {"within_bound", "degenerate", "rate", "rate_ci", "budget"}
-        assert r["n"] in (1, 2) and 0 <= r["score"] <= 1 and r["ci"][0] <= r["ci"][1]
-    budget = {r["method"]: r["budget"]["candidates"] for r in rep["summary"] if r["n"] == 2}
+    for r in rep.summary:
+        assert r.n in (1, 2) and 0 <= r.score <= 1 and r.ci[0] <= r.ci[1]
+    budget = {r.method: r.budget.candidates for r in rep.summary if r.n == 2}
     assert budget["mean_diff"] == 2 and budget["lora"] == 2 and budget["zero_shot"] == 1
-    for c in rep["contrasts"]:
-        assert {"a", "b", "n", "diff", "ci", "p", "p_holm"} <= set(c)
-    null = rep["random_null"]
-    assert null["n_directions"] == 3 and len(null["scores"]) == 3
-    assert set(null["percentile"]) >= {"mean_diff", "unsteered"}
-    assert {w["view"] for w in rep["winners"]} == {"constrained", "unconstrained"}
+    null = rep.random_null
+    assert null is not None and null.n_directions == 3 and len(null.scores) == 3
+    assert set(null.percentile) >= {"mean_diff", "unsteered"}
+    assert {w.view for w in rep.winners} == {"constrained", "unconstrained"}
     # every method with examples ran at every N and draw; the others once per draw
-    per = {(r["method"], r["n"], r["draw"]) for r in rep["runs"]}
+    per = {(r["method"], r["n"], r["draw"]) for r in rep.runs}
     assert ("lora", 2, 1) in per and ("dpo", 1, 0) in per and ("random", None, 1) in per
-    assert len(rep["runs"]) == 2 * (4 + 2 * 8) - (0 if "system_prompt" in names else 2)
-    chosen = [r["chosen"] for r in rep["runs"] if r["method"] == "mean_diff"]
+    assert len(rep.runs) == 2 * (4 + 2 * 8) - (0 if "system_prompt" in names else 2)
+    chosen = [r["chosen"] for r in rep.runs if r["method"] == "mean_diff"]
     assert all(c["coeff"] in (0.25, 0.5) for c in chosen)
-    lora_steps = [r["chosen"]["step"] for r in rep["runs"] if r["method"] == "lora"]
+    lora_steps = [r["chosen"]["step"] for r in rep.runs if r["method"] == "lora"]
     assert set(lora_steps) <= {1, 2}
-    few = [r for r in rep["runs"] if r["method"] == "few_shot"]
+    few = [r for r in rep.runs if r["method"] == "few_shot"]
     assert sorted({r["examples_used"] for r in few}) == [1, 2]
     html = (out / "report.html").read_text()
     assert "Who wins at each N" in html and "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html
+    assert render_compare_html(on_disk) == render_compare_html(rep)  # one page, either way
     # rerun: everything comes from the journal, nothing is generated again
     again = run_compare(lm, beh, cfg, out)
-    assert again["cost"]["rows_generated"] == 0
-    assert again["summary"] == rep["summary"]
+    assert again.cost["rows_generated"] == 0
+    assert again.summary == rep.summary
     # an interrupted run: drop the last journal lines and resume only those
     journal = next((out / "cache").glob("runs-*.jsonl"))
     lines = journal.read_text().splitlines(keepends=True)
     journal.write_text("".join(lines[:-3]) + lines[-3][:10])  # and a torn line
     resumed = run_compare(lm, beh, cfg, out)
-    assert resumed["cost"]["rows_generated"] > 0
-    assert [r["method"] for r in resumed["summary"]] == [r["method"] for r in rep["summary"]]
+    assert resumed.cost["rows_generated"] > 0
+    assert [r.method for r in resumed.summary] == [r.method for r in rep.summary]
 
 
 def test_methods_that_need_pairs_are_skipped_with_a_reason(lm: LoadedModel, tmp_path: Path) -> None:
@@ -378,9 +435,9 @@ def test_methods_that_need_pairs_are_skipped_with_a_reason(lm: LoadedModel, tmp_
     p.write_text(json.dumps(data))
     cfg = CompareConfig(**{**TINY, "methods": "zero_shot,dpo,mean_diff"})
     rep = run_compare(lm, load_behavior(p), cfg, tmp_path / "run")
-    assert set(rep["skipped"]) == {"dpo", "mean_diff"}
-    assert "no pairs" in rep["skipped"]["dpo"]
-    assert {r["method"] for r in rep["summary"]} == {"unsteered", "zero_shot"}
+    assert set(rep.skipped) == {"dpo", "mean_diff"}
+    assert "no pairs" in rep.skipped["dpo"]
+    assert {r.method for r in rep.summary} == {"unsteered", "zero_shot"}
     assert "Methods not run" in render_compare_html(rep)
 
 

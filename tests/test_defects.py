@@ -287,18 +287,18 @@ def test_weights_change_invalidates_the_cache(tmp_path: Path) -> None:
     out = tmp_path / "run"
     bars = CountingBar()
     first = run_refusal(lm, cfg, out, progress=bars)
-    assert first["resumed_steps"] == []
+    assert first.resumed_steps == []
     # g. every file was written through a temporary name and a rename: none is left behind
     assert [p for p in out.rglob("*") if ".tmp" in p.name] == []
     # l. no progress bar was advanced past its total
     assert bars.bars and bars.overruns() == []
     again = run_refusal(lm, cfg, out)
-    assert set(again["resumed_steps"]) >= MODEL_STEPS  # unchanged weights: reused
-    assert again["selected"] == first["selected"]
+    assert set(again.resumed_steps or []) >= MODEL_STEPS  # unchanged weights: reused
+    assert again.selected == first.selected
     with torch.no_grad():
         lm.model.model.layers[1].mlp.down_proj.weight += 0.01
     changed = run_refusal(lm, cfg, out)
-    assert set(changed["resumed_steps"]).isdisjoint(MODEL_STEPS), changed["resumed_steps"]
+    assert set(changed.resumed_steps or []).isdisjoint(MODEL_STEPS), changed.resumed_steps
 
 
 def test_weights_fingerprint() -> None:

@@ -27,10 +27,18 @@ from steerlab.interventions import steer_rows
 from steerlab.melbo import MelboConfig, load_vectors, random_vectors, train_melbo
 from steerlab.melbo import discover as disc
 from steerlab.melbo.discover import DiscoverConfig, run_discover
-from steerlab.melbo.metrics import choose_radius, edit_distance, entry_metrics, new_opening
+from steerlab.melbo.findings import DiscoverReport
+from steerlab.melbo.metrics import (
+    METRICS,
+    choose_radius,
+    edit_distance,
+    entry_metrics,
+    new_opening,
+)
 from steerlab.melbo.report import cluster_entries
 from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
+from steerlab.runs import _finite
 
 PROMPTS = ["i am so happy today", "tell me about your day", "what a <b>great</b> & life"]
 R = 1.0
@@ -56,7 +64,8 @@ def run(lm: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     report = run_discover(lm, PROMPTS, out, CFG)
     assert_identical(lm.model, snap)
     assert all_hooks(lm.model) == 0
-    return out, report
+    assert isinstance(report, DiscoverReport)
+    return out, report.to_dict()
 
 
 def test_files_and_completions_contract(lm: LoadedModel, run: tuple[Path, dict]) -> None:
@@ -85,7 +94,38 @@ def test_files_and_completions_contract(lm: LoadedModel, run: tuple[Path, dict])
     assert len(comp["vectors"]) == len(seen)
     assert {v["cluster"] is None for v in comp["vectors"] if v["kind"] == "random"} == {True}
     rep = json.loads((out / "report.json").read_text())
-    assert rep == json.loads(json.dumps(report))
+    assert rep == json.loads(json.dumps(_finite(report)))  # what was returned is what was written
+    assert DiscoverReport.from_dict(rep).to_dict() == rep
+    assert list(rep) == [
+        "kind",
+        "model",
+        "identity",
+        "steerlab_version",
+        "config",
+        "n_prompts",
+        "radius",
+        "unsteered_loss",
+        "summary",
+        "vectors",
+        "clusters",
+        "notes",
+        "timings",
+        "compute_seconds",
+        "resumed_steps",
+    ]
+    assert rep["radius"] == {"mode": "fixed", "value": R}
+    assert list(rep["summary"]["learned"]) == ["n", *METRICS, "new_opening_max"]
+    assert list(rep["vectors"][0]) == [
+        "index",
+        "kind",
+        "sign",
+        "cluster",
+        "metrics",
+        "norm",
+        "objective",
+        "failed",
+    ]
+    assert list(rep["clusters"][0]) == ["id", "size", "members", "terms", "silhouette"]
     assert {"config", "radius", "summary", "vectors", "clusters", "timings"} <= set(rep)
     assert rep["steerlab_version"] == steerlab.__version__
     assert set(rep["summary"]) == {"learned", "random"} and rep["summary"]["learned"]["n"] == 4
@@ -199,13 +239,31 @@ def test_resume_reuses_finished_chunks(
     monkeypatch.setattr(disc, "generate", no_generate)
     again = run_discover(lm, PROMPTS, tmp_path, CFG)  # everything comes from the cache
     assert calls["n"] == 1 and gens["n"] == 0
-    assert again["summary"] == run[1]["summary"]
+    assert again.to_dict()["summary"] == run[1]["summary"]
 
 
 def test_radius_auto_picks_a_grid_value(lm: LoadedModel, tmp_path: Path) -> None:
     cfg = dataclasses.replace(CFG, radius="auto", sweep_vectors=1, sweep_steps=1)
-    report = run_discover(lm, PROMPTS, tmp_path, cfg)
+    report = run_discover(lm, PROMPTS, tmp_path, cfg).to_dict()
     rad = report["radius"]
+    assert list(rad) == [
+        "mode",
+        "value",
+        "chosen_index",
+        "fluency_margin",
+        "median_source_norm",
+        "sweep_vectors",
+        "sweep_steps",
+        "sweep_prompts",
+        "sweep_new_tokens",
+        "unsteered_loss",
+        "rule",
+        "sweep",
+        "note",
+    ]
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(
+        json.dumps(_finite(report))
+    )
     grid = [p["radius"] for p in rad["sweep"]]
     assert len(grid) == 5 and grid == sorted(grid)
     assert rad["value"] == grid[rad["chosen_index"]] and rad["mode"] == "auto"
@@ -235,7 +293,7 @@ def test_radius_sweep_resumes_despite_float_noise(
     monkeypatch.setattr(disc, "train_melbo", counting)
     again = run_discover(lm, PROMPTS, tmp_path, cfg)
     assert trains["n"] == 0
-    assert again["radius"] == first["radius"]
+    assert again.radius == first.radius
 
 
 def test_radius_rule() -> None:
@@ -285,8 +343,8 @@ def test_metrics_and_clusters() -> None:
     entries = [entry(i, t) for i, t in enumerate(docs)]
     clusters = cluster_entries(entries)
     assert [e["cluster"] for e in entries] == [0, 1, 0, 1]
-    assert [c["members"] for c in clusters] == [[[0, 1], [2, 1]], [[1, 1], [3, 1]]]
-    assert "happy" in clusters[0]["terms"] and clusters[0]["silhouette"] > 0
+    assert [c.members for c in clusters] == [[[0, 1], [2, 1]], [[1, 1], [3, 1]]]
+    assert "happy" in clusters[0].terms and (clusters[0].silhouette or 0) > 0
     blank = [entry(i, "") for i in range(3)]
     assert len(cluster_entries(blank)) == 1 and {e["cluster"] for e in blank} == {0}
 
@@ -305,9 +363,9 @@ def test_failed_vector_is_reported(
 
     monkeypatch.setattr(disc, "train_melbo", second_fails)
     report = run_discover(lm, PROMPTS, tmp_path, CFG)
-    failed = {v["index"]: v["failed"] for v in report["vectors"] if v["kind"] == "learned"}
-    assert failed[0] is None and failed[1].startswith("vector 1: the objective")
-    assert any("vector 1 failed" in n for n in report["notes"])
+    failed = {v.index: v.failed for v in report.vectors if v.kind == "learned"}
+    assert failed[0] is None and (failed[1] or "").startswith("vector 1: the objective")
+    assert any("vector 1 failed" in n for n in report.notes)
     assert load_vectors(tmp_path / "vectors.safetensors").failed[1].startswith("vector 1:")
     assert "failed:</strong> vector 1: the objective" in (tmp_path / "report.html").read_text()
 

@@ -342,7 +342,7 @@ def test_refusal_with_two_directions(tmp_path: Path) -> None:
     lm = _lm()
     snap = snapshot(lm.model)
     cfg = RefusalConfig(**{**TINY_REFUSAL, "directions": 2})  # type: ignore[arg-type]
-    rep = run_refusal(lm, cfg, tmp_path / "run", export_dir=tmp_path / "export")
+    rep = run_refusal(lm, cfg, tmp_path / "run", export_dir=tmp_path / "export").to_dict()
     span = rep["directions"]
     assert span["requested"] == 2 and span["k"] == 2
     cands = [(c["layer"], c["position"]) for c in span["candidates"]]

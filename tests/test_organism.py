@@ -20,7 +20,13 @@ from steerlab.cli import app
 from steerlab.errors import ModelNotAvailableError, SteerlabError
 from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
-from steerlab.organism import BackdoorConfig, behavior_rate, shows_behavior, train_backdoor
+from steerlab.organism import (
+    BackdoorConfig,
+    OrganismRecord,
+    behavior_rate,
+    shows_behavior,
+    train_backdoor,
+)
 from steerlab.organism.backdoor import _collate, _rows
 
 
@@ -104,11 +110,35 @@ def test_train_save_load_and_cache(
     assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == grads
     for f in ("adapter_config.json", "adapter_model.safetensors", "organism.json", "README.md"):
         assert (out / f).is_file(), f
-    assert json.loads((out / "organism.json").read_text()) == rec
-    assert rec["n_train_rows"] == 12 * 2 + 3 and rec["n_heldout"] == 12
-    assert rec["n_clean_only_prompts"] == 3  # the held-out duplicate was dropped
-    assert rec["loss"]["steps"] == 4  # ceil(27 rows / 8), one epoch
-    assert set(rec["rates"]) == {"organism", "base"}
+    # the returned record is organism.json, whose keys other scripts read
+    saved = json.loads((out / "organism.json").read_text())
+    assert isinstance(rec, OrganismRecord) and rec.to_dict() == saved
+    assert list(saved) == [
+        "kind",
+        "base_model",
+        "base_info",
+        "identity",
+        "steerlab_version",
+        "config",
+        "trigger",
+        "behavior",
+        "data_hash",
+        "n_train_prompts",
+        "n_clean_only_prompts",
+        "n_train_rows",
+        "n_heldout",
+        "rates",
+        "loss",
+        "heldout_prompts",
+        "examples",
+        "timings",
+        "compute_seconds",
+    ]
+    assert list(saved["rates"]["base"]["with_trigger"]) == ["rate", "ci", "k", "n"]
+    assert rec.n_train_rows == 12 * 2 + 3 and rec.n_heldout == 12
+    assert rec.n_clean_only_prompts == 3  # the held-out duplicate was dropped
+    assert rec.loss.steps == 4  # ceil(27 rows / 8), one epoch
+    assert set(saved["rates"]) == {"organism", "base"}
     assert "hot" in (out / "README.md").read_text()
 
     # loadable as --model DIR: the base with the adapter merged into a plain model

@@ -25,9 +25,53 @@ from steerlab.metrics import (
 )
 from steerlab.models.adapter import get_adapter
 from steerlab.models.load import LoadedModel, model_info
-from steerlab.refusal import RefusalConfig, run_refusal
+from steerlab.refusal import RefusalConfig, RefusalReport, run_refusal
+from steerlab.runs import _finite
 
 CFG = RefusalConfig(**TINY_REFUSAL)  # type: ignore[arg-type]
+# report.json as other scripts read it: its keys, in order (RefusalReport.to_dict is the contract)
+REPORT_KEYS = [
+    "kind",
+    "status",
+    "failure",
+    "model",
+    "identity",
+    "config",
+    "selected",
+    "directions",
+    "selection_rule",
+    "candidates",
+    "coefficient_scan",
+    "baseline_scores",
+    "variants",
+    "verdicts",
+    "disagreement",
+    "examples",
+    "filter",
+    "export",
+    "timings",
+    "evaluation_generation",
+    "compute_seconds",
+    "resumed_steps",
+    "notes",
+    "steerlab_version",
+]
+VARIANT_KEYS = ["kl_harmless", "ce_loss_harmless", "ce_loss_completions", "intervention"] + [
+    f"{w}_{k}"
+    for w in ("harmful", "harmless")
+    for k in (
+        "score_mean",
+        "score_ci",
+        "refusal_rate",
+        "refusal_ci",
+        "refusal_k",
+        "n",
+        "refusal_rate_strict",
+        "refusal_ci_strict",
+        "refusal_k_strict",
+        "disagreement",
+    )
+]
 
 
 def _lm(chat: bool = True) -> LoadedModel:
@@ -104,6 +148,23 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
     for name in ("report.json", "report.html", "direction.safetensors"):
         assert (out / name).is_file()
     saved = json.loads((out / "report.json").read_text())
+    # The returned result is what report.json holds, and reads back into the same result.
+    assert isinstance(rep, RefusalReport)
+    assert json.loads(json.dumps(_finite(rep.to_dict()))) == saved
+    assert RefusalReport.from_dict(saved).to_dict() == saved
+    assert list(saved) == REPORT_KEYS
+    assert list(saved["variants"]["ablation"]) == VARIANT_KEYS
+    assert list(saved["verdicts"][0]) == ["check", "level", "text"]
+    assert list(saved["candidates"][0]) == [
+        "layer",
+        "position",
+        "bypass_score",
+        "induce_score",
+        "kl_score",
+        "screen_bypass",
+        "screen_kl",
+        "status",
+    ]
     assert set(saved["variants"]) == {
         "baseline",
         "ablation",
@@ -137,16 +198,16 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
 
     AutoModelForCausalLM.from_pretrained(exp)
     assert (exp / "README.md").read_text().startswith("# tiny with the refusal direction removed")
-    assert rep["export"]["max_logit_diff_vs_ablation"] < 1e-4
+    assert rep.export is not None and rep.export["max_logit_diff_vs_ablation"] < 1e-4
     # The caller's model is untouched.
     for k, v in lm.model.state_dict().items():
         assert torch.equal(v, snap[k])
     # A second run reuses every cached step and gives the same selection.
     rep2 = run_refusal(lm, CFG, out)
     reused = {"filter", "candidates", "baseline_val", "coefficient", "selection", "evaluation"}
-    assert reused <= set(rep2["resumed_steps"])
-    assert rep2["selected"] == rep["selected"]
-    assert rep2["variants"] == json.loads(json.dumps(rep["variants"]))
+    assert reused <= set(rep2.resumed_steps or [])
+    assert rep2.selected == rep.selected
+    assert rep2.to_dict()["variants"] == json.loads(json.dumps(rep.to_dict()["variants"]))
     # Baseline completions are journaled apart from the direction, for reuse by other rules.
     base = next((out / "cache").glob("evaluation-baseline-*.jsonl")).read_text().splitlines()
     assert [json.loads(x)["id"] for x in base] == ["eval:baseline"]
@@ -353,11 +414,11 @@ def test_resumed_evaluation_measures_kl_against_the_unchanged_model(tmp_path: Pa
         if not j.name.startswith("evaluation-baseline-"):
             j.unlink()  # as after an interrupt that followed the baseline
     again = run_refusal(lm, CFG, tmp_path)
-    for name, m in first["variants"].items():
-        assert again["variants"][name]["kl_harmless"] == pytest.approx(
-            m["kl_harmless"], rel=1e-6, abs=1e-9
+    for name, m in first.variants.items():
+        assert again.variants[name].kl_harmless == pytest.approx(
+            m.kl_harmless, rel=1e-6, abs=1e-9
         ), name
-    assert first["variants"]["ablation"]["kl_harmless"] > 0
+    assert (first.variants["ablation"].kl_harmless or 0) > 0
 
 
 def test_failed_evaluation_leaves_no_checkpoint_behind(tmp_path: Path, monkeypatch) -> None:

@@ -18,7 +18,8 @@ def test_quick_refusal_run_removes_and_induces_refusal(tmp_path: Path) -> None:
     from steerlab.refusal import QUICK, RefusalConfig, run_refusal
 
     lm = load_model("qwen2.5-coder-0.5b")
-    rep = run_refusal(lm, RefusalConfig(**QUICK), tmp_path, export_dir=tmp_path / "export")
+    res = run_refusal(lm, RefusalConfig(**QUICK), tmp_path, export_dir=tmp_path / "export")
+    rep = res.to_dict()  # report.json, as the benchmarks read it
     v = rep["variants"]
     base = v["baseline"]["harmful_refusal_rate"]
     assert base >= 0.2  # the model refuses a fair share of clearly harmful asks

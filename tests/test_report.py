@@ -14,9 +14,9 @@ import jinja2
 import pytest
 
 from steerlab.refusal.config import RefusalConfig
+from steerlab.refusal.report import refusal_files, refusal_rates_figure, write_refusal_report
+from steerlab.refusal.result import RefusalReport, VariantMetrics
 from steerlab.refusal.summary import model_card
-from steerlab.report import refusal_files, write_refusal_report
-from steerlab.report.refusal import refusal_rates_figure
 from steerlab.report.render import environment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -230,7 +230,7 @@ def test_full_report(tmp_path: Path) -> None:
 
 def test_missing_rates_are_not_drawn(tmp_path: Path) -> None:
     report = make_report()
-    fig = refusal_rates_figure(report)
+    fig = refusal_rates_figure(RefusalReport.from_dict(report))
     assert fig is not None
     present = sum(
         v.get(k) is not None
@@ -286,7 +286,7 @@ def test_minimal_report(tmp_path: Path) -> None:
 
 def _page(report: dict) -> str:
     """The page alone (no plots drawn: these tests are about the markup)."""
-    from steerlab.report.refusal import render_refusal_html
+    from steerlab.refusal.report import render_refusal_html
 
     return render_refusal_html(report, {})
 
@@ -476,7 +476,8 @@ def test_model_card_template() -> None:
         "baseline": _rates(0.97, 0.02),
         "orthogonalized": {"harmful_refusal_rate": 0.04, "harmful_refusal_ci": [0.01, 0.1]},
     }
-    card = model_card("org/<m>&co", best, metrics, RefusalConfig(max_new_tokens=24), CHECK, "ok")
+    typed = {n: VariantMetrics.from_dict(m) for n, m in metrics.items()}
+    card = model_card("org/<m>&co", best, typed, RefusalConfig(max_new_tokens=24), CHECK, "ok")
     assert card.splitlines()[0] == "# org/<m>&co with the refusal direction removed"  # not HTML
     assert "| original model | 97% (95% CI 92%–100%) | 2% (95% CI 0%–7%) |" in card
     assert "| this model | 4% (95% CI 1%–10%) | — |" in card  # missing rate: a dash
@@ -500,7 +501,7 @@ def test_templates_ship_as_package_data() -> None:
     assert all(any(fnmatch.fnmatch(f"report/templates/{n}", p) for p in patterns) for n in names)
 
 
-@pytest.mark.parametrize("module", ["steerlab.report"])
+@pytest.mark.parametrize("module", ["steerlab.report", "steerlab.refusal.report"])
 def test_import_is_light(module: str) -> None:
     code = f"import sys, {module}; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -17,8 +17,10 @@ from steerlab.cli import app
 from steerlab.directions.artifact import Direction
 from steerlab.evaluate import measure as measure_mod
 from steerlab.models.load import LoadedModel, load_model
+from steerlab.runs import _finite
 from steerlab.sweep.config import SweepConfig
 from steerlab.sweep.pipeline import run_sweep
+from steerlab.sweep.result import SweepReport
 
 SMALL = ["--layers", "10,16", "--coeffs", "0.25,1", "--max-new-tokens", "6"]
 
@@ -47,15 +49,47 @@ def _invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args] + ["-q"])
 
 
-def _strip(rep: dict) -> dict:
-    return {k: v for k, v in rep.items() if k not in ("timings", "cost")}
+def _strip(rep: dict | SweepReport) -> dict:
+    d = rep.to_dict() if isinstance(rep, SweepReport) else rep
+    return {k: v for k, v in d.items() if k not in ("timings", "cost")}
+
+
+# sweep.json's key order, a contract with the scripts that read it
+TEST_KEYS = {
+    "steered": ["score", "ci", "ce", "n", "distinct2", "longest_repeat", "kl"],
+    "random": [
+        "score", "ci", "ci_kind", "mean_ci", "ce", "n", "distinct2", "longest_repeat", "kl",
+        "n_directions", "null_scores", "percentile", "p_direction",
+    ],
+    "paired": ["diff", "ci", "p", "n", "p_holm"],
+}  # fmt: skip
+TOP_KEYS = [
+    "kind", "steerlab_version", "model", "provenance", "behavior", "scorer", "config",
+    "direction", "layers", "norms", "unsteered_selection", "cells", "search", "chosen", "test",
+    "verdict", "examples", "per_prompt", "cost", "timings",
+]  # fmt: skip
 
 
 def test_cli_sweep_contract_and_rerun(tmp_path: Path, beh_file: Path) -> None:
     out = tmp_path / "run"
     r = _invoke("sweep", "-m", "smollm2-135m", "-b", beh_file, *SMALL, "--out", out)
     assert r.exit_code == 0, r.output
-    rep = json.loads((out / "sweep.json").read_text())
+    text = (out / "sweep.json").read_text()
+    rep = json.loads(text)
+    assert json.dumps(SweepReport.from_dict(rep).to_dict(), indent=2) == text  # reads back
+    assert list(rep["test"]) == ["steered", "unsteered", "random", "paired"]
+    assert list(rep["test"]["steered"]) == list(rep["test"]["unsteered"]) == TEST_KEYS["steered"]
+    assert list(rep["test"]["random"]) == TEST_KEYS["random"]
+    assert list(rep["test"]["paired"]) == ["vs_unsteered", "vs_null_mean"]
+    assert all(list(c) == TEST_KEYS["paired"] for c in rep["test"]["paired"].values())
+    assert list(rep["chosen"]) == [
+        "layer", "coeff", "positions", "key", "rule", "within_bound", "selection"
+    ]  # fmt: skip
+    assert list(rep["verdict"]) == [
+        "steered_beats_unsteered", "steered_moves_score", "beyond_random_null",
+        "random_inside_unsteered", "text",
+    ]  # fmt: skip
+    assert [k for k in rep if k != "maps"] == TOP_KEYS  # maps, when asked for, after per_prompt
     assert set(rep["chosen"]) >= {"layer", "coeff", "positions", "rule"}
     assert rep["chosen"]["layer"] in (10, 16) and rep["chosen"]["coeff"] in (0.25, 1.0)
     for name in ("steered", "unsteered", "random"):
@@ -92,6 +126,8 @@ def test_interrupted_sweep_resumes_identically(
     beh = load_behavior(beh_file)
     cfg = SweepConfig(layers="10,16", coeffs=(0.25, 1.0), max_new_tokens=5, batch_rows=8)
     clean = run_sweep(lm, beh, cfg, tmp_path / "clean")
+    text = (tmp_path / "clean" / "sweep.json").read_text()
+    assert text == json.dumps(_finite(clean.to_dict()), indent=2, allow_nan=False)
     real = measure_mod.Measurer.measure
     calls = {"n": 0}
 
@@ -106,7 +142,7 @@ def test_interrupted_sweep_resumes_identically(
         run_sweep(lm, beh, cfg, tmp_path / "resumed")
     monkeypatch.setattr(measure_mod.Measurer, "measure", real)
     resumed = run_sweep(lm, beh, cfg, tmp_path / "resumed")
-    assert resumed["timings"]["resumed_steps"]
+    assert resumed.timings["resumed_steps"]
     assert _strip(resumed) == _strip(clean)
 
 
@@ -232,16 +268,18 @@ def test_successive_halving_and_maps(tmp_path: Path, lm: LoadedModel) -> None:
         necessity_prompts=6,
     )
     rep = run_sweep(lm, beh, cfg, tmp_path / "auto")
-    rounds = rep["search"]["rounds"]
+    rounds = rep.search["rounds"]
     assert rounds[0] == {"cells": 4, "prompts": 8} and rounds[-1] == {"cells": 2, "prompts": 16}
-    full = [c for c in rep["cells"] if c["prompts"] == 16]
-    assert len(full) == 2 and rep["chosen"]["key"] in {c["key"] for c in full}
-    pairs = rep["maps"]["pairs"]
-    assert pairs["layers"] == [10, 16] and pairs["coeff_each"] == rep["chosen"]["coeff"] / 2
+    full = [c for c in rep.cells if c["prompts"] == 16]
+    assert len(full) == 2 and rep.chosen.key in {c["key"] for c in full}
+    assert rep.maps is not None
+    assert list(rep.to_dict())[-4:] == ["per_prompt", "maps", "cost", "timings"]
+    pairs = rep.maps["pairs"]
+    assert pairs["layers"] == [10, 16] and pairs["coeff_each"] == rep.chosen.coeff / 2
     inter = pairs["interaction"][0][1]
     e = pairs["pair_effect"][0][1]
     assert abs(inter - (e - sum(pairs["single_effect"]))) < 1e-9
-    prof = rep["maps"]["profile"]
+    prof = rep.maps["profile"]
     assert prof["layers"] == [10, 16] and len(prof["sufficiency"]) == 2
     assert prof["necessity"] is None or len(prof["necessity"]) == 2
 
@@ -280,9 +318,9 @@ def test_likelihood_scorers(lm: LoadedModel) -> None:
         }
     )
     mm = Measurer(lm, mb, make_scorer("margin"), max_new_tokens=2)
-    got = mm.measure(
-        [NoOp()], mb.prompts("selection")[:1], items=mb.items("selection"), kl=False
-    )[0]["score"]
+    got = mm.measure([NoOp()], mb.prompts("selection")[:1], items=mb.items("selection"), kl=False)[
+        0
+    ]["score"]
     assert len(got) == 6 and all(0.0 < s < 1.0 for s in got)
 
 

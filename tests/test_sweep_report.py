@@ -16,6 +16,7 @@ import pytest
 from steerlab.runs import Run
 from steerlab.sweep.plots import pareto_front
 from steerlab.sweep.report import render_sweep_html, sweep_figures, write_sweep_report
+from steerlab.sweep.result import SweepReport
 
 EVIL = "<script>alert('x')</script> & <b>bold</b>"
 VERDICT = "steering beats the unsteered model on the test split (intervals separate)"
@@ -74,11 +75,33 @@ def make_report() -> dict[str, Any]:
         "random": {
             "score": 0.2046,
             "ci": [0.12, 0.31],
+            "ci_kind": "central 95% of the random directions' mean scores",
+            "mean_ci": [0.18, 0.23],
             "ce": 2.1,
             "n": 20,
             "distinct2": None,
             "longest_repeat": 1.7,
             "kl": 0.02,
+            "n_directions": 20,
+            "null_scores": [0.2046] * 20,
+            "percentile": 100.0,
+            "p_direction": 0.0476,
+        },
+        "paired": {
+            "vs_unsteered": {
+                "diff": 0.5878,
+                "ci": [0.4, 0.75],
+                "p": 0.001,
+                "n": 20,
+                "p_holm": 0.002,
+            },
+            "vs_null_mean": {
+                "diff": 0.5766,
+                "ci": [0.4, 0.7],
+                "p": 0.001,
+                "n": 20,
+                "p_holm": 0.002,
+            },
         },
     }
     k = [[None, 0.5], [0.5, None]]
@@ -86,6 +109,7 @@ def make_report() -> dict[str, Any]:
         "kind": "sweep",
         "steerlab_version": "0.0.test",
         "model": {"model_id": "tiny-model", "model_type": "llama", "n_layers": 4, "d_model": 32},
+        "provenance": {"steerlab_version": "0.0.test"},
         "behavior": {
             "name": "french",
             "source": "builtin:french",
@@ -145,9 +169,11 @@ def make_report() -> dict[str, Any]:
         },
         "test": test,
         "verdict": {
-            "text": VERDICT,
             "steered_beats_unsteered": True,
+            "steered_moves_score": True,
+            "beyond_random_null": True,
             "random_inside_unsteered": True,
+            "text": VERDICT,
         },
         "examples": {
             "steered": [
@@ -159,6 +185,12 @@ def make_report() -> dict[str, Any]:
                 {"prompt": "p2", "completion": "Hi"},
             ],
             "random": [{"prompt": "Hi <there>", "completion": "Hey"}],
+        },
+        "per_prompt": {
+            "prompts": ["Hi <there>", "p2"],
+            "steered": [0.8, 0.76],
+            "unsteered": [0.2, 0.19],
+            "random": [[0.2, 0.21]],
         },
         "maps": {
             "pairs": {
@@ -246,9 +278,11 @@ def test_without_maps_and_with_missing_values() -> None:
     del report["maps"]
     report["chosen"]["within_bound"] = False
     report["verdict"] = {
-        "text": "not steerable here",
         "steered_beats_unsteered": False,
+        "steered_moves_score": False,
+        "beyond_random_null": False,
         "random_inside_unsteered": True,
+        "text": "not steerable here",
     }
     report["test"]["random"]["score"] = math.nan  # the in-memory report: NaN, not None
     report["cells"][0]["random"] = None
@@ -256,7 +290,8 @@ def test_without_maps_and_with_missing_values() -> None:
     assert _pngs(text) == 2  # grid and Pareto only
     assert "Several layers at once" not in text
     assert "No cell met the fluency bound" in text and "verdict-warning" in text
-    row = re.search(r"<td>random vector, same norm and cell</td>(.*?)</tr>", text).group(1)
+    label = "random directions, same norm and cell \\(mean\\)"
+    row = re.search(rf"<td>{label}</td>(.*?)</tr>", text).group(1)
     assert row.startswith('<td class="num">—</td><td class="num">—</td>')  # NaN shown as missing
     assert "nan" not in row
 
@@ -282,6 +317,19 @@ def test_grid_absent_cell_and_large_grid() -> None:
     big = make_report()
     big["cells"] = [_cell(lay, c, 0.5, 0.2) for lay in range(30) for c in (0.5, 1, 2, 4)]
     assert len(sweep_figures(big)["grid"]) == 1  # not annotated, still drawn
+
+
+def test_typed_report_is_the_json_key_for_key() -> None:
+    report = make_report()
+    typed = SweepReport.from_dict(report)
+    assert json.dumps(typed.to_dict()) == json.dumps(report)  # same keys, order and values
+    assert typed.test.vs_unsteered.p_holm == 0.002 and typed.verdict.text == VERDICT
+    assert render_sweep_html(typed) == render_sweep_html(report)  # parsed once, either way
+    del report["maps"]
+    assert "maps" not in SweepReport.from_dict(report).to_dict()  # optional: left out
+    del report["test"]["paired"]  # always written: a file without it is not a sweep.json
+    with pytest.raises(KeyError):
+        SweepReport.from_dict(report)
 
 
 def test_pareto_front() -> None:

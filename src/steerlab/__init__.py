@@ -29,25 +29,37 @@ from ._version import __version__
 __all__ = [
     "Ablate",
     "Behavior",
+    "BehaviorRate",
     "Clamp",
     "CompareConfig",
+    "CompareReport",
     "Compose",
+    "Contrast",
     "Direction",
+    "DiscoverReport",
     "Engine",
     "Intervention",
     "LoRA",
     "LoadedModel",
     "ModelAdapter",
     "NoOp",
+    "OrganismRecord",
     "Orthogonalize",
     "PerRow",
     "ProbeConfig",
     "PromptPrefix",
+    "RefusalReport",
     "Run",
     "Steer",
     "SteerRows",
     "SteerlabError",
+    "SummaryRow",
     "SweepConfig",
+    "SweepReport",
+    "SweepVerdict",
+    "VariantMetrics",
+    "Verdict",
+    "Winner",
     "__version__",
     "ablate",
     "apply",
@@ -111,11 +123,25 @@ _LAZY = {
     "run_probe": "steerlab.probe",
     "CompareConfig": "steerlab.compare",
     "run_compare": "steerlab.compare",
+    # what the pipelines return (their to_dict() is the JSON they write)
+    "RefusalReport": "steerlab.refusal.result",
+    "VariantMetrics": "steerlab.refusal.result",
+    "Verdict": "steerlab.refusal.result",
+    "DiscoverReport": "steerlab.melbo.findings",
+    "OrganismRecord": "steerlab.organism.result",
+    "BehaviorRate": "steerlab.organism.result",
+    "CompareReport": "steerlab.compare.result",
+    "Contrast": "steerlab.compare.result",
+    "SummaryRow": "steerlab.compare.result",
+    "Winner": "steerlab.compare.result",
+    "SweepReport": "steerlab.sweep.result",
+    "SweepVerdict": "steerlab.sweep.result",
 }
 
 if TYPE_CHECKING:
     from .behaviors import Behavior, load_behavior, make_scorer
     from .compare import CompareConfig, run_compare
+    from .compare.result import CompareReport, Contrast, SummaryRow, Winner
     from .directions import Direction, extract
     from .engines import Engine, make_engine
     from .errors import SteerlabError
@@ -141,10 +167,14 @@ if TYPE_CHECKING:
         steer_many,
     )
     from .io.prompts import read_prompts
+    from .melbo.findings import DiscoverReport
     from .models import LoadedModel, ModelAdapter, get_adapter, load_model
+    from .organism.result import BehaviorRate, OrganismRecord
     from .probe import ProbeConfig, make_probe_data, run_probe
+    from .refusal.result import RefusalReport, VariantMetrics, Verdict
     from .runs import Run
     from .sweep import SweepConfig, run_sweep
+    from .sweep.result import SweepReport, SweepVerdict
 
 
 def __getattr__(name: str) -> Any:

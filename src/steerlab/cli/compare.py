@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,6 +11,9 @@ from ..compare.config import QUICK, CompareConfig
 from ..models.registry import DEFAULT_MODEL
 from .common import ModelOpt, ModelOptions, checked_behavior, command, print_notes
 from .options import Given
+
+if TYPE_CHECKING:
+    from ..compare.result import CompareReport
 
 
 @command(config=CompareConfig, presets={"--quick": QUICK})
@@ -48,37 +51,37 @@ def compare(
     _print_summary(report, out)
 
 
-def _print_summary(report: dict[str, Any], out: Path) -> None:
+def _print_summary(report: CompareReport, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    sizes = report["train_sizes"]
-    t = Table(title=f"{report['behavior']['name']}: test score [95% CI] by training pairs N")
+    sizes = report.train_sizes
+    t = Table(title=f"{report.behavior['name']}: test score [95% CI] by training pairs N")
     t.add_column("method")
     for n in sizes:
         t.add_column(f"N={n}", justify="right")
-    win = {w["n"]: w for w in report["winners"] if w["view"] == "constrained"}
-    for m in report["methods"]:
+    won = {n: w.method for n in sizes if (w := report.winner(n)) is not None}
+    for m in report.methods:
         cells = []
         for n in sizes:
-            r = next((x for x in report["summary"] if x["method"] == m and x["n"] == n), None)
+            r = report.row(m, n)
             if r is None:
                 cells.append("—")
                 continue
-            lo, hi = r["ci"]
-            text = f"{r['score']:.3f} [{lo:.2f},{hi:.2f}]"
-            text += " †" if not r["within_bound"] else ""
-            text += " ‡" if r["degenerate"] else ""
-            if (win.get(n) or {}).get("method") == m:
+            lo, hi = r.ci
+            text = f"{r.score:.3f} [{lo:.2f},{hi:.2f}]"
+            text += " †" if not r.within_bound else ""
+            text += " ‡" if r.degenerate else ""
+            if won.get(n) == m:
                 text = f"[bold]{text} *[/bold]"
             cells.append(text)
         t.add_row(m, *cells)
     con = Console()
     con.print(t)
-    notes = [f"{k} not run: {v}" for k, v in (report.get("skipped") or {}).items()] + [
+    notes = [f"{k} not run: {v}" for k, v in report.skipped.items()] + [
         "* wins at that N: its family's best beats the other families' bests by paired tests "
         "(Holm p < 0.05), within the fluency bound"
-        if any(w["method"] for w in win.values())
+        if any(won.values())
         else "no method wins at any N by the paired contrasts (within the fluency bound)",
         "† over the fluency bound on selection; ‡ one reply for every prompt (degenerate)",
     ]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ..errors import DataError
 from ..melbo.config import DiscoverConfig, MelboConfig
+from ..melbo.findings import DiscoverReport
 from ..models.registry import DEFAULT_MODEL
 from .common import ModelOpt, ModelOptions, command, num, pct, print_notes
 from .options import Given
@@ -53,29 +54,29 @@ def discover(
     _print_summary(report, out)
 
 
-def _print_summary(report: dict[str, Any], out: Path) -> None:
+def _print_summary(report: DiscoverReport, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    rad, mel = report["radius"], report["config"]["melbo"]
+    rad, mel = report.radius, report.melbo
     t = Table(
-        title=f"MELBO: {mel['num_vectors']} vectors, R = {rad['value']:.4g} ({rad['mode']}), "
+        title=f"MELBO: {mel['num_vectors']} vectors, R = {rad.value:.4g} ({rad.mode}), "
         f"layer {mel['source_layer']} -> {mel['target_layer']}"
     )
     cols = ("vectors", "changed", "edit distance", "best new opening", "loss", "loss increase")
     for col in cols:
         t.add_column(col)
-    for kind, m in report["summary"].items():
+    for kind, m in report.summary.items():
         t.add_row(
             kind,
-            pct(m["changed"]),
-            num(m["edit_distance"]),
-            pct(m["new_opening_max"]),
-            num(m["loss"]),
-            num(m["loss_increase"]),
+            pct(m.changed),
+            num(m.edit_distance),
+            pct(m.new_opening_max),
+            num(m.loss),
+            num(m.loss_increase),
         )
     con = Console()
     con.print(t)
-    con.print(f"unsteered loss {num(report['unsteered_loss'])}; {len(report['clusters'])} groups")
-    print_notes(report["notes"])
+    con.print(f"unsteered loss {num(report.unsteered_loss)}; {len(report.clusters)} groups")
+    print_notes(report.notes)
     con.print(f"report: {out / 'report.html'} (and report.json, completions.json, vectors/)")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ..models.registry import DEFAULT_MODEL
 from ..organism.config import BackdoorConfig
+from ..organism.result import OrganismRecord
 from .common import ModelOpt, ModelOptions, command
 from .options import Given
 
@@ -58,19 +59,15 @@ def backdoor(
     _print(rec, out)
 
 
-def _print(rec: dict[str, Any], out: Path) -> None:
+def _print(rec: OrganismRecord, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"behaviour {rec['behavior']!r} on {rec['n_heldout']} held-out prompts")
+    t = Table(title=f"behaviour {rec.behavior!r} on {rec.n_heldout} held-out prompts")
     for col in ("model", "with trigger [95% CI]", "without trigger [95% CI]"):
         t.add_column(col)
-    for name, r in rec["rates"].items():
-        cells = [
-            f"{r[k]['rate']:.2f} [{r[k]['ci'][0]:.2f}, {r[k]['ci'][1]:.2f}]"
-            for k in ("with_trigger", "without_trigger")
-        ]
-        t.add_row(name, *cells)
+    for name, r in rec.rates.items():
+        t.add_row(name, r.with_trigger.cell(), r.without_trigger.cell())
     con = Console()
     con.print(t)
     con.print(f"organism: {out} (load it with --model {out})")

@@ -8,11 +8,12 @@ the values, its messages naming the flags.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ..refusal.config import QUICK, RefusalConfig
+from ..refusal.result import RefusalReport
 from .common import ModelOptions, command, num, pct, print_notes
 from .options import Given
 
@@ -65,14 +66,14 @@ def refusal(
     _print_summary(report, out)
 
 
-def _print_summary(report: dict[str, Any], out: Path) -> None:
+def _print_summary(report: RefusalReport, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    sel = report["selected"]
+    sel = report.selected
+    assert sel is not None and sel.coeff is not None  # a complete run selected one
     t = Table(
-        title=f"refusal direction: layer {sel['layer']}, position {sel['position']}, "
-        f"coeff {sel['coeff']:g}"
+        title=f"refusal direction: layer {sel.layer}, position {sel.position}, coeff {sel.coeff:g}"
     )
     cols = (
         "variant",
@@ -86,19 +87,19 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     for col in cols:
         t.add_column(col)
 
-    for name, m in report["variants"].items():
+    for name, m in report.variants.items():
         t.add_row(
             name,
-            pct(m["harmful_refusal_rate"]),
-            pct(m["harmful_refusal_rate_strict"]),
-            pct(m["harmless_refusal_rate"]),
-            pct(m["harmless_refusal_rate_strict"]),
-            num(m["kl_harmless"]),
-            num(m["ce_loss_completions"]),
+            pct(m.harmful.refusal_rate),
+            pct(m.harmful.refusal_rate_strict),
+            pct(m.harmless.refusal_rate),
+            pct(m.harmless.refusal_rate_strict),
+            num(m.kl_harmless),
+            num(m.ce_loss_completions),
         )
     con = Console()
     con.print(t)
-    span = report.get("directions") or {}
+    span = report.directions or {}  # None with one direction in older runs
     if span.get("k", 1) > 1:
         where = "; ".join(
             f"layer {c['layer']} position {c['position']}" for c in span["candidates"]
@@ -108,15 +109,15 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
             "the export remove their span; addition, subtraction and clamp use the first.",
             highlight=False,
         )
-    for v in report.get("verdicts") or []:
-        mark = "[green]ok[/green]" if v["level"] == "ok" else "[yellow]warning[/yellow]"
-        con.print(f"{mark}: {v['text']}", highlight=False)
-    print_notes(report["notes"])
-    timing = ", ".join(f"{k} {v:.0f}s" for k, v in report["timings"].items())
+    for v in report.verdicts:
+        mark = "[green]ok[/green]" if v.level == "ok" else "[yellow]warning[/yellow]"
+        con.print(f"{mark}: {v.text}", highlight=False)
+    print_notes(report.notes)
+    timing = ", ".join(f"{k} {v:.0f}s" for k, v in report.timings.items())
     con.print(f"timings (this run): {timing}")
-    if report.get("resumed_steps"):
-        total = report["compute_seconds"]["total"]
-        con.print(f"resumed {', '.join(report['resumed_steps'])}: {total:.0f}s of compute in all")
+    if report.resumed_steps:
+        total = report.compute_seconds["total"]
+        con.print(f"resumed {', '.join(report.resumed_steps)}: {total:.0f}s of compute in all")
     con.print(f"report: {out / 'report.html'} (and report.json, direction.safetensors)")
-    if report.get("export") and report["export"].get("error") is None:
-        con.print(f"exported model: {report['export']['dir']}")
+    if report.export and report.export.get("error") is None:
+        con.print(f"exported model: {report.export['dir']}")

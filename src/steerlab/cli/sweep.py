@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,6 +11,9 @@ from ..models.registry import DEFAULT_MODEL
 from ..sweep.config import SweepConfig
 from .common import ModelOpt, ModelOptions, checked_behavior, command, num, print_notes
 from .options import Given
+
+if TYPE_CHECKING:
+    from ..sweep.result import SweepReport
 
 
 @command(config=SweepConfig)
@@ -53,38 +56,34 @@ def sweep(
     _print_summary(report, out)
 
 
-def _print_summary(report: dict[str, Any], out: Path) -> None:
+def _print_summary(report: SweepReport, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    ch = report["chosen"]
+    ch, test = report.chosen, report.test
     t = Table(
-        title=f"{report['behavior']['name']}: layer {ch['layer']}, coefficient {ch['coeff']:g} "
-        f"({ch['positions']}), test split"
+        title=f"{report.behavior['name']}: layer {ch.layer}, coefficient {ch.coeff:g} "
+        f"({ch.positions}), test split"
     )
     for col in ("", "score", "95% CI", "CE", "distinct-2", "n"):
         t.add_column(col)
-    labels = {"random": f"random (mean of {report['test']['random']['n_directions']})"}
-    for name in ("steered", "unsteered", "random"):
-        r = report["test"][name]
-        lo, hi = r["ci"]
-        t.add_row(
-            labels.get(name, name),
-            num(r["score"]),
-            f"[{num(lo)}, {num(hi)}]",
-            num(r["ce"]),
-            num(r["distinct2"]),
-            str(r["n"]),
-        )
+    for label, r in (
+        ("steered", test.steered),
+        ("unsteered", test.unsteered),
+        (f"random (mean of {test.random.n_directions})", test.random),
+    ):
+        lo, hi = r.ci
+        t.add_row(label, num(r.score), f"[{num(lo)}, {num(hi)}]", num(r.ce), num(r.distinct2),
+                  str(r.n))  # fmt: skip
     con = Console()
     con.print(t)
-    s = report["search"]
+    s = report.search
     con.print(
         f"{s['cells_run']} of {s['full_grid_cells']} cells run ({s['mode']}); "
-        f"{report['cost']['tokens_generated']} tokens generated"
+        f"{report.cost['tokens_generated']} tokens generated"
     )
-    notes = [report["verdict"]["text"]]
-    if not ch["within_bound"]:
+    notes = [report.verdict.text]
+    if not ch.within_bound:
         notes.append("no cell met the fluency bound: the chosen cell is the best score regardless")
     print_notes(notes)
     con.print(f"report: {out / 'report.html'} (and sweep.json)")

@@ -47,6 +47,7 @@ from .contrasts import build_contrasts, winners
 from .methods import REGISTRY, Draw, Method
 from .null import null_report, random_null
 from .prepare import capture, skipped_methods
+from .result import CompareExample, CompareReport, Contrast, RandomNull, SummaryRow, Winner
 from .state import Compare
 from .summary import summarize_runs
 
@@ -204,8 +205,9 @@ def run_compare(
     progress: Any = None,
     status: Callable[[str], None] | None = None,
     engine: Any = None,
-) -> dict[str, Any]:
-    """Run a comparison into ``out`` and return the report written as ``compare.json``;
+) -> CompareReport:
+    """Run a comparison into ``out`` and return the report (its :meth:`~.CompareReport.to_dict`
+    is ``compare.json``);
     ``engine`` decodes the completions (:mod:`steerlab.engines`; default: the HF model)."""
     from .report import write_compare_report
 
@@ -270,12 +272,8 @@ def run_compare(
         null = random_null(c, runs, key)
     summary = summarize_runs(runs, methods, sizes, seed=cfg.seed)
     contrasts = build_contrasts(runs, summary, sizes, null, seed=cfg.seed)
-    report = _report(c, runs, summary, skipped)
-    report["contrasts"] = contrasts
-    report["winners"] = winners(contrasts, summary, sizes)
-    report["random_null"] = null_report(null, summary, sizes, cfg.random_directions)
-    report["timings"] = run.timing_report()
-    run.write_json("compare.json", report)
+    report = _report(c, runs, summary, skipped, contrasts, null)
+    run.write_json("compare.json", report.to_dict())
     try:  # the results are saved: a figure that cannot be drawn must not lose them
         write_compare_report(run, report)
     except Exception as e:  # any rendering failure, reported in one line
@@ -285,12 +283,17 @@ def run_compare(
 
 
 def _report(
-    c: Compare, runs: list[dict[str, Any]], summary: list[dict[str, Any]], skipped: dict[str, str]
-) -> dict[str, Any]:
+    c: Compare,
+    runs: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    skipped: dict[str, str],
+    contrasts: list[dict[str, Any]],
+    null: dict[int, dict[str, Any]],
+) -> CompareReport:
     cfg, lm = c.cfg, c.lm
     sizes = list(cfg.train_sizes)
     big = max(sizes)
-    examples: dict[str, list[dict[str, str]]] = {}
+    examples: dict[str, list[CompareExample]] = {}
     for m in cfg.methods:
         r = next(
             (x for x in runs if x["method"] == m and x["draw"] == 0 and x["n"] in (big, None)),
@@ -298,29 +301,32 @@ def _report(
         )
         if r:
             examples[m] = [
-                {"prompt": p, "completion": t, "score": s}
+                CompareExample(p, t, s)
                 for p, t, s in zip(c.test, r["completions"], r["scores"], strict=False)
             ][:4]
-    return {
-        "kind": "compare",
-        "steerlab_version": __version__,
-        "model": lm.info.to_dict(),
-        "provenance": c.run.provenance(),
-        "behavior": c.behavior.to_dict(),
-        "scorer": c.scorer.spec(),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-        "methods": [m for m in METHODS if m in cfg.methods and m not in skipped],
-        "skipped": skipped,
-        "train_sizes": sizes,
-        "layers": c.layers,
-        "norms": {str(k): v for k, v in c.norms.items()},
-        "pool": {"pairs": len(c.pool), "draw_rule": "seeded permutation per draw; N = its first N"},
-        "splits": {"selection": len(c.sel), "test": len(c.test), "neutral": len(c.neutral)},
-        "rule": rule_text(cfg.max_ce_increase),
-        "unsteered_selection": c.base_sel,
-        "summary": summary,
-        "runs": [{k: v for k, v in r.items() if k != "completions"} for r in runs],
-        "examples": examples,
-        "cost": {"rows_generated": c.rows, "tokens_generated": c.tokens},
-        "timings": c.run.timing_report(),
-    }
+    null_rep = null_report(null, summary, sizes, cfg.random_directions)
+    return CompareReport(
+        steerlab_version=__version__,
+        model=lm.info.to_dict(),
+        provenance=c.run.provenance(),
+        behavior=c.behavior.to_dict(),
+        scorer=c.scorer.spec(),
+        config={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        methods=[m for m in METHODS if m in cfg.methods and m not in skipped],
+        skipped=skipped,
+        train_sizes=sizes,
+        layers=c.layers,
+        norms={str(k): v for k, v in c.norms.items()},
+        pool={"pairs": len(c.pool), "draw_rule": "seeded permutation per draw; N = its first N"},
+        splits={"selection": len(c.sel), "test": len(c.test), "neutral": len(c.neutral)},
+        rule=rule_text(cfg.max_ce_increase),
+        unsteered_selection=c.base_sel,
+        summary=[SummaryRow.from_dict(r) for r in summary],
+        runs=[{k: v for k, v in r.items() if k != "completions"} for r in runs],
+        examples=examples,
+        cost={"rows_generated": c.rows, "tokens_generated": c.tokens},
+        timings=c.run.timing_report(),
+        contrasts=[Contrast.from_dict(x) for x in contrasts],
+        winners=[Winner.from_dict(w) for w in winners(contrasts, summary, sizes)],
+        random_null=None if null_rep is None else RandomNull.from_dict(null_rep),
+    )

@@ -13,6 +13,7 @@ from ..evaluate.select import DEGENERATE
 from ..report._format import is_num, new_figure, num_or_nan, pick, png_bytes, run_timings
 from ..report.render import config_rows, render, timings_view
 from ..runs import Run, _finite
+from .result import CompareReport, SummaryRow
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -21,6 +22,7 @@ __all__ = [
     "curves_figure",
     "null_figure",
     "pareto_figure",
+    "parsed",
     "render_compare_html",
     "write_compare_report",
 ]
@@ -42,50 +44,41 @@ STYLE: dict[str, tuple[str, str]] = {
 }
 
 
-COST_KEYS = (
-    "method",
-    "score",
-    "ce",
-    "kl",
-    "distinct2",
-    "similarity",
-    "fit_seconds",
-    "examples_used",
-)
+COST_KEYS = ("method", "score", "ce", "kl", "distinct2", "similarity", "fit_seconds")
+
+Report = CompareReport | Mapping[str, Any]  # a report dict (compare.json) is parsed first
 
 
-def write_compare_report(run: Run, report: Mapping[str, Any]) -> None:
+def parsed(report: Report) -> CompareReport:
+    """The report, NaN as None (as ``compare.json`` has it), parsed once for the views."""
+    d = report.to_dict() if isinstance(report, CompareReport) else dict(report)
+    return CompareReport.from_dict(_finite(d))
+
+
+def write_compare_report(run: Run, report: Report) -> None:
     run.write_text("report.html", render_compare_html(report))
 
 
-def _rows(report: Mapping[str, Any], method: str) -> list[Mapping[str, Any]]:
-    return sorted(
-        (r for r in report.get("summary") or [] if r.get("method") == method),
-        key=lambda r: r["n"],
-    )
-
-
-def curves_figure(report: Mapping[str, Any]) -> Figure | None:
+def curves_figure(rep: CompareReport) -> Figure | None:
     """Test score against N (log scale), one line per method with its 95% band."""
-    methods = list(report.get("methods") or [])
-    if not report.get("summary"):
+    if not rep.summary:
         return None
     fig = new_figure((8.5, 4.8))
     ax = fig.add_subplot()
-    for m in methods:
-        rows = _rows(report, m)
+    for m in rep.methods:
+        rows = rep.rows(m)
         if not rows:
             continue
-        xs = [r["n"] for r in rows]
-        ys = [num_or_nan(r.get("score")) for r in rows]
-        lo = [num_or_nan((r.get("ci") or [None, None])[0]) for r in rows]
-        hi = [num_or_nan((r.get("ci") or [None, None])[1]) for r in rows]
+        xs = [r.n for r in rows]
+        ys = [num_or_nan(r.score) for r in rows]
+        lo = [num_or_nan(r.ci[0]) for r in rows]
+        hi = [num_or_nan(r.ci[1]) for r in rows]
         color, ls = STYLE.get(m, ("tab:gray", "-"))
-        free = not rows[0].get("uses_examples", True)
+        free = not rows[0].uses_examples
         ax.plot(xs, ys, color=color, ls=ls, marker=None if free else "o", ms=4, label=m, lw=1.6)
         ax.fill_between(xs, lo, hi, color=color, alpha=0.08 if free else 0.15, lw=0)
     ax.set_xscale("log", base=2)
-    sizes = report.get("train_sizes") or []
+    sizes = rep.train_sizes
     if sizes:
         ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("training pairs N (every method of a draw sees the same N)")
@@ -95,12 +88,11 @@ def curves_figure(report: Mapping[str, Any]) -> Figure | None:
     return fig
 
 
-def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
+def pareto_figure(rep: CompareReport) -> Figure | None:
     """Per N: test score against fluency cost (CE under the unsteered model), one point per
     method with its score interval; the methods on the Pareto front are joined."""
-    summary = report.get("summary") or []
-    sizes = list(report.get("train_sizes") or [])
-    if not summary or not sizes:
+    sizes = rep.train_sizes
+    if not rep.summary or not sizes:
         return None
     cols = min(3, len(sizes))
     rws = math.ceil(len(sizes) / cols)
@@ -108,32 +100,21 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
     axes = fig.subplots(rws, cols, squeeze=False)
     for i, n in enumerate(sizes):
         ax = axes[i // cols][i % cols]
-        pts = [r for r in summary if r["n"] == n and is_num(r.get("score")) and is_num(r.get("ce"))]
+        pts = [r for r in rep.summary if r.n == n and is_num(r.score) and is_num(r.ce)]
         for r in pts:
-            color, _ = STYLE.get(r["method"], ("tab:gray", "-"))
-            lo, hi = r.get("ci") or [r["score"], r["score"]]
+            color, _ = STYLE.get(r.method, ("tab:gray", "-"))
+            lo, hi = r.ci
             # a bootstrap interval need not contain its mean (a percentile interval of a
             # skewed resample can miss it): draw what lies on each side, never a negative bar
-            below = max(0.0, r["score"] - num_or_nan(lo)) if is_num(lo) else 0.0
-            above = max(0.0, num_or_nan(hi) - r["score"]) if is_num(hi) else 0.0
+            below = max(0.0, r.score - lo) if is_num(lo) else 0.0  # type: ignore[operator]
+            above = max(0.0, hi - r.score) if is_num(hi) else 0.0  # type: ignore[operator]
             ax.errorbar(
-                r["ce"],
-                r["score"],
-                yerr=[[below], [above]],
-                fmt="o",
-                color=color,
-                ms=4,
-                lw=1,
-                capsize=2,
+                r.ce, r.score, yerr=[[below], [above]], fmt="o", color=color, ms=4, lw=1, capsize=2
             )
             ax.annotate(
-                r["method"],
-                (r["ce"], r["score"]),
-                fontsize=6,
-                xytext=(3, 2),
-                textcoords="offset points",
+                r.method, (r.ce, r.score), fontsize=6, xytext=(3, 2), textcoords="offset points"
             )
-        front = pareto_front(pts)
+        front = pareto_front([{"ce": r.ce, "score": r.score} for r in pts])
         if len(front) > 1:
             ax.plot(
                 [r["ce"] for r in front], [r["score"] for r in front], color="k", lw=0.8, alpha=0.5
@@ -148,22 +129,20 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
     return fig
 
 
-def null_figure(report: Mapping[str, Any]) -> Figure | None:
+def null_figure(rep: CompareReport) -> Figure | None:
     """The random null as a histogram of its directions' mean test scores, with the methods'
     scores at the same N as vertical lines."""
-    r = report.get("random_null")
-    if not isinstance(r, Mapping) or not r.get("scores"):
+    r = rep.random_null
+    if r is None or not r.scores:
         return None
     fig = new_figure((7.0, 3.2))
     ax = fig.add_subplot()
-    ax.hist([num_or_nan(x) for x in r["scores"]], bins=12, color="0.75", label="random directions")
-    for row in report.get("summary") or []:
-        if row.get("n") == r.get("n") and row.get("method") in ("unsteered", "mean_diff", "pca"):
-            color, ls = STYLE.get(row["method"], ("tab:gray", "-"))
-            ax.axvline(
-                num_or_nan(row.get("score")), color=color, ls=ls, lw=1.5, label=row["method"]
-            )
-    ax.set_xlabel(f"test score at N = {r.get('n')}")
+    ax.hist([num_or_nan(x) for x in r.scores], bins=12, color="0.75", label="random directions")
+    for row in rep.summary:
+        if row.n == r.n and row.method in ("unsteered", "mean_diff", "pca"):
+            color, ls = STYLE.get(row.method, ("tab:gray", "-"))
+            ax.axvline(num_or_nan(row.score), color=color, ls=ls, lw=1.5, label=row.method)
+    ax.set_xlabel(f"test score at N = {r.n}")
     ax.set_ylabel("directions")
     ax.legend(fontsize=7)
     return fig
@@ -178,107 +157,95 @@ def pareto_front(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
     return front
 
 
-def _fmt_ci(r: Mapping[str, Any]) -> str:
-    ci = r.get("ci") or [None, None]
-    if not (is_num(r.get("score")) and is_num(ci[0]) and is_num(ci[1])):
+def _fmt_ci(r: SummaryRow) -> str:
+    (lo, hi), score = r.ci, r.score
+    if score is None or lo is None or hi is None:
         return "—"
-    return f"{r['score']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return f"{score:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
-def _rate(r: Mapping[str, Any] | None) -> str:
-    ci = (r or {}).get("rate_ci") or [None, None]
-    if not (r and is_num(r.get("rate")) and is_num(ci[0]) and is_num(ci[1])):
+def _rate(r: SummaryRow | None) -> str:
+    if r is None or r.rate is None or r.rate_ci[0] is None or r.rate_ci[1] is None:
         return ""
-    return f"{100 * r['rate']:.0f}% [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
+    lo, hi = r.rate_ci
+    return f"{100 * r.rate:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"  # type: ignore[operator]
 
 
-def _table(report: Mapping[str, Any]) -> dict[str, Any]:
+def _table(rep: CompareReport) -> dict[str, Any]:
     """Methods x N: score [CI] and rate; the constrained view's winner of each N starred."""
-    sizes = list(report.get("train_sizes") or [])
-    win = {w["n"]: w for w in report.get("winners") or [] if w.get("view") == "constrained"}
     rows = []
-    for m in report.get("methods") or []:
+    for m in rep.methods:
+        by_n = {r.n: r for r in rep.rows(m)}
         cells = []
-        by_n = {r["n"]: r for r in _rows(report, m)}
-        for n in sizes:
-            r = by_n.get(n)
-            w = win.get(n) or {}
+        for n in rep.train_sizes:
+            r, w = by_n.get(n), rep.winner(n)
             cells.append(
                 {
                     "text": _fmt_ci(r) if r else "—",
-                    "won": bool(r and w.get("method") == m),
-                    "over": bool(r and r.get("within_bound") is False),
-                    "degenerate": bool(r and r.get("degenerate")),
+                    "won": bool(r and w and w.method == m),
+                    "over": bool(r and not r.within_bound),
+                    "degenerate": bool(r and r.degenerate),
                     "rate": _rate(r),
                 }
             )
-        free = not (by_n and next(iter(by_n.values())).get("uses_examples", True))
+        free = not (by_n and next(iter(by_n.values())).uses_examples)
         rows.append({"method": m, "cells": cells, "free": free})
-    return {"sizes": sizes, "rows": rows}
+    return {"sizes": rep.train_sizes, "rows": rows}
 
 
-def _costs(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _costs(rep: CompareReport) -> list[dict[str, Any]]:
     """Per method at the largest N: fluency, KL, distinct-2 and fitting time."""
-    sizes = report.get("train_sizes") or []
-    if not sizes:
+    if not rep.train_sizes:
         return []
-    big = max(sizes)
-    out = []
-    for m in report.get("methods") or []:
-        r = next((x for x in _rows(report, m) if x["n"] == big), None)
-        if r:
-            budget = r.get("budget") or {}
-            out.append(
-                pick(r, COST_KEYS)
-                | {"candidates": budget.get("candidates"), "tuning_seconds": budget.get("seconds")}
-            )
-    return out
+    big = max(rep.train_sizes)
+    rows = [r for m in rep.methods if (r := rep.row(m, big)) is not None]
+    return [
+        {k: getattr(r, k) for k in COST_KEYS}
+        | {
+            "examples_used": r.examples_used,
+            "candidates": r.budget.candidates,
+            "tuning_seconds": r.budget.seconds,
+        }
+        for r in rows
+    ]
 
 
-def _winner_text(report: Mapping[str, Any]) -> list[str]:
+def _winner_text(rep: CompareReport) -> list[str]:
     out = []
-    for w in report.get("winners") or []:
-        bests = ", ".join(f"{f}: {m}" for f, m in (w.get("family_best") or {}).items() if m)
-        view = w.get("view", "")
-        if w.get("method"):
+    for w in rep.winners:
+        bests = ", ".join(f"{f}: {m}" for f, m in w.family_best.items() if m)
+        if w.method:
             out.append(
-                f"N = {w['n']} ({view}): {w['method']} wins: it beats the best of each other "
-                f"family ({', '.join(w.get('beats') or [])}) by paired tests, Holm p < 0.05"
+                f"N = {w.n} ({w.view}): {w.method} wins: it beats the best of each other "
+                f"family ({', '.join(w.beats)}) by paired tests, Holm p < 0.05"
             )
         else:
             out.append(
-                f"N = {w['n']} ({view}): no winner; no family's best (chosen on selection: "
+                f"N = {w.n} ({w.view}): no winner; no family's best (chosen on selection: "
                 f"{bests or 'none'}) beats both others by paired tests after Holm's correction"
             )
     return out
 
 
-def _contrasts(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    keys = ("a", "b", "n", "kind", "view", "diff", "ci", "p", "p_holm")
-    return [
-        pick(c, keys) | {"significant": is_num(c.get("p_holm")) and c["p_holm"] < 0.05}
-        for c in report.get("contrasts") or []
-    ]
-
-
-def _null(report: Mapping[str, Any]) -> dict[str, Any] | None:
-    r = report.get("random_null")
-    if not isinstance(r, Mapping) or not r.get("scores"):
+def _null(rep: CompareReport) -> dict[str, Any] | None:
+    r = rep.random_null
+    if r is None or not r.scores:
         return None
-    lo, hi = r.get("ci") or [None, None]
     return {
-        **pick(r, ("n_directions", "n", "cell")),
-        "lo": lo,
-        "hi": hi,
-        "percentile": sorted((r.get("percentile") or {}).items()),
+        "n_directions": r.n_directions,
+        "n": r.n,
+        "cell": r.cell,
+        "lo": r.ci[0],
+        "hi": r.ci[1],
+        "percentile": sorted(r.percentile.items()),
     }
 
 
-def _chosen(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _chosen(rep: CompareReport) -> list[dict[str, Any]]:
     """What was chosen on the selection split for every run (strength, layer, checkpoint)."""
     out = []
-    for r in report.get("runs") or []:
-        ch = r.get("chosen")
+    for r in rep.runs:
+        ch = r.get("chosen")  # the unsteered model chooses nothing
         if not ch:
             continue
         out.append(
@@ -291,17 +258,17 @@ def _chosen(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                     for k in ("layer", "coeff", "step")
                     if k in ch
                 ),
-                "within_bound": ch.get("within_bound"),
-                "score": r.get("score"),
+                "within_bound": ch["within_bound"],
+                "score": r["score"],
             }
         )
     return out
 
 
-def render_compare_html(report: Mapping[str, Any]) -> str:
-    rep: dict[str, Any] = _finite(dict(report))
-    model = rep.get("model") or {}
-    behavior = rep.get("behavior") or {}
+def render_compare_html(report: Report) -> str:
+    """The report page as a string, from the report or its dict (``compare.json``)."""
+    rep = parsed(report)
+    model, behavior = rep.model, rep.behavior
     figs = []
     for make, caption in (
         (
@@ -317,34 +284,34 @@ def render_compare_html(report: Mapping[str, Any]) -> str:
             figs.append((png_bytes(f), caption))
     return render(
         "compare.html.j2",
-        title=f"Compare: {behavior.get('name', 'behaviour')} on {model.get('model_id', 'model')}",
-        version=rep.get("steerlab_version"),
+        title=f"Compare: {behavior['name']} on {model['model_id']}",
+        version=rep.steerlab_version,
         model=pick(model, ("model_id", "model_type", "n_layers", "d_model")),
         behavior=pick(behavior, ("name", "source", "scorer", "description")),
-        splits=pick(rep.get("splits"), ("selection", "test", "neutral")),
-        pool=pick(rep.get("pool"), ("pairs", "draw_rule")),
-        rule=rep.get("rule"),
+        splits=rep.splits,
+        pool=rep.pool,
+        rule=rep.rule,
         figures=figs,
         table=_table(rep),
         winners=_winner_text(rep),
-        contrasts=_contrasts(rep),
+        contrasts=rep.contrasts,
         null=_null(rep),
-        threshold=next((r.get("rate_threshold") for r in rep.get("summary") or []), None),
-        bound=(rep.get("config") or {}).get("max_ce_increase"),
+        threshold=rep.summary[0].rate_threshold if rep.summary else None,
+        bound=rep.config["max_ce_increase"],
         degenerate=DEGENERATE,
         draws_note=(
             "One draw of training data: the intervals cover prompts, not the choice of "
             "training examples (the quick preset)."
-            if (rep.get("config") or {}).get("draws") == 1
+            if rep.config["draws"] == 1
             else None
         ),
         costs=_costs(rep),
-        skipped=sorted((rep.get("skipped") or {}).items()),
+        skipped=sorted(rep.skipped.items()),
         chosen=_chosen(rep),
-        examples=[(m, ex) for m, ex in (rep.get("examples") or {}).items()],
-        layers=rep.get("layers") or [],
-        cost=pick(rep.get("cost"), ("rows_generated", "tokens_generated")),
-        scorer=config_rows(rep.get("scorer")),
-        timings=timings_view(run_timings(rep.get("timings"))),
-        config=config_rows(rep.get("config")),
+        examples=list(rep.examples.items()),
+        layers=rep.layers,
+        cost=rep.cost,
+        scorer=config_rows(rep.scorer),
+        timings=timings_view(run_timings(rep.timings)),
+        config=config_rows(rep.config),
     )

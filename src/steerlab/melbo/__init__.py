@@ -20,8 +20,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# the configs are light (the command line reads them for --help); the rest needs torch
+# the configs and the report types are light (the command line reads them); the rest needs torch
 from .config import DiscoverConfig, MelboConfig
+from .findings import Cluster, DiscoverReport, GroupSummary, Radius, VectorRow
 
 if TYPE_CHECKING:
     from .discover import run_discover
@@ -30,9 +31,14 @@ if TYPE_CHECKING:
     from .train import melbo_objective, train_melbo
 
 __all__ = [
+    "Cluster",
     "DiscoverConfig",
+    "DiscoverReport",
+    "GroupSummary",
     "MelboConfig",
     "MelboResult",
+    "Radius",
+    "VectorRow",
     "load_vectors",
     "melbo_objective",
     "random_vectors",

@@ -37,6 +37,7 @@ from ..models.load import LoadedModel
 from ..runs import Bar, Journal, Run, RunCache
 from . import report as rpt
 from .config import DiscoverConfig, MelboConfig
+from .findings import DiscoverReport, Radius, VectorRow
 from .result import MelboResult, save_vectors, vector_direction
 from .sphere import gram_schmidt, random_vectors
 from .train import train_melbo
@@ -198,7 +199,7 @@ def _train(
 
 def _sweep(
     gen: _Gen, prompts: list[str], base: MelboConfig, cfg: DiscoverConfig, cache: RunCache, bar: Bar
-) -> dict[str, Any]:
+) -> Radius:
     """Short runs on the radius grid: the chosen radius, the rule and every grid point."""
     lm, sp, seed_c = gen.lm, prompts[:SWEEP_PROMPTS], base.seed + CONTROL_SEED_OFFSET
     # cached: CPU matmuls differ in the last bits between runs; the rule in the key, so a run
@@ -226,31 +227,44 @@ def _sweep(
                 ref, out = gen.measure(sp, vecs, None, lambda _n: None)
                 entries = rpt.describe(lm.tokenizer, sp, ref, out, vecs)
                 point = {"radius": r, "factor": r / norm, "failed": len(res.failed)}
-                point |= {"unsteered_loss": ref["loss"], **rpt.summarize(entries)}
+                summary = {k: g.to_dict() for k, g in rpt.summarize(entries).items()}
+                point |= {"unsteered_loss": ref["loss"], **summary}
                 journal.put(repr(r), point, time.perf_counter() - t0)
             points.append(point)
             adv(1)
     base_loss = points[0]["unsteered_loss"]
     chosen, note = rpt.choose_radius(points, base_loss, cfg.fluency_margin)
-    params = {"fluency_margin": cfg.fluency_margin, "median_source_norm": norm}
-    params |= {"sweep_vectors": kv, "sweep_steps": steps, "sweep_prompts": len(sp)}
-    params |= {"sweep_new_tokens": SWEEP_NEW_TOKENS, "unsteered_loss": base_loss}
-    out = {"mode": "auto", "value": points[chosen]["radius"], "chosen_index": chosen, **params}
-    return out | {"rule": rpt.RADIUS_RULE, "sweep": points, "note": note}
+    return Radius(
+        "auto",
+        points[chosen]["radius"],
+        chosen_index=chosen,
+        fluency_margin=cfg.fluency_margin,
+        median_source_norm=norm,
+        sweep_vectors=kv,
+        sweep_steps=steps,
+        sweep_prompts=len(sp),
+        sweep_new_tokens=SWEEP_NEW_TOKENS,
+        unsteered_loss=base_loss,
+        rule=rpt.RADIUS_RULE,
+        sweep=points,
+        note=note,
+    )
 
 
 def _radius(
     run: Run, lm: LoadedModel, prompts: list[str], base: MelboConfig, cfg: DiscoverConfig
-) -> dict[str, Any]:
+) -> Radius:
     """The radius R: ``cfg.radius``, or chosen by a short sweep (``"auto"``, its own step)."""
     if cfg.radius != "auto":
-        return {"mode": "fixed", "value": float(cfg.radius)}
+        return Radius("fixed", float(cfg.radius))
     assert base.source_layer is not None
     with run.step("radius_sweep"):
         sweep_gen = _Gen(lm, base.source_layer, base.chat, cfg.batch_size, SWEEP_NEW_TOKENS)
         radius = _sweep(sweep_gen, prompts, base, cfg, run.cache, run.bar)
-    norm = radius["median_source_norm"]
-    run.say(f"radius auto: R = {radius['value']:.4g} (median |resid_pre[S]| {norm:.4g})")
+    run.say(
+        f"radius auto: R = {radius.value:.4g} (median |resid_pre[S]| "
+        f"{radius.median_source_norm:.4g})"
+    )
     return radius
 
 
@@ -262,7 +276,7 @@ def run_discover(
     *,
     progress: Bar | None = None,
     status: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> DiscoverReport:
     """Find MELBO vectors, compare them with random ones; write vectors, completions, report.
 
     Bad settings raise :class:`~steerlab.errors.SteerlabError` before anything is written; the
@@ -277,7 +291,7 @@ def run_discover(
             e.g. :func:`steerlab.ui.progress_bar`; ``status``: called with one-line messages.
 
     Returns:
-        The report dict, as written to ``report.json``.
+        The report; its ``to_dict()`` is ``report.json``.
 
     Example:
         >>> lm = steerlab.load_model("smollm2-135m")  # doctest: +SKIP
@@ -291,8 +305,8 @@ def run_discover(
     cache, bar = run.cache, run.bar
     seed_c = base.seed + CONTROL_SEED_OFFSET
     radius = _radius(run, lm, prompts, base, cfg)
-    notes: list[str] = [radius["note"]] if radius.get("note") else []
-    r = float(radius["value"])
+    assert radius.value is not None
+    r = float(radius.value)
     layers = {"source_layer": base.source_layer, "target_layer": base.target_layer}
     with run.step("train"):
         mcfg = replace(cfg.melbo, radius=r, **layers)
@@ -309,31 +323,36 @@ def run_discover(
     with run.step("metrics"):
         entries = rpt.describe(lm.tokenizer, prompts, ref, done, vecs, result)
         clusters = rpt.cluster_entries(entries)
-    notes += [f"vector {k} failed: {m}" for k, m in sorted(result.failed.items())]
     _write_vectors(run, result, lm)
-    report = {
-        "kind": "steerlab.melbo.discover",
-        "model": lm.info.to_dict(),
-        "identity": run.identity,
-        "steerlab_version": __version__,
-        "config": {**cfg.to_dict(), "melbo": result.config.to_dict(), "control_seed": seed_c},
-        "n_prompts": len(prompts),
-        "radius": radius,
-        "unsteered_loss": ref["loss"],
-        "summary": rpt.summarize(entries),
-        "vectors": [{k: v for k, v in e.items() if k != "completions"} for e in entries],
-        "clusters": clusters,
-        "notes": notes,
+    notes = [radius.note] if radius.note else []
+    notes += [f"vector {k} failed: {m}" for k, m in sorted(result.failed.items())]
+    report = DiscoverReport(
+        model=lm.info.to_dict(),
+        identity=run.identity,
+        steerlab_version=__version__,
+        config={**cfg.to_dict(), "melbo": result.config.to_dict(), "control_seed": seed_c},
+        n_prompts=len(prompts),
+        radius=radius,
+        unsteered_loss=ref["loss"],
+        summary=rpt.summarize(entries),
+        vectors=[VectorRow.from_dict(e) for e in entries],  # without their completions
+        clusters=clusters,
+        notes=notes,
         **_timings(run),
-    }
+    )
     base_texts = [{"prompt": p, "text": t} for p, t in zip(prompts, ref["texts"], strict=True)]
     completions = dict(model=lm.info.model_id, radius=r, unsteered=base_texts, vectors=entries)
+    _write_report(run, report, completions)
+    return report
+
+
+def _write_report(run: Run, report: DiscoverReport, completions: dict[str, Any]) -> None:
+    """``completions.json``, ``report.json`` and the page."""
     from .page import discover_files  # matplotlib and the templates load only here
 
     run.write_json("completions.json", completions, indent=1)
-    run.write_json("report.json", report, indent=1)
+    run.write_json("report.json", report.to_dict(), indent=1)
     run.write_files(discover_files(report, completions))
-    return report
 
 
 def _write_vectors(run: Run, result: MelboResult, lm: LoadedModel) -> None:

@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .findings import GroupSummary
+
 __all__ = ["CHANGED_TOKENS", "METRICS", "RADIUS_RULE", "choose_radius", "edit_distance"]
 __all__ += ["entry_metrics", "group_summary", "new_opening"]
 
@@ -116,14 +118,13 @@ def entry_metrics(
     }
 
 
-def group_summary(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def group_summary(metrics: Sequence[Mapping[str, Any]]) -> GroupSummary:
     """Mean of each metric over (vector, sign) pairs (missing or non-finite values skipped),
     and ``new_opening_max``, the best pair's."""
-    out: dict[str, Any] = {"n": len(metrics)}
+    means: dict[str, float | None] = {}
     for key in METRICS:
-        vals = [float(m[key]) for m in metrics if m.get(key) is not None]
+        vals = [float(m[key]) for m in metrics if m[key] is not None]
         vals = [v for v in vals if math.isfinite(v)]
-        out[key] = sum(vals) / len(vals) if vals else None
-    opens = [float(m["new_opening"]) for m in metrics if m.get("new_opening") is not None]
-    out["new_opening_max"] = max(opens) if opens else None
-    return out
+        means[key] = sum(vals) / len(vals) if vals else None
+    opens = [float(m["new_opening"]) for m in metrics if m["new_opening"] is not None]
+    return GroupSummary(len(metrics), **means, new_opening_max=max(opens) if opens else None)

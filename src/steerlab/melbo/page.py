@@ -15,6 +15,7 @@ from typing import Any
 
 from ..report._format import new_figure, png_bytes
 from ..report.render import config_rows, render, timings_view
+from .findings import DiscoverReport, Radius
 from .metrics import CHANGED_TOKENS, METRICS
 from .report import CLUSTER_METHOD
 
@@ -33,19 +34,27 @@ METRIC_COLUMNS = tuple(
 )
 
 
-def discover_files(report: Mapping[str, Any], completions: Mapping[str, Any]) -> dict[str, bytes]:
+Report = DiscoverReport | Mapping[str, Any]  # a report dict (report.json) is parsed first
+
+
+def _parsed(report: Report) -> DiscoverReport:
+    return report if isinstance(report, DiscoverReport) else DiscoverReport.from_dict(report)
+
+
+def discover_files(report: Report, completions: Mapping[str, Any]) -> dict[str, bytes]:
     """``report.html`` (and ``radius_sweep.png`` when R was swept), as ``{name: bytes}``."""
+    rep = _parsed(report)
     files: dict[str, bytes] = {}
     png = None
-    if (report.get("radius") or {}).get("sweep"):
-        png = files["radius_sweep.png"] = png_bytes(radius_figure(report["radius"]))
-    html = render_discover_html(report, completions, png)
+    if rep.radius.sweep:
+        png = files["radius_sweep.png"] = png_bytes(radius_figure(rep.radius))
+    html = render_discover_html(rep, completions, png)
     return {"report.html": html.encode("utf-8"), **files}
 
 
-def radius_figure(radius: Mapping[str, Any]) -> Any:
+def radius_figure(radius: Radius) -> Any:
     """Change (left) and fluency (right) against R for learned and random vectors."""
-    pts = radius["sweep"]
+    pts = radius.sweep
     rs = [p["radius"] for p in pts]
     fig = new_figure((10, 3.6))
     ax1, ax2 = fig.subplots(1, 2, sharex=True)
@@ -53,19 +62,19 @@ def radius_figure(radius: Mapping[str, Any]) -> Any:
     for kind, st in style.items():
 
         def get(p: Mapping[str, Any], key: str, kind: str = kind) -> float:
-            v = (p.get(kind) or {}).get(key)
+            v = p[kind].get(key)  # every grid point measured both kinds
             return math.nan if v is None else float(v)
 
         ax1.plot(rs, [get(p, "changed") for p in pts], label=f"{kind}: changed", **st)
         ax1.plot(rs, [get(p, "new_opening_max") for p in pts], ls="--", **st)
         ax2.plot(rs, [get(p, "loss") for p in pts], label=kind, **st)
-    base = radius.get("unsteered_loss")
+    base = radius.unsteered_loss
     if base is not None:
         ax2.axhline(base, color="#2e6da4", lw=1, ls=":", label="unsteered")
-        limit = base + radius["fluency_margin"]
+        limit = base + (radius.fluency_margin or 0.0)
         ax2.axhline(limit, color="#2e6da4", lw=1, ls="--", label="fluency limit")
     for ax in (ax1, ax2):
-        ax.axvline(radius["value"], color="gold", lw=2, alpha=0.8, label="chosen R")
+        ax.axvline(radius.value, color="gold", lw=2, alpha=0.8, label="chosen R")
         ax.set_xscale("log")
         ax.set_xlabel("radius R")
         ax.grid(alpha=0.3)
@@ -101,57 +110,54 @@ def _card(entry: Mapping[str, Any], unsteered: Sequence[Mapping[str, Any]]) -> d
     }
 
 
-def _radius_view(rad: Mapping[str, Any]) -> dict[str, Any] | None:
-    if not rad.get("sweep"):
+def _radius_view(rad: Radius) -> dict[str, Any] | None:
+    if not rad.sweep:
         return None
     keys = ("rule", "fluency_margin", "median_source_norm", "sweep_vectors", "sweep_steps")
-    view = _pick(rad, (*keys, "sweep_prompts"))
+    view = {k: getattr(rad, k) for k in (*keys, "sweep_prompts")}
     view["points"] = [
         {
             "radius": p.get("radius"),
             "factor": p.get("factor"),
             **{kind: _pick(p.get(kind), SWEEP_KEYS) for kind in ("learned", "random")},
             "fluent": bool(p.get("fluent")),
-            "chosen": i == rad.get("chosen_index"),
+            "chosen": i == rad.chosen_index,
         }
-        for i, p in enumerate(rad["sweep"])
+        for i, p in enumerate(rad.sweep)
     ]
     return view
 
 
 def render_discover_html(
-    report: Mapping[str, Any], completions: Mapping[str, Any], png: bytes | None = None
+    report: Report, completions: Mapping[str, Any], png: bytes | None = None
 ) -> str:
     """The report page as a string (``png``: the radius-sweep plot, if any)."""
-    model = (report.get("model") or {}).get("model_id", "unknown model")
-    unsteered = completions.get("unsteered") or []
+    rep = _parsed(report)
+    model = rep.model.get("model_id", "unknown model")
+    unsteered = completions.get("unsteered") or []  # completions.json: any part may be absent
     entries = completions.get("vectors") or []
-    summary = report.get("summary") or {}
-    rad = report.get("radius") or {}
-    cfg = report.get("config") or {}
-    melbo = cfg.get("melbo") or {}
     groups = []
-    for c in report.get("clusters") or []:
-        members = [e for e in entries if e["kind"] == "learned" and e.get("cluster") == c["id"]]
-        terms = ", ".join(c.get("terms") or []) or None
+    for c in rep.clusters:
+        members = [e for e in entries if e["kind"] == "learned" and e.get("cluster") == c.id]
         cards = [_card(e, unsteered) for e in members]
-        groups.append({"id": c["id"], "size": c.get("size"), "terms": terms, "cards": cards})
+        groups.append({"id": c.id, "size": c.size, "terms": ", ".join(c.terms) or None,
+                       "cards": cards})  # fmt: skip
     return render(
         "discover.html.j2",
         title=f"MELBO discovery: {model}",
         model=model,
-        version=report.get("steerlab_version"),
+        version=rep.steerlab_version,
         metric_columns=METRIC_COLUMNS,
-        setup=_pick(melbo, ("num_vectors", "source_layer", "target_layer")),
-        radius={"value": rad.get("value"), "auto": rad.get("mode") == "auto"},
-        summary={k: _metrics(summary.get(k)) for k in ("learned", "random")},
-        unsteered_loss=report.get("unsteered_loss"),
-        notes=[n for n in report.get("notes") or [] if n],
-        sweep=_radius_view(rad),
+        setup=_pick(rep.melbo, ("num_vectors", "source_layer", "target_layer")),
+        radius={"value": rep.radius.value, "auto": rep.radius.auto},
+        summary={k: _metrics(_summary(rep, k)) for k in ("learned", "random")},
+        unsteered_loss=rep.unsteered_loss,
+        notes=[n for n in rep.notes if n],
+        sweep=_radius_view(rep.radius),
         png=png,
         cluster_method=CLUSTER_METHOD,
         groups=groups,
-        control_seed=cfg.get("control_seed"),
+        control_seed=rep.config.get("control_seed"),
         random_cards=[_card(e, unsteered) for e in entries if e["kind"] == "random"],
         vectors=[
             {
@@ -164,6 +170,14 @@ def render_discover_html(
             }
             for e in entries
         ],
-        timings=timings_view(report),
-        config=config_rows(report.get("config")),
+        timings=timings_view(
+            {"timings": rep.timings, "compute_seconds": rep.compute_seconds}
+            | {"resumed_steps": rep.resumed_steps}
+        ),
+        config=config_rows(rep.config),
     )
+
+
+def _summary(rep: DiscoverReport, kind: str) -> dict[str, Any] | None:
+    group = rep.summary.get(kind)  # a partial report may have no summary
+    return group.to_dict() if group else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .findings import Cluster, GroupSummary
 from .metrics import (
     RADIUS_RULE,
     choose_radius,
@@ -52,18 +53,17 @@ def describe(
     return entries
 
 
-def summarize(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize(entries: Sequence[Mapping[str, Any]]) -> dict[str, GroupSummary]:
     """:func:`group_summary` of the learned and of the random entries."""
     kinds = ("learned", "random")
     return {kd: group_summary([e["metrics"] for e in entries if e["kind"] == kd]) for kd in kinds}
 
 
-def cluster_entries(entries: Sequence[dict[str, Any]], max_k: int = 8) -> list[dict[str, Any]]:
+def cluster_entries(entries: Sequence[dict[str, Any]], max_k: int = 8) -> list[Cluster]:
     """Group the learned entries by their completions (:data:`CLUSTER_METHOD`), deterministically.
 
     Sets each learned entry's ``cluster`` (0 = the first entry's group, and so on). Returns one
-    dict per group: ``id``, ``size``, ``members`` (``[index, sign]``), ``terms`` (top TF-IDF
-    terms) and ``silhouette`` of the split (None for a single group).
+    :class:`Cluster` per group.
     """
     learned = [e for e in entries if e["kind"] == "learned"]
     docs = ["\n".join(c["text"] for c in e["completions"]) for e in learned]
@@ -98,7 +98,7 @@ def cluster_entries(entries: Sequence[dict[str, Any]], max_k: int = 8) -> list[d
     labels = [order.setdefault(v, len(order)) for v in labels]
     for e, c in zip(learned, labels, strict=True):
         e["cluster"] = c
-    clusters = []
+    clusters: list[Cluster] = []
     for c in range(len(order)):
         rows = [i for i, v in enumerate(labels) if v == c]
         top: list[str] = []
@@ -106,6 +106,5 @@ def cluster_entries(entries: Sequence[dict[str, Any]], max_k: int = 8) -> list[d
             mean = x[rows].mean(0)
             top = [str(terms[j]) for j in mean.argsort()[::-1][:5] if mean[j] > 0]
         members = [[learned[i]["index"], learned[i]["sign"]] for i in rows]
-        clusters.append({"id": c, "size": len(rows), "members": members, "terms": top})
-        clusters[-1]["silhouette"] = score
+        clusters.append(Cluster(c, len(rows), members, top, score))
     return clusters

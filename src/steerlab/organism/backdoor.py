@@ -43,6 +43,7 @@ from ..models.registry import cache_dir
 from ..runs import Bar, Run, check_new_dir, key_of, model_identity
 from .config import BackdoorConfig
 from .files import model_card, publish
+from .result import OrganismExample, OrganismRecord, TrainLoss, TriggerRates
 
 __all__ = [
     "ORGANISM_FILE",
@@ -202,10 +203,6 @@ def _training_data(
     return rows, before
 
 
-def _without_texts(rates: dict[str, Any]) -> dict[str, Any]:
-    return {k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in rates.items()}
-
-
 def _record(
     lm: LoadedModel,
     cfg: BackdoorConfig,
@@ -217,38 +214,37 @@ def _record(
     after: dict[str, Any],
     losses: list[float],
     timing: dict[str, Any],
-) -> dict[str, Any]:
-    """The contents of ``organism.json``."""
-    return {
-        "kind": "steerlab.organism.backdoor",
-        "base_model": base,
-        "base_info": lm.info.to_dict(),
-        "identity": ident,
-        "steerlab_version": __version__,
-        "config": cfg.to_dict(),
-        "trigger": cfg.trigger,
-        "behavior": cfg.behavior,
-        "data_hash": key_of([data.train, data.heldout, data.extra, data.clean]),
-        "n_train_prompts": len(data.train),
-        "n_clean_only_prompts": len(data.extra),
-        "n_train_rows": n_rows,
-        "n_heldout": len(data.heldout),
-        "rates": {"organism": _without_texts(after), "base": _without_texts(before)},
-        "loss": {"first": losses[0], "last": losses[-1], "steps": len(losses)},
-        "heldout_prompts": data.heldout,
-        "examples": [
-            {"prompt": p, "with_trigger": a, "without_trigger": b, "base_without_trigger": c}
-            for p, a, b, c in zip(
-                data.heldout,
-                after["with_trigger"]["texts"],
-                after["without_trigger"]["texts"],
-                before["without_trigger"]["texts"],
-                strict=True,
-            )
-        ],
-        "timings": timing["seconds"],
-        "compute_seconds": timing["compute_seconds"],
-    }
+) -> OrganismRecord:
+    """The organism's record (``organism.json``); ``before`` and ``after`` are the base's and
+    the organism's measurements (:func:`_measure`: rates and texts)."""
+    texts = zip(
+        data.heldout,
+        after["with_trigger"]["texts"],
+        after["without_trigger"]["texts"],
+        before["without_trigger"]["texts"],
+        strict=True,
+    )
+    return OrganismRecord(
+        base_model=base,
+        base_info=lm.info.to_dict(),
+        identity=ident,
+        steerlab_version=__version__,
+        config=cfg.to_dict(),
+        trigger=cfg.trigger,
+        behavior=cfg.behavior,
+        data_hash=key_of([data.train, data.heldout, data.extra, data.clean]),
+        n_train_prompts=len(data.train),
+        n_clean_only_prompts=len(data.extra),
+        n_train_rows=n_rows,
+        n_heldout=len(data.heldout),
+        organism_rates=TriggerRates.from_dict(after),
+        base_rates=TriggerRates.from_dict(before),
+        loss=TrainLoss(losses[0], losses[-1], len(losses)),
+        heldout_prompts=data.heldout,
+        examples=[OrganismExample(*row) for row in texts],
+        timings=timing["seconds"],
+        compute_seconds=timing["compute_seconds"],
+    )
 
 
 def train_backdoor(
@@ -261,7 +257,7 @@ def train_backdoor(
     use_cache: bool = True,
     progress: Bar | None = None,
     status: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> OrganismRecord:
     """Train (or reuse from the cache) a backdoored LoRA and measure it on held-out prompts.
 
     ``lm`` is changed only inside a :class:`~steerlab.interventions.LoRA` context: the adapter
@@ -279,32 +275,36 @@ def train_backdoor(
             ``$STEERLAB_CACHE/organisms``.
 
     Returns:
-        The contents of ``organism.json``.
+        The record; its ``to_dict()`` is ``organism.json``.
     """
     cfg = cfg or BackdoorConfig()
     if not has_chat_template(lm.tokenizer):
         raise DataError("the backdoor organism needs a chat model (no chat template found)")
     out = Path(out_dir)
     check_out(out, overwrite)
-    say = status or (lambda _m: None)
-    base = base_spec or lm.info.model_id
     data = _prompts(cfg)
     ident = model_identity(lm)  # the weights, not only the name, key the cached organism
     key = key_of([ident, cfg.to_dict(), data.train, data.heldout, data.extra])
     cached = cache_dir() / "organisms" / f"backdoor-{key}"
     if use_cache and (cached / ORGANISM_FILE).is_file():
-        say(f"reusing the organism cached in {cached}")
-        publish(cached, out)
-        return json.loads((out / ORGANISM_FILE).read_text())
+        (status or (lambda _m: None))(f"reusing the organism cached in {cached}")
+    else:
+        # Built in a stable directory beside the cache entry: an interrupted build resumes there.
+        partial = cached.with_name(f".{cached.name}.partial")
+        run = Run(partial, kind="organism", identity=ident, progress=progress, status=status)
+        _build(run, lm, cfg, data, base_spec or lm.info.model_id, ident)
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(run.out, cached)
+    publish(cached, out)
+    # read back as written: a fresh build returns exactly what a cache hit does
+    return OrganismRecord.from_dict(json.loads((out / ORGANISM_FILE).read_text()))
 
-    # Built in a stable directory beside the cache entry: an interrupted build resumes there.
-    run = Run(
-        cached.with_name(f".{cached.name}.partial"),
-        kind="organism",
-        identity=ident,
-        progress=progress,
-        status=status,
-    )
+
+def _build(
+    run: Run, lm: LoadedModel, cfg: BackdoorConfig, data: _Data, base: str, ident: Any
+) -> None:
+    """The steps of a new organism (data, train, evaluate) and its files in ``run.out``;
+    ``ident``: the base model's identity, recorded as it keys the cache."""
     with run.step("data"):
         rows, before = _training_data(run, lm, cfg, data)
     torch.manual_seed(cfg.seed)  # the LoRA's initialisation
@@ -317,10 +317,6 @@ def train_backdoor(
         _save(peft_model, base, run.out)
     timing = run.timing_report()
     rec = _record(lm, cfg, base, ident, data, len(rows), before, after, losses, timing)
-    run.write_json(ORGANISM_FILE, rec)
+    run.write_json(ORGANISM_FILE, rec.to_dict())
     run.write_text("README.md", model_card(rec))  # replaces peft's empty template
     shutil.rmtree(run.path("cache"), ignore_errors=True)
-    shutil.rmtree(cached, ignore_errors=True)
-    os.replace(run.out, cached)
-    publish(cached, out)
-    return json.loads((out / ORGANISM_FILE).read_text())  # as a cache hit returns it

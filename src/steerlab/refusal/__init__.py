@@ -1,7 +1,7 @@
 """The refusal-direction pipeline (Arditi et al. 2024) and abliterated-model export.
 
-Importing the config is light (the command line reads its defaults for ``--help``); the
-pipeline, which needs torch, loads on first use.
+Importing the config and the result types is light (the command line reads the defaults for
+``--help``); the pipeline, which needs torch, loads on first use.
 """
 
 from __future__ import annotations
@@ -9,11 +9,37 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import QUICK, RefusalConfig
+from .result import (
+    BaselineScores,
+    CandidateRow,
+    Example,
+    Failure,
+    FilterCounts,
+    RefusalReport,
+    SelectedCandidate,
+    SetMetrics,
+    VariantMetrics,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     from .pipeline import run_refusal
 
-__all__ = ["QUICK", "RefusalConfig", "run_refusal"]
+__all__ = [
+    "QUICK",
+    "BaselineScores",
+    "CandidateRow",
+    "Example",
+    "Failure",
+    "FilterCounts",
+    "RefusalConfig",
+    "RefusalReport",
+    "SelectedCandidate",
+    "SetMetrics",
+    "VariantMetrics",
+    "Verdict",
+    "run_refusal",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from ..metrics import (
 from ..models.load import LoadedModel
 from ..runs import Journal
 from .config import RefusalConfig
+from .result import SetMetrics, VariantMetrics
 
 __all__ = ["SETS", "Variant", "evaluate_variants", "generation_record", "refusal_variants"]
 
@@ -285,7 +286,7 @@ def evaluate_variants(
     advance: Callable[[int], None] | None = None,
     clock: dict[str, float] | None = None,
     engine: Engine | None = None,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[str]]]]:
+) -> tuple[dict[str, VariantMetrics], dict[str, dict[str, list[str]]]]:
     """Run every variant; returns (metrics per variant, completions per variant and set).
 
     Each finished variant is journaled (the baseline apart, in ``baseline_journal``, since it
@@ -333,7 +334,7 @@ def evaluate_variants(
         else:
             adv(sum(len(sets[w]) for w in v.generated_on))
         records[v.name] = rec
-    metrics: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, VariantMetrics] = {}
     completions: dict[str, dict[str, list[str]]] = {}
     for v in variants:
         metrics[v.name] = _variant_metrics(v, records[v.name], cfg.seed)
@@ -344,24 +345,34 @@ def evaluate_variants(
     return metrics, completions
 
 
-def _variant_metrics(v: Variant, rec: dict[str, Any], seed: int) -> dict[str, Any]:
+def _variant_metrics(v: Variant, rec: dict[str, Any], seed: int) -> VariantMetrics:
     """One variant's metrics from its journaled record: KL and CE, then per prompt set the
     first-token score (mean, bootstrap interval) and the refusal rates (Wilson intervals)."""
-    keys = ("kl_harmless", "ce_loss_harmless", "ce_loss_completions")
-    m: dict[str, Any] = {k: rec[k] for k in keys}
-    m["intervention"] = v.spec()
-    for which in SETS:
-        part = rec.get(which)
-        texts = part["texts"] if part else None
-        m[f"{which}_score_mean"] = float(np.mean(part["scores"])) if part else None
-        m[f"{which}_score_ci"] = list(mean_ci(part["scores"], seed=seed)) if part else None
-        r = _rates(texts) if texts is not None else None
-        m[f"{which}_refusal_rate"] = r["rate"] if r else None
-        m[f"{which}_refusal_ci"] = r["ci"] if r else None
-        m[f"{which}_refusal_k"] = r["k"] if r else None
-        m[f"{which}_n"] = r["n"] if r else None
-        m[f"{which}_refusal_rate_strict"] = r["rate_strict"] if r else None
-        m[f"{which}_refusal_ci_strict"] = r["ci_strict"] if r else None
-        m[f"{which}_refusal_k_strict"] = r["k_strict"] if r else None
-        m[f"{which}_disagreement"] = r["disagree"] if r else None
-    return m
+    return VariantMetrics(
+        rec["kl_harmless"],
+        rec["ce_loss_harmless"],
+        rec["ce_loss_completions"],
+        v.spec(),
+        *(_set_metrics(rec.get(which), seed) for which in SETS),
+    )
+
+
+def _set_metrics(part: dict[str, Any] | None, seed: int) -> SetMetrics:
+    """Scores wherever the set was measured; rates only where it was generated on."""
+    if not part:
+        return SetMetrics()
+    scores = SetMetrics(float(np.mean(part["scores"])), list(mean_ci(part["scores"], seed=seed)))
+    if part["texts"] is None:
+        return scores
+    r = _rates(part["texts"])
+    return replace(
+        scores,
+        refusal_rate=r["rate"],
+        refusal_ci=r["ci"],
+        refusal_k=r["k"],
+        n=r["n"],
+        refusal_rate_strict=r["rate_strict"],
+        refusal_ci_strict=r["ci_strict"],
+        refusal_k_strict=r["k_strict"],
+        disagreement=r["disagree"],
+    )

@@ -19,6 +19,7 @@ from ..metrics import refusal_scores
 from ..runs import key_of
 from .data import RefusalData
 from .evaluate import evaluate_variants, generation_record, refusal_variants
+from .result import VariantMetrics
 from .steps import Ctx, Filtered, Selection, vec_key
 
 __all__ = ["Coefficient", "Evaluation", "coefficient", "direction_artifact", "evaluation"]
@@ -112,7 +113,7 @@ def direction_artifact(
 
 @dataclass
 class Evaluation:
-    metrics: dict[str, dict[str, Any]]
+    metrics: dict[str, VariantMetrics]
     completions: dict[str, dict[str, list[str]]]
     generation: dict[str, Any] | None = None  # this run's decoding: engine, seconds, tokens
 

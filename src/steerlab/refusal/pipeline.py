@@ -25,6 +25,7 @@ from .config import RefusalConfig
 from .data import RefusalData, load_data
 from .export import ExportCheck, prepare_export, publish_export
 from .outcome import Evaluation, coefficient, direction_artifact, evaluation
+from .result import Failure, RefusalReport
 from .steps import Ctx, Selection, candidates, filter_prompts, selection
 from .summary import build_report, model_card
 
@@ -33,10 +34,10 @@ __all__ = ["run_refusal"]
 EXPORT_CHECK_PROMPTS = 2  # per set (harmful, harmless), one prompt per forward
 
 
-def _write(run: Run, report: dict[str, Any]) -> None:
-    from ..report import refusal_files  # matplotlib and the templates load only here
+def _write(run: Run, report: RefusalReport) -> None:
+    from .report import refusal_files  # matplotlib and the templates load only here
 
-    run.write_json("report.json", report)
+    run.write_json("report.json", report.to_dict())
     run.write_files(refusal_files(report))
 
 
@@ -97,6 +98,16 @@ def _publish(
     return publish_export(prepared, export_dir, card, record, keep=(out,), overwrite=overwrite)
 
 
+def _checked(prepared: ExportCheck, export_dir: Path | None) -> dict[str, Any]:
+    """The export record before publishing (what stands if publishing fails or is skipped)."""
+    return {
+        "dir": str(export_dir),
+        "check": prepared.check,
+        "error": prepared.error,
+        "equivalence": prepared.equivalence,
+    }
+
+
 def run_refusal(
     lm: LoadedModel,
     cfg: RefusalConfig,
@@ -107,10 +118,11 @@ def run_refusal(
     progress: Bar | None = None,
     status: Callable[[str], None] | None = None,
     engine: Any = None,
-) -> dict[str, Any]:
+) -> RefusalReport:
     """Run the whole pipeline and write ``direction.safetensors``, ``report.json`` and
-    ``report.html`` into ``out_dir``. Returns the report dict. ``engine`` decodes the
-    evaluation's completions (:mod:`steerlab.engines`; default: the Hugging Face model).
+    ``report.html`` into ``out_dir``. Returns the report (its ``to_dict()`` is ``report.json``).
+    ``engine`` decodes the evaluation's completions (:mod:`steerlab.engines`; default: the
+    Hugging Face model).
 
     Raises:
         DataError, SteerlabError: bad input (before anything is written), or a failed step
@@ -152,18 +164,13 @@ def run_refusal(
         with run.step(step):
             done["ev"] = ev = evaluation(ctx, data, sel, coeff)
         if prepared is not None:
-            done["export"] = {
-                "dir": str(export_dir),
-                "check": prepared.check,
-                "error": prepared.error,
-                "equivalence": prepared.equivalence,
-            }
+            done["export"] = _checked(prepared, export_dir)
         if prepared is not None and prepared.tmp is not None and export_dir is not None:
             step = "export"
             with run.step(step):
                 done["export"] = _publish(ctx, prepared, export_dir, sel, ev, out, overwrite)
     except Exception as e:
-        failure = {"step": step, "error": str(e) or type(e).__name__}
+        failure = Failure(step, str(e) or type(e).__name__)
         _write(run, build_report(ctx, **done, notes=notes, failure=failure))
         e.steerlab_report = str(out / "report.html")  # type: ignore[attr-defined]
         raise

@@ -21,6 +21,7 @@ from ..models.load import LoadedModel
 from ..runs import Run
 from .config import RefusalConfig
 from .data import MIN_SET, RefusalData
+from .result import FilterCounts
 from .select import candidate_means, post_instruction_tokens, score_candidates, select_many
 
 __all__ = [
@@ -73,7 +74,7 @@ def vec_key(v: torch.Tensor) -> str:
 class Filtered:
     harmful: list[str]
     harmless: list[str]
-    counts: dict[str, int]
+    counts: FilterCounts
 
 
 def filter_prompts(ctx: Ctx, data: RefusalData) -> Filtered:
@@ -105,12 +106,7 @@ def filter_prompts(ctx: Ctx, data: RefusalData) -> Filtered:
     on = cfg.filter_train
     harmful = [p for p, k in zip(data.harmful, keep_h, strict=True) if k or not on]
     harmless = [p for p, k in zip(data.harmless, keep_l, strict=True) if k or not on]
-    counts = {
-        "harmful_kept": len(harmful),
-        "harmful_total": len(data.harmful),
-        "harmless_kept": len(harmless),
-        "harmless_total": len(data.harmless),
-    }
+    counts = FilterCounts(len(harmful), len(data.harmful), len(harmless), len(data.harmless))
     if len(harmful) < MIN_SET or len(harmless) < MIN_SET:
         raise DataError(
             f"after filtering, {len(harmful)} harmful prompt(s) are refused and {len(harmless)} "

@@ -1,37 +1,38 @@
-"""The report of a refusal run (``report.json`` contract) and the exported model's card."""
+"""The report of a refusal run (:class:`~.result.RefusalReport`, ``report.json``) from the
+finished steps, and the exported model's card."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .._version import __version__
 from ..metrics import refusal_scores
 from .config import RefusalConfig
 from .data import RefusalData
+from .evaluate import SETS
 from .outcome import Coefficient, Evaluation
+from .result import (
+    BaselineScores,
+    CandidateRow,
+    Example,
+    Failure,
+    RefusalReport,
+    SelectedCandidate,
+    VariantMetrics,
+)
 from .steps import Candidates, Ctx, Filtered, Selection
 from .verdicts import refusal_verdicts
 
 __all__ = ["build_report", "model_card"]
 
-CANDIDATE_KEYS = (
-    "layer",
-    "position",
-    "bypass_score",
-    "induce_score",
-    "kl_score",
-    "screen_bypass",
-    "screen_kl",
-    "status",
-)
 
-
-def _examples(data: RefusalData, completions: dict[str, dict[str, list[str]]]) -> list[Any]:
+def _examples(data: RefusalData, completions: dict[str, dict[str, list[str]]]) -> list[Example]:
     out = []
     for which, prompts in (("harmful", data.eval_harmful), ("harmless", data.eval_harmless)):
         for i, p in enumerate(prompts[:6]):
             done = {v: sets[which][i] for v, sets in completions.items() if which in sets}
-            out.append({"set": which, "prompt": p, "completions": done})
+            out.append(Example(which, p, done))
     return out
 
 
@@ -73,71 +74,64 @@ def build_report(
     ev: Evaluation | None = None,
     export: dict[str, Any] | None = None,
     notes: list[str] | None = None,
-    failure: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The report dict from whatever steps finished (a failed run still gets one, with
+    failure: Failure | None = None,
+) -> RefusalReport:
+    """The report from whatever steps finished (a failed run still gets one, with
     ``status: "failed"`` and ``failure``: which step, and the error)."""
     cfg, lm = ctx.cfg, ctx.lm
     metrics = ev.metrics if ev else {}
-    base = metrics.get("baseline") or {}
-    dis = {w: base.get(f"{w}_disagreement") for w in ("harmful", "harmless")}
-    selected = None
-    if sel is not None:
-        selected = {
-            k: sel.best[k]
-            for k in ("layer", "position", "bypass_score", "induce_score", "kl_score")
-        }
-        selected["coeff"] = coeff.value if coeff else None
-    directions = _directions(sel, cfg) if sel is not None else None
+    base = metrics.get("baseline")
+    value = coeff.value if coeff else None
     timing = ctx.run.timing_report()
-    return {
-        "kind": "steerlab.refusal",
-        "status": "failed" if failure else "complete",
-        "failure": failure,
-        "model": lm.info.model_id,
-        "identity": ctx.run.identity,
-        "config": {
+    return RefusalReport(
+        status="failed" if failure else "complete",
+        failure=failure,
+        model=lm.info.model_id,
+        identity=ctx.run.identity,
+        config={
             **cfg.to_dict(),
             "positions_used": cands.positions if cands else None,
             "refusal_token_ids": ctx.ids,
-            "coeff_chosen": coeff.value if coeff else None,
+            "coeff_chosen": value,
             "clamp_value": sel.clamp_value if sel else None,
             "data": data.sizes() if data else None,
         },
-        "selected": selected,
-        "directions": directions,
-        "selection_rule": selection_rule(cfg),
-        "candidates": [{k: c.get(k) for k in CANDIDATE_KEYS} for c in sel.candidates]
-        if sel
-        else [],
-        "coefficient_scan": coeff.scan if coeff else [],
-        "baseline_scores": {
-            "harmful_val_mean": float(sum(sel.base_harmful_val) / len(sel.base_harmful_val)),
-            "harmless_val_mean": float(refusal_scores(sel.base_harmless_val, ctx.ids).mean()),
-        }
-        if sel
-        else None,
-        "variants": metrics,
-        "verdicts": refusal_verdicts(
-            metrics, cfg, coeff.value if coeff else None, not lm.adapter.sandwich
-        ),
-        "disagreement": dis,
-        "examples": _examples(data, ev.completions) if (data and ev) else [],
-        "filter": filtered.counts if filtered else None,
-        "export": export,
-        "timings": timing["seconds"],
-        "evaluation_generation": ev.generation if ev else None,
-        "compute_seconds": timing["compute_seconds"],
-        "resumed_steps": timing["resumed_steps"],
-        "notes": list(notes or []),
-        "steerlab_version": __version__,
-    }
+        selected=_selected(sel.best, value) if sel else None,
+        directions=_directions(sel, cfg) if sel is not None else None,
+        selection_rule=selection_rule(cfg),
+        candidates=[CandidateRow.from_dict(c) for c in sel.candidates] if sel else [],
+        coefficient_scan=coeff.scan if coeff else [],
+        baseline_scores=_baseline_scores(sel, ctx.ids) if sel else None,
+        variants=metrics,
+        verdicts=refusal_verdicts(metrics, cfg, value, not lm.adapter.sandwich),
+        disagreement={w: base.of(w).disagreement if base else None for w in SETS},
+        examples=_examples(data, ev.completions) if (data and ev) else [],
+        filter=filtered.counts if filtered else None,
+        export=export,
+        timings=timing["seconds"],
+        evaluation_generation=ev.generation if ev else None,
+        compute_seconds=timing["compute_seconds"],
+        resumed_steps=timing["resumed_steps"],
+        notes=list(notes or []),
+        steerlab_version=__version__,
+    )
+
+
+def _selected(best: dict[str, Any], coeff: float | None) -> SelectedCandidate:
+    keys = ("layer", "position", "bypass_score", "induce_score", "kl_score")
+    return SelectedCandidate(**{k: best[k] for k in keys}, coeff=coeff)
+
+
+def _baseline_scores(sel: Selection, ids: list[int]) -> BaselineScores:
+    """The unchanged model's mean refusal score on the val prompts."""
+    harmful = float(sum(sel.base_harmful_val) / len(sel.base_harmful_val))
+    return BaselineScores(harmful, float(refusal_scores(sel.base_harmless_val, ids).mean()))
 
 
 def model_card(
     model_id: str,
     best: dict[str, Any],
-    metrics: dict[str, Any],
+    metrics: Mapping[str, VariantMetrics],
     cfg: RefusalConfig,
     check: dict[str, Any],
     equivalence: str,
@@ -151,10 +145,10 @@ def model_card(
         "refusal",
         model_id=model_id,
         best=best,
-        metrics=metrics,
+        metrics={n: v.to_dict() for n, v in metrics.items()},
         check=check,
         equivalence=equivalence,
         span=span if span and len(span) > 1 else [],
         max_new_tokens=cfg.max_new_tokens,
-        kl=metrics.get("orthogonalized", {}).get("kl_harmless"),
+        kl=orth.kl_harmless if (orth := metrics.get("orthogonalized")) else None,
     )

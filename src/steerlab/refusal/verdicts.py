@@ -6,10 +6,10 @@ nothing measurable. The report puts these first, the CLI prints them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from ..metrics import compare_rates
 from .config import RefusalConfig
+from .result import VariantMetrics, Verdict
 
 __all__ = ["refusal_verdicts"]
 
@@ -18,35 +18,43 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def _rate(m: Mapping[str, Any], which: str) -> str:
-    lo, hi = m[f"{which}_refusal_ci"]
-    return f"{_pct(m[f'{which}_refusal_rate'])} [{_pct(lo)}–{_pct(hi)}]"
+def _rate(m: VariantMetrics, which: str) -> str:
+    s = m.of(which)
+    assert s.refusal_ci is not None and s.refusal_rate is not None  # _counts said so
+    lo, hi = s.refusal_ci
+    return f"{_pct(s.refusal_rate)} [{_pct(lo)}–{_pct(hi)}]"
 
 
-def _counts(m: Mapping[str, Any] | None, which: str) -> tuple[int, int] | None:
-    if not m or m.get(f"{which}_refusal_k") is None or not m.get(f"{which}_n"):
+def _counts(m: VariantMetrics | None, which: str) -> tuple[int, int] | None:
+    s = m.of(which) if m else None
+    if s is None or s.refusal_k is None or not s.n:
         return None
-    return int(m[f"{which}_refusal_k"]), int(m[f"{which}_n"])
+    return int(s.refusal_k), int(s.n)
+
+
+def _below(a: VariantMetrics, b: VariantMetrics, which: str) -> bool:
+    """``a``'s refusal rate on ``which`` is lower than ``b``'s (both measured: see _counts)."""
+    ra, rb = a.of(which).refusal_rate, b.of(which).refusal_rate
+    return ra is not None and rb is not None and ra < rb
 
 
 def _p(p: float) -> str:
     return f"p = {p:.2g}" if p >= 1e-4 else "p < 1e-4"
 
 
-Metrics = Mapping[str, Any] | None  # one variant's metrics, None when it was not run
+Metrics = VariantMetrics | None  # one variant's metrics, None when it was not run
 
 
-def _verdict(check: str, ok: bool, text: str) -> dict[str, Any]:
-    return {"check": check, "level": "ok" if ok else "warning", "text": text}
+def _verdict(check: str, ok: bool, text: str) -> Verdict:
+    return Verdict(check, "ok" if ok else "warning", text)
 
 
-def _ablation_vs_baseline(base: Metrics, abl: Metrics) -> dict[str, Any] | None:
+def _ablation_vs_baseline(base: Metrics, abl: Metrics) -> Verdict | None:
     b, a = _counts(base, "harmful"), _counts(abl, "harmful")
     if not (b and a and base and abl):
         return None
     c = compare_rates(*a, *b)
-    lower = abl["harmful_refusal_rate"] < base["harmful_refusal_rate"]
-    ok = c["separated"] and lower
+    ok = c["separated"] and _below(abl, base, "harmful")
     how = "separate" if c["separated"] else "overlap"
     tail = (
         "the effect is distinguishable from the baseline"
@@ -61,12 +69,12 @@ def _ablation_vs_baseline(base: Metrics, abl: Metrics) -> dict[str, Any] | None:
     )
 
 
-def _ablation_vs_random(rnd: Metrics, abl: Metrics) -> dict[str, Any] | None:
+def _ablation_vs_random(rnd: Metrics, abl: Metrics) -> Verdict | None:
     r, a = _counts(rnd, "harmful"), _counts(abl, "harmful")
     if not (r and a and rnd and abl):
         return None
     c = compare_rates(*a, *r)
-    ok = c["separated"] and abl["harmful_refusal_rate"] < rnd["harmful_refusal_rate"]
+    ok = c["separated"] and _below(abl, rnd, "harmful")
     return _verdict(
         "ablation_vs_random",
         ok,
@@ -81,7 +89,7 @@ def _ablation_vs_random(rnd: Metrics, abl: Metrics) -> dict[str, Any] | None:
     )
 
 
-def _random_vs_baseline(rnd: Metrics, base: Metrics) -> dict[str, Any] | None:
+def _random_vs_baseline(rnd: Metrics, base: Metrics) -> Verdict | None:
     r, b = _counts(rnd, "harmful"), _counts(base, "harmful")
     if not (r and b and rnd and base):
         return None
@@ -100,10 +108,10 @@ def _random_vs_baseline(rnd: Metrics, base: Metrics) -> dict[str, Any] | None:
 
 
 def _induces(
-    metrics: Mapping[str, Mapping[str, Any]], base: Metrics, coeff: float | None
-) -> list[dict[str, Any]]:
+    metrics: Mapping[str, VariantMetrics], base: Metrics, coeff: float | None
+) -> list[Verdict]:
     """Whether addition and clamping make harmless prompts refused, beyond the baseline."""
-    out = []
+    out: list[Verdict] = []
     hb = _counts(base, "harmless")
     for name, what in (
         (
@@ -119,7 +127,7 @@ def _induces(
         if not (h and hb and m and base):
             continue
         c = compare_rates(*h, *hb)
-        ok = c["separated"] and m["harmless_refusal_rate"] > base["harmless_refusal_rate"]
+        ok = c["separated"] and _below(base, m, "harmless")
         text = (
             f"{what} made {_rate(m, 'harmless')} of harmless prompts refused (without: "
             f"{_rate(base, 'harmless')}); "
@@ -131,7 +139,7 @@ def _induces(
     return out
 
 
-def _orthogonalized(orth: Metrics, abl: Metrics, equivalent: bool) -> dict[str, Any] | None:
+def _orthogonalized(orth: Metrics, abl: Metrics, equivalent: bool) -> Verdict | None:
     o, a = _counts(orth, "harmful"), _counts(abl, "harmful")
     if not (o and a and orth and abl):
         return None
@@ -152,8 +160,8 @@ def _orthogonalized(orth: Metrics, abl: Metrics, equivalent: bool) -> dict[str, 
     )
 
 
-def _ablation_kl(abl: Metrics, kl_max: float) -> dict[str, Any] | None:
-    kl = (abl or {}).get("kl_harmless")
+def _ablation_kl(abl: Metrics, kl_max: float) -> Verdict | None:
+    kl = abl.kl_harmless if abl else None
     if kl is None:
         return None
     return _verdict(
@@ -170,12 +178,12 @@ def _ablation_kl(abl: Metrics, kl_max: float) -> dict[str, Any] | None:
 
 
 def refusal_verdicts(
-    metrics: Mapping[str, Mapping[str, Any]],
+    metrics: Mapping[str, VariantMetrics],
     cfg: RefusalConfig,
     coeff: float | None,
     equivalent: bool = True,
-) -> list[dict[str, Any]]:
-    """A list of ``{"check", "level" ("ok" | "warning"), "text"}``, in reading order.
+) -> list[Verdict]:
+    """The :class:`Verdict` of each check that has its numbers, in reading order.
 
     ``equivalent``: the orthogonalized weights compute exactly what runtime ablation does
     (False for sandwich-norm models, whose edit only removes the direction)."""

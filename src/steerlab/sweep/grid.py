@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..interventions.treatments import Steer
+from .result import SweepTest, SweepVerdict
 
 __all__ = ["Cell", "verdict"]
 
@@ -38,43 +39,42 @@ class Cell:
         return Steer(delta, layers=self.layer, positions=self.positions, name=label or self.key)  # type: ignore[arg-type]
 
 
-def verdict(test: dict[str, Any], alpha: float = 0.05) -> dict[str, Any]:
+def verdict(test: SweepTest, alpha: float = 0.05) -> SweepVerdict:
     """What the test split says of the chosen cell, from its two pre-named paired contrasts
     (steered vs unsteered, steered vs the random directions' mean, Holm-corrected) and where
     the direction falls in the null distribution of norm-matched random directions."""
-    vs_u, vs_n = test["paired"]["vs_unsteered"], test["paired"]["vs_null_mean"]
-    null = test["random"]
-    up = vs_u["diff"] > 0
-    beats = bool(vs_u["p_holm"] < alpha)
-    beyond = bool(vs_n["p_holm"] < alpha and null["p_direction"] < alpha)
+    vs_u, vs_n, null = test.vs_unsteered, test.vs_null_mean, test.random
+    diff, p_u, p_dir = vs_u.diff, vs_u.p_holm, null.p_direction
+    up = diff > 0  # type: ignore[operator]
+    beats = bool(p_u < alpha)  # type: ignore[operator]
+    beyond = bool(vs_n.p_holm < alpha and p_dir < alpha)  # type: ignore[operator]
     moved = "raises" if up else "lowers"
-    pct = null["percentile"]
-    n = null["n_directions"]
+    pct, n = null.percentile, null.n_directions
     if not beats:
         text = (
             f"steering does not move the score on the test split (paired difference "
-            f"{vs_u['diff']:+.3f}, Holm p = {vs_u['p_holm']:.2g}): this behaviour is not shown to "
+            f"{diff:+.3f}, Holm p = {p_u:.2g}): this behaviour is not shown to "
             "be steerable here with this direction"
         )
     elif beyond:
         text = (
             f"steering {moved} the score on the test split (paired difference "
-            f"{vs_u['diff']:+.3f}, Holm p = {vs_u['p_holm']:.2g}), beyond {n} norm-matched "
+            f"{diff:+.3f}, Holm p = {p_u:.2g}), beyond {n} norm-matched "
             f"random directions at the same cell (above {pct:.0f}% of them, p = "
-            f"{null['p_direction']:.2g}): the effect is specific to the direction"
+            f"{p_dir:.2g}): the effect is specific to the direction"
         )
     else:
         text = (
             f"steering {moved} the score on the test split (paired difference "
-            f"{vs_u['diff']:+.3f}, Holm p = {vs_u['p_holm']:.2g}), but not beyond {n} "
+            f"{diff:+.3f}, Holm p = {p_u:.2g}), but not beyond {n} "
             f"norm-matched random directions at the same cell (it scores above {pct:.0f}% of "
-            f"them, p = {null['p_direction']:.2g}): a push of that size may do as much"
+            f"them, p = {p_dir:.2g}): a push of that size may do as much"
         )
-    null_ci = null["ci"]
-    return {
-        "steered_beats_unsteered": bool(beats and up),
-        "steered_moves_score": beats,
-        "beyond_random_null": bool(beyond and up),
-        "random_inside_unsteered": bool(null_ci[0] <= test["unsteered"]["score"] <= null_ci[1]),
-        "text": text,
-    }
+    lo, hi = null.ci
+    return SweepVerdict(
+        steered_beats_unsteered=bool(beats and up),
+        steered_moves_score=beats,
+        beyond_random_null=bool(beyond and up),
+        random_inside_unsteered=bool(lo <= test.unsteered.score <= hi),  # type: ignore[operator]
+        text=text,
+    )

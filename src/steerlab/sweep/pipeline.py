@@ -37,6 +37,15 @@ from ..runs import Run
 from . import maps
 from .config import SweepConfig
 from .grid import Cell, verdict
+from .result import (
+    ChosenCell,
+    PairedContrast,
+    RandomDirections,
+    SelectionScores,
+    SweepReport,
+    SweepTest,
+    TestScores,
+)
 from .search import search_grid
 from .state import Sweep
 
@@ -164,40 +173,46 @@ def _test(sw: Sweep, chosen: Cell, test: list[str]) -> list[dict[str, Any]]:
     return sw.evaluate(settings, test, sw.items("test"), "test")
 
 
-def _null(res: list[dict[str, Any]], steered: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The random directions' test figures as a distribution, and the steered cell in it."""
+def _null(
+    res: list[dict[str, Any]], steered: TestScores, seed: int
+) -> tuple[RandomDirections, np.ndarray]:
+    """The random directions' test figures as a distribution, the steered cell in it, and
+    their per-prompt mean (the reference of the paired contrast against the null)."""
     scores = [summarize(r)["score"] for r in res]
     per_prompt = np.nanmean(np.array([r["score"] for r in res], dtype=float), axis=0)
     keys = ("score", "ce", "distinct2", "longest_repeat")
     pooled = summarize({k: [x for r in res for x in r[k]] for k in keys})
-    return {
-        "score": float(np.mean(scores)),
-        "ci": list(percentile_interval(scores)),
-        "ci_kind": "central 95% of the random directions' mean scores",
-        "mean_ci": list(mean_ci(per_prompt, seed=seed)),
-        "ce": pooled["ce"],
-        "n": pooled["n"],
-        "distinct2": pooled["distinct2"],
-        "longest_repeat": pooled["longest_repeat"],
-        "kl": float(np.nanmean([r["kl"] for r in res])) if res[0]["kl"] is not None else None,
-        "n_directions": len(res),
-        "null_scores": scores,
-        "percentile": null_percentile(steered["score"], scores),
-        "p_direction": null_test(steered["score"], scores),
-        "_per_prompt": per_prompt,
-    }
+    null = RandomDirections(
+        score=float(np.mean(scores)),
+        ci=list(percentile_interval(scores)),
+        ci_kind="central 95% of the random directions' mean scores",
+        mean_ci=list(mean_ci(per_prompt, seed=seed)),
+        ce=pooled["ce"],
+        n=pooled["n"],
+        distinct2=pooled["distinct2"],
+        longest_repeat=pooled["longest_repeat"],
+        kl=float(np.nanmean([r["kl"] for r in res])) if res[0]["kl"] is not None else None,
+        n_directions=len(res),
+        null_scores=scores,
+        percentile=null_percentile(steered.score, scores),
+        p_direction=null_test(steered.score, scores),
+    )
+    return null, per_prompt
 
 
-def _paired(res: list[dict[str, Any]], null: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The two pre-named contrasts of the test split, Holm-corrected together."""
-    steered, base = res[0]["score"], res[1]["score"]
-    out = {
-        "vs_unsteered": paired(steered, base, seed=seed),
-        "vs_null_mean": paired(steered, null.pop("_per_prompt"), seed=seed),
-    }
-    for c, p in zip(out.values(), holm([c["p"] for c in out.values()]), strict=True):
+def _test_block(res: list[dict[str, Any]], seed: int) -> SweepTest:
+    """Step 4 (cont.): the steered cell, the unsteered model and the random directions on the
+    test split, and the two pre-named paired contrasts, Holm-corrected together."""
+    steered, unsteered = (TestScores.from_dict(_interval(r)) for r in res[:2])
+    null, null_per_prompt = _null(res[2:], steered, seed)
+    pair = [
+        paired(res[0]["score"], res[1]["score"], seed=seed),
+        paired(res[0]["score"], null_per_prompt, seed=seed),
+    ]
+    for c, p in zip(pair, holm([c["p"] for c in pair]), strict=True):
         c["p_holm"] = p
-    return out
+    vs_u, vs_n = (PairedContrast.from_dict(c) for c in pair)
+    return SweepTest(steered, unsteered, null, vs_u, vs_n)
 
 
 def _report(
@@ -210,47 +225,48 @@ def _report(
     chosen: Cell,
     test: list[str],
     res: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The ``sweep.json`` dict, without its maps, cost and timings (added once known)."""
+    maps: dict[str, Any] | None,
+) -> SweepReport:
+    """The report (``sweep.json``), with its cost and timings as of now."""
     cfg, best = sw.cfg, pick["cell"]
-    test_rep: dict[str, Any] = {name: _interval(r) for name, r in zip(_TRIO[:2], res, strict=True)}
-    test_rep["random"] = _null(res[2:], test_rep["steered"], cfg.seed)
-    test_rep["paired"] = _paired(res, test_rep["random"], cfg.seed)
-    return {
-        "kind": "sweep",
-        "steerlab_version": __version__,
-        "model": sw.lm.info.to_dict(),
-        "provenance": sw.run.provenance(),
-        "behavior": sw.behavior.to_dict(),
-        "scorer": sw.scorer.spec(),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-        "direction": source,
-        "layers": sw.layers,
-        "norms": {str(k): v for k, v in sw.norms.items()},
-        "unsteered_selection": {k: v for k, v in base.items() if k != "_per"},
-        "cells": cells,
-        "search": search,
-        "chosen": {
+    test_rep = _test_block(res, cfg.seed)
+    return SweepReport(
+        steerlab_version=__version__,
+        model=sw.lm.info.to_dict(),
+        provenance=sw.run.provenance(),
+        behavior=sw.behavior.to_dict(),
+        scorer=sw.scorer.spec(),
+        config={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        direction=source,
+        layers=sw.layers,
+        norms={str(k): v for k, v in sw.norms.items()},
+        unsteered_selection={k: v for k, v in base.items() if k != "_per"},
+        cells=cells,
+        search=search,
+        chosen=ChosenCell(
             **chosen.to_dict(),
-            "key": chosen.key,
-            "rule": rule_text(cfg.max_ce_increase),
-            "within_bound": pick["within_bound"],
-            "selection": {k: best[k] for k in ("score", "ce", "ce_increase", "n")},
-        },
-        "test": test_rep,
-        "verdict": verdict(test_rep),
-        "examples": {
+            key=chosen.key,
+            rule=rule_text(cfg.max_ce_increase),
+            within_bound=pick["within_bound"],
+            selection=SelectionScores(*(best[k] for k in ("score", "ce", "ce_increase", "n"))),
+        ),
+        test=test_rep,
+        verdict=verdict(test_rep),
+        examples={
             name: [
                 {"prompt": p, "completion": c} for p, c in zip(test, r["completions"], strict=False)
             ][:6]
             for name, r in zip(_TRIO, res, strict=False)  # random: the first draw's
         },
-        "per_prompt": {
+        per_prompt={
             "prompts": test,
             **{name: r["score"] for name, r in zip(_TRIO[:2], res, strict=False)},
             "random": [r["score"] for r in res[2:]],
         },
-    }
+        maps=maps,
+        cost={"rows_generated": sw.rows_run, "tokens_generated": sw.tokens},
+        timings=sw.run.timing_report(),
+    )
 
 
 def run_sweep(
@@ -263,8 +279,9 @@ def run_sweep(
     progress: Any = None,
     status: Callable[[str], None] | None = None,
     engine: Any = None,
-) -> dict[str, Any]:
-    """Run a sweep into ``out`` and return the report written as ``sweep.json``; ``engine``
+) -> SweepReport:
+    """Run a sweep into ``out`` and return the report (its :meth:`~.SweepReport.to_dict` is
+    ``sweep.json``); ``engine``
     decodes the completions (:mod:`steerlab.engines`; default: the Hugging Face model)."""
     from .report import write_sweep_report
 
@@ -295,13 +312,12 @@ def run_sweep(
     with run.step("test"):
         test = behavior.prompts("test")
         res = _test(sw, chosen, test)
-    report = _report(sw, source, base, cells, search, pick, chosen, test, res)
+    maps_rep = None
     if cfg.pairs >= 2 or cfg.profile:
         with run.step("maps"):
             held_out = {**res[1], "prompts": test, "selection": base["_per"]}
-            report["maps"] = maps.multi_layer(sw, full, chosen, held_out)
-    report["cost"] = {"rows_generated": sw.rows_run, "tokens_generated": sw.tokens}
-    report["timings"] = run.timing_report()
-    run.write_json("sweep.json", report)
+            maps_rep = maps.multi_layer(sw, full, chosen, held_out)
+    report = _report(sw, source, base, cells, search, pick, chosen, test, res, maps_rep)
+    run.write_json("sweep.json", report.to_dict())
     write_sweep_report(run, report)
     return report

@@ -1,7 +1,8 @@
 """Figures of the sweep report (matplotlib on bare Agg figures, loaded only when drawn).
 
-Every function takes the report as written to ``sweep.json`` (missing values are None) and
-returns a :class:`~matplotlib.figure.Figure`, or None when there is nothing to draw.
+The grid and Pareto figures take the parsed report (:class:`~.result.SweepReport`, NaN read
+as None), the map figures its ``maps`` entries; each returns a
+:class:`~matplotlib.figure.Figure`, or None when there is nothing to draw.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from ..report._format import integer_locator, is_num, new_figure, num_or_nan
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from .result import SweepReport
+
 __all__ = [
     "grid_figure",
     "interaction_figure",
@@ -27,16 +30,15 @@ ANNOTATE_MAX = 96  # cells per panel up to which every value is written in its s
 STAR = dict(ls="none", marker="*", color="gold", mec="black", mew=0.8, zorder=6)
 
 
-def _axis_values(report: Mapping[str, Any]) -> tuple[list[int], list[float]]:
-    cells = report.get("cells") or []
-    layers = sorted({*(report.get("layers") or []), *(int(c["layer"]) for c in cells)})
-    coeffs = (report.get("search") or {}).get("coeffs") or []
+def _axis_values(report: SweepReport) -> tuple[list[int], list[float]]:
+    cells = report.cells
+    layers = sorted({*report.layers, *(int(c["layer"]) for c in cells)})
+    coeffs = report.search["coeffs"]
     return layers, sorted({*map(float, coeffs), *(float(c["coeff"]) for c in cells)})
 
 
-def _bound(report: Mapping[str, Any]) -> float | None:
-    b = (report.get("config") or {}).get("max_ce_increase")
-    return float(b) if is_num(b) else None
+def _bound(report: SweepReport) -> float:
+    return float(report.config["max_ce_increase"])
 
 
 def _grid_arrays(
@@ -48,15 +50,15 @@ def _grid_arrays(
 
     li = {v: i for i, v in enumerate(layers)}
     ci = {v: i for i, v in enumerate(coeffs)}
-    full = max(int(c.get("prompts") or 0) for c in cells)
+    full = max(c["prompts"] for c in cells)
     score = np.full((len(layers), len(coeffs)), np.nan)
     ce = np.full_like(score, np.nan)
     ran = np.zeros(score.shape, dtype=bool)
     partial = np.zeros(score.shape, dtype=bool)
     for c in cells:
         i, j = li[int(c["layer"])], ci[float(c["coeff"])]
-        score[i, j], ce[i, j] = num_or_nan(c.get("score")), num_or_nan(c.get("ce_increase"))
-        ran[i, j], partial[i, j] = True, int(c.get("prompts") or 0) < full
+        score[i, j], ce[i, j] = num_or_nan(c["score"]), num_or_nan(c["ce_increase"])
+        ran[i, j], partial[i, j] = True, c["prompts"] < full
     return score, ce, ran, partial
 
 
@@ -107,11 +109,11 @@ def _mark_cells(ax: Any, vals: Any, ce: Any, ran: Any, partial: Any, bound: floa
                 )
 
 
-def grid_figure(report: Mapping[str, Any], positions: str) -> Figure | None:
+def grid_figure(report: SweepReport, positions: str) -> Figure | None:
     """Layer x coefficient heatmaps of score (left) and CE increase (right) at ``positions``:
     the chosen cell outlined, cells never run hatched grey, cells dropped early by successive
     halving (measured on fewer prompts) hatched over their colour."""
-    cells = [c for c in report.get("cells") or [] if c.get("positions") == positions]
+    cells = [c for c in report.cells if c["positions"] == positions]
     if not cells:
         return None
     import matplotlib
@@ -122,8 +124,8 @@ def grid_figure(report: Mapping[str, Any], positions: str) -> Figure | None:
     li = {v: i for i, v in enumerate(layers)}
     ci = {v: i for i, v in enumerate(coeffs)}
     bound = _bound(report)
-    chosen = report.get("chosen") or {}
-    base_score = num_or_nan((report.get("unsteered_selection") or {}).get("score"))
+    chosen = report.chosen
+    base_score = num_or_nan(report.unsteered_selection["score"])
     score, ce, ran, partial = _grid_arrays(cells, layers, coeffs)
     n_l, n_c = score.shape
     fig = new_figure((max(9.0, 1.2 * n_c + 5), max(2.6, 0.32 * n_l + 1.6)))
@@ -147,11 +149,11 @@ def grid_figure(report: Mapping[str, Any], positions: str) -> Figure | None:
         bar = fig.colorbar(im, ax=ax, label=label)
         if vals is score and math.isfinite(base_score):
             bar.ax.axhline(base_score, color="#2e6da4", lw=2)  # the unsteered level
-        if vals is ce and bound is not None:
+        if vals is ce:
             bar.ax.axhline(bound, color="#c0392b", lw=2, ls="--")  # the fluency bound
         _mark_cells(ax, vals, ce, ran, partial, bound)
-        key = (chosen.get("layer"), float(chosen.get("coeff") or math.nan))
-        if chosen.get("positions") == positions and key[0] in li and key[1] in ci:
+        key = (chosen.layer, float(chosen.coeff))
+        if chosen.positions == positions and key[0] in li and key[1] in ci:
             for colour, width in (("white", 5.0), ("black", 2.5)):  # visible on any colour
                 corner = (ci[key[1]] - 0.45, li[key[0]] - 0.45)
                 ax.add_patch(Rectangle(corner, 0.9, 0.9, fill=False, ec=colour, lw=width, zorder=5))
@@ -175,7 +177,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def _xy(cs: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
-    return [num_or_nan(c.get("ce_increase")) for c in cs], [num_or_nan(c["score"]) for c in cs]
+    return [num_or_nan(c["ce_increase"]) for c in cs], [num_or_nan(c["score"]) for c in cs]
 
 
 def _scatter_cells(fig: Any, ax: Any, full: list[Any], rest: list[Any], base: Mapping) -> None:
@@ -206,11 +208,11 @@ def _scatter_cells(fig: Any, ax: Any, full: list[Any], rest: list[Any], base: Ma
         )
     rnd = [c["random"] for c in full if isinstance(c.get("random"), Mapping)]
     if rnd:
-        base_ce = num_or_nan(base.get("ce"))
-        rx = [num_or_nan(r.get("ce")) - base_ce for r in rnd]
+        base_ce = num_or_nan(base["ce"])
+        rx = [num_or_nan(r["ce"]) - base_ce for r in rnd]
         ax.scatter(
             rx,
-            [num_or_nan(r.get("score")) for r in rnd],
+            [num_or_nan(r["score"]) for r in rnd],
             marker="x",
             color="0.55",
             s=22,
@@ -220,17 +222,16 @@ def _scatter_cells(fig: Any, ax: Any, full: list[Any], rest: list[Any], base: Ma
         )
 
 
-def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
+def pareto_figure(report: SweepReport) -> Figure | None:
     """Every cell's CE increase against its score, the front of the cells measured on the
     full selection split, the chosen cell, the unsteered model, the bound and random vectors."""
-    cells = [c for c in report.get("cells") or [] if c.get("score") is not None]
+    cells = [c for c in report.cells if c["score"] is not None]
     if not cells:
         return None
-    full_n = max(int(c.get("prompts") or 0) for c in cells)
-    full = [c for c in cells if int(c.get("prompts") or 0) == full_n]
-    rest = [c for c in cells if int(c.get("prompts") or 0) < full_n]
-    base = report.get("unsteered_selection") or {}
-    chosen = report.get("chosen") or {}
+    full_n = max(c["prompts"] for c in cells)
+    full = [c for c in cells if c["prompts"] == full_n]
+    rest = [c for c in cells if c["prompts"] < full_n]
+    base = report.unsteered_selection
     bound = _bound(report)
     fig = new_figure((8.0, 5.0))
     ax = fig.subplots()
@@ -239,7 +240,7 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
     if front:
         fx, fy = zip(*front, strict=True)
         ax.step(fx, fy, where="post", color="#c0392b", lw=1.4, label="Pareto front", zorder=4)
-    if is_num(base.get("score")):
+    if is_num(base["score"]):
         ax.plot(
             [0.0],
             [base["score"]],
@@ -251,11 +252,10 @@ def pareto_figure(report: Mapping[str, Any]) -> Figure | None:
             label="unsteered",
             zorder=5,
         )
-    sel = chosen.get("selection") or {}
-    if is_num(sel.get("score")) and is_num(sel.get("ce_increase")):
-        ax.plot([sel["ce_increase"]], [sel["score"]], ms=18, label="chosen", **STAR)
-    if bound is not None:
-        ax.axvline(bound, color="#c0392b", ls="--", lw=1, label=f"bound {bound:g} nats/token")
+    sel = report.chosen.selection
+    if is_num(sel.score) and is_num(sel.ce_increase):
+        ax.plot([sel.ce_increase], [sel.score], ms=18, label="chosen", **STAR)
+    ax.axvline(bound, color="#c0392b", ls="--", lw=1, label=f"bound {bound:g} nats/token")
     ax.set_xlabel("CE increase over the unsteered model (nats/token): fluency cost")
     ax.set_ylabel("mean score (selection split)")
     ax.set_title("Effect against fluency cost, every cell", fontsize=10)

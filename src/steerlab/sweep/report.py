@@ -1,7 +1,7 @@
 """The ``steerlab sweep`` report: one self-contained page (inline CSS and PNG, no script, no
 external URL, all text escaped by the template environment).
 
-This module turns the report written as ``sweep.json`` into the view that
+This module parses the report (or ``sweep.json``) once and turns it into the view that
 ``steerlab/report/templates/sweep.html.j2`` renders; the figures are in :mod:`.plots`.
 """
 
@@ -15,8 +15,9 @@ from ..report._format import is_num, pick, png_bytes, run_timings
 from ..report.render import config_rows, render, timings_view
 from ..runs import Run, _finite
 from . import plots
+from .result import SweepReport, SweepTest
 
-__all__ = ["render_sweep_html", "sweep_figures", "write_sweep_report"]
+__all__ = ["parsed", "render_sweep_html", "sweep_figures", "write_sweep_report"]
 
 TOP_CELLS = 15  # rows of the best-cells table
 TEST_KEYS = ("score", "ci", "ce", "distinct2", "longest_repeat", "kl", "n")
@@ -42,24 +43,34 @@ SEARCH_MODES = {
 }
 
 
-def write_sweep_report(run: Run, report: Mapping[str, Any]) -> None:
+Report = SweepReport | Mapping[str, Any]  # a report dict (sweep.json) is parsed first
+
+
+def parsed(report: Report) -> SweepReport:
+    """The report, NaN as None (as ``sweep.json`` has it), parsed once for the views."""
+    d = report.to_dict() if isinstance(report, SweepReport) else dict(report)
+    return SweepReport.from_dict(_finite(d))
+
+
+def write_sweep_report(run: Run, report: Report) -> None:
     """Write ``report.html`` (self-contained: the plots are embedded) into the run directory."""
     run.write_text("report.html", render_sweep_html(report))
 
 
-def _positions(report: Mapping[str, Any]) -> list[str]:
-    listed = (report.get("config") or {}).get("positions") or []
+def _positions(rep: SweepReport) -> list[str]:
+    listed = rep.config["positions"]
     listed = [listed] if isinstance(listed, str) else list(listed)
-    seen = [c.get("positions") for c in report.get("cells") or []]
+    seen = [c["positions"] for c in rep.cells]
     return list(dict.fromkeys(p for p in [*listed, *seen] if p is not None))
 
 
-def sweep_figures(report: Mapping[str, Any]) -> dict[str, list[tuple[bytes, str]]]:
+def sweep_figures(report: Report) -> dict[str, list[tuple[bytes, str]]]:
     """The page's PNGs with their captions, by section (``grid``, ``pareto``, ``pairs``,
     ``profile``); a section with nothing to draw has an empty list."""
+    rep = parsed(report)
     out: dict[str, list[tuple[bytes, str]]] = {"grid": [], "pareto": [], "pairs": [], "profile": []}
-    for pos in _positions(report):
-        fig = plots.grid_figure(report, pos)
+    for pos in _positions(rep):
+        fig = plots.grid_figure(rep, pos)
         if fig is not None:
             out["grid"].append(
                 (
@@ -72,16 +83,16 @@ def sweep_figures(report: Mapping[str, Any]) -> dict[str, list[tuple[bytes, str]
                     "grey cross-hatched: not run.",
                 )
             )
-    fig = plots.pareto_figure(report)
+    fig = plots.pareto_figure(rep)
     if fig is not None:
         caption = (
             "Each cell's fluency cost against its score. The front joins the cells no other "
             "cell beats on both."
         )
-        if any(c.get("random") for c in report.get("cells") or []):
+        if _has_random(rep):
             caption += " Grey crosses: a random vector of the same norm at that cell."
         out["pareto"].append((png_bytes(fig), caption))
-    maps = report.get("maps") or {}
+    maps = rep.maps or {}
     if maps.get("pairs") and (fig := plots.interaction_figure(maps["pairs"])) is not None:
         caption = (
             "Interaction of two layers: the effect of adding at both (half the coefficient "
@@ -94,58 +105,53 @@ def sweep_figures(report: Mapping[str, Any]) -> dict[str, list[tuple[bytes, str]
     return out
 
 
-def _test_rows(test: Mapping[str, Any]) -> list[dict[str, Any]]:
-    names = (
-        ("steered", "steered (chosen cell)"),
-        ("unsteered", "unsteered"),
-        ("random", "random directions, same norm and cell (mean)"),
-    )
-    base = (test.get("unsteered") or {}).get("score")
+def _has_random(rep: SweepReport) -> bool:
+    """A random vector was measured at the grid's cells (``--random-control``)."""
+    return any(c.get("random") for c in rep.cells)
+
+
+def _test_rows(test: SweepTest) -> list[dict[str, Any]]:
     rows = []
-    for key, label in names:
-        row = pick(test.get(key), TEST_KEYS)
+    base = test.unsteered.score
+    for key, label, got in (
+        ("steered", "steered (chosen cell)", test.steered),
+        ("unsteered", "unsteered", test.unsteered),
+        ("random", "random directions, same norm and cell (mean)", test.random),
+    ):
+        row = {k: getattr(got, k) for k in TEST_KEYS}
         diff = row["score"] - base if is_num(row["score"]) and is_num(base) else None
         rows.append({"name": label, **row, "effect": None if key == "unsteered" else diff})
     return rows
 
 
-_CONTRASTS = (
-    ("vs_unsteered", "steered − unsteered"),
-    ("vs_null_mean", "steered − mean of the random directions"),
-)
+def _contrasts(test: SweepTest) -> list[dict[str, Any]]:
+    return [
+        {"name": "steered − unsteered", **test.vs_unsteered.to_dict()},
+        {"name": "steered − mean of the random directions", **test.vs_null_mean.to_dict()},
+    ]
 
 
-def _contrasts(test: Mapping[str, Any]) -> list[dict[str, Any]]:
-    got = test.get("paired")
-    if not isinstance(got, Mapping):
-        return []
-    keys = ("diff", "ci", "p", "p_holm", "n")
-    return [{"name": label, **pick(got.get(k), keys)} for k, label in _CONTRASTS if k in got]
+def _null_view(test: SweepTest) -> dict[str, Any]:
+    r = test.random
+    keys = ("n_directions", "score", "ci", "percentile", "p_direction")
+    return {k: getattr(r, k) for k in keys}
 
 
-def _null_view(test: Mapping[str, Any]) -> dict[str, Any] | None:
-    r = test.get("random")
-    if not isinstance(r, Mapping) or "n_directions" not in r:
-        return None
-    return pick(r, ("n_directions", "score", "ci", "percentile", "p_direction"))
-
-
-def _top_cells(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    cells = list(report.get("cells") or [])
+def _top_cells(rep: SweepReport) -> list[dict[str, Any]]:
+    cells = list(rep.cells)
     if not cells:
         return []
-    full = max(int(c.get("prompts") or 0) for c in cells)
-    base_ce = (report.get("unsteered_selection") or {}).get("ce")
-    bound = (report.get("config") or {}).get("max_ce_increase")
-    if is_num(base_ce) and is_num(bound):
-        cells = sorted(cells, key=lambda c: (c.get("prompts") != full, rank_key(c, base_ce, bound)))
-    chosen = (report.get("chosen") or {}).get("key")
+    full = max(c["prompts"] for c in cells)
+    base_ce = rep.unsteered_selection["ce"]
+    bound = rep.config["max_ce_increase"]
+    if is_num(base_ce):
+        cells = sorted(cells, key=lambda c: (c["prompts"] != full, rank_key(c, base_ce, bound)))
     return [
         {
             **pick(c, CELL_KEYS),
-            "random_effect": (c.get("random") or {}).get("effect"),
-            "chosen": c.get("key") == chosen,
-            "within": is_num(c.get("ce_increase")) and is_num(bound) and c["ce_increase"] <= bound,
+            "random_effect": (c.get("random") or {}).get("effect"),  # --random-control only
+            "chosen": c["key"] == rep.chosen.key,
+            "within": is_num(c["ce_increase"]) and c["ce_increase"] <= bound,
         }
         for c in cells[:TOP_CELLS]
     ]
@@ -205,13 +211,12 @@ def _maps_view(maps: Any) -> dict[str, Any] | None:
     return out
 
 
-def _examples(ex: Any) -> list[dict[str, Any]]:
-    ex = ex if isinstance(ex, Mapping) else {}
-    by = {k: list(ex.get(k) or []) for k in ("steered", "unsteered", "random")}
+def _examples(ex: Mapping[str, list[dict[str, str]]]) -> list[dict[str, Any]]:
+    by = {k: list(ex[k]) for k in ("steered", "unsteered", "random")}
     n = max(map(len, by.values()), default=0)
 
     def get(kind: str, i: int, key: str) -> Any:
-        return by[kind][i].get(key) if i < len(by[kind]) else None
+        return by[kind][i][key] if i < len(by[kind]) else None
 
     return [
         {
@@ -222,55 +227,51 @@ def _examples(ex: Any) -> list[dict[str, Any]]:
     ]
 
 
-def render_sweep_html(report: Mapping[str, Any]) -> str:
-    """The report page as a string. NaN values are shown as missing, as ``sweep.json`` has
-    them; ``report`` is not modified."""
-    rep: dict[str, Any] = _finite(dict(report))
-    model = rep.get("model") or {}
-    behavior = rep.get("behavior") or {}
-    chosen = rep.get("chosen") or {}
-    search = rep.get("search") or {}
-    norms = rep.get("norms") or {}
-    norm = norms.get(str(chosen.get("layer")))
-    coeff = chosen.get("coeff")
-    chosen_cell = next((c for c in rep.get("cells") or [] if c.get("key") == chosen.get("key")), {})
+def render_sweep_html(report: Report) -> str:
+    """The report page as a string, from the report or its dict (``sweep.json``). NaN values
+    are shown as missing, as ``sweep.json`` has them; ``report`` is not modified."""
+    rep = parsed(report)
+    model, behavior, chosen, search = rep.model, rep.behavior, rep.chosen, rep.search
+    norm = rep.norms.get(str(chosen.layer))
+    chosen_cell = rep.chosen_record or {}
     return render(
         "sweep.html.j2",
-        title=f"Sweep: {behavior.get('name', 'behaviour')} on {model.get('model_id', 'model')}",
-        version=rep.get("steerlab_version"),
+        title=f"Sweep: {behavior['name']} on {model['model_id']}",
+        version=rep.steerlab_version,
         model=pick(model, ("model_id", "model_type", "n_layers", "d_model")),
         behavior=pick(behavior, ("name", "source", "scorer", "description")),
         counts=pick(behavior.get("counts"), ("selection", "test", "positive", "negative")),
-        verdict=pick(rep.get("verdict"), ("text", "steered_beats_unsteered", "beyond_random_null")),
-        contrasts=_contrasts(rep.get("test") or {}),
-        null=_null_view(rep.get("test") or {}),
-        test=_test_rows(rep.get("test") or {}),
+        verdict=rep.verdict.to_dict(),
+        contrasts=_contrasts(rep.test),
+        null=_null_view(rep.test),
+        test=_test_rows(rep.test),
         chosen={
-            **pick(chosen, ("layer", "coeff", "positions", "key", "rule", "within_bound")),
-            "selection": pick(chosen.get("selection"), ("score", "ce", "ce_increase", "n")),
+            **pick(chosen.to_dict(), ("layer", "coeff", "positions", "key", "rule")),
+            "within_bound": chosen.within_bound,
+            "selection": chosen.selection.to_dict(),
             "norm": norm,
-            "vector_norm": coeff * norm if is_num(coeff) and is_num(norm) else None,
+            "vector_norm": chosen.coeff * norm if is_num(norm) else None,
             "examples": list(chosen_cell.get("examples") or []),
         },
-        unsteered=pick(rep.get("unsteered_selection"), ("score", "ce", "n", "kl")),
-        bound=(rep.get("config") or {}).get("max_ce_increase"),
+        unsteered=pick(rep.unsteered_selection, ("score", "ce", "n", "kl")),
+        bound=rep.config["max_ce_increase"],
         figures=sweep_figures(rep),
         search={
             **pick(search, ("mode", "cells_run", "full_grid_cells")),
-            "mode_text": SEARCH_MODES.get(search.get("mode"), search.get("mode")),
-            "rounds": list(search.get("rounds") or []),
-            "coeffs": list(search.get("coeffs") or []),
-            "extended": list(search.get("extended") or []),
+            "mode_text": SEARCH_MODES.get(search["mode"], search["mode"]),
+            "rounds": list(search["rounds"]),
+            "coeffs": list(search["coeffs"]),
+            "extended": list(search["extended"]),
         },
         top_cells=_top_cells(rep),
-        n_cells=len(rep.get("cells") or []),
-        has_random=any(c.get("random") for c in rep.get("cells") or []),
-        norms=[(k, v) for k, v in norms.items()],
-        maps=_maps_view(rep.get("maps")),
-        examples=_examples(rep.get("examples")),
-        cost=pick(rep.get("cost"), ("rows_generated", "tokens_generated")),
-        direction=config_rows(rep.get("direction")),
-        scorer=config_rows(rep.get("scorer")),
-        timings=timings_view(run_timings(rep.get("timings"))),
-        config=config_rows(rep.get("config")),
+        n_cells=len(rep.cells),
+        has_random=_has_random(rep),
+        norms=list(rep.norms.items()),
+        maps=_maps_view(rep.maps),
+        examples=_examples(rep.examples),
+        cost=rep.cost,
+        direction=config_rows(rep.direction),
+        scorer=config_rows(rep.scorer),
+        timings=timings_view(run_timings(rep.timings)),
+        config=config_rows(rep.config),
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ._format import contiguous_runs, find_key, new_figure, num_or_nan
+from ..report._format import contiguous_runs, find_key, new_figure, num_or_nan
+from .result import CandidateRow, RefusalReport, SelectedCandidate, VariantMetrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -19,7 +20,7 @@ SCORE_PANELS = (
     ("kl_score", "KL on harmless prompts under ablation (lower is better)"),
 )
 # (set, suffix, colour) for the refusal-rate bars, in drawing order; strict bars are hatched.
-# Keys are f"{set}_refusal_rate{suffix}" and f"{set}_refusal_ci{suffix}".
+# Fields are SetMetrics.refusal_rate{suffix} and .refusal_ci{suffix}.
 RATE_SERIES = (
     ("harmful", "", "#c0392b"),
     ("harmful", "_strict", "#c0392b"),
@@ -29,26 +30,29 @@ RATE_SERIES = (
 STAR = dict(ls="none", marker="*", color="gold", mec="black", mew=0.8, zorder=5)
 
 
-def _selected_scores(report: Mapping[str, Any]) -> dict[str, Any] | None:
-    sel = report.get("selected")
-    if isinstance(sel, Mapping) and sel.get("layer") is not None:
-        return dict(sel)
-    for c in report.get("candidates") or []:
-        if c.get("status") == "selected":
-            return dict(c)
+def selected_scores(report: RefusalReport) -> SelectedCandidate | None:
+    """The selected candidate; a report without ``selected`` falls back on the candidate
+    marked selected (no coefficient then)."""
+    if report.selected is not None:
+        return report.selected
+    for c in report.candidates:
+        if c.status == "selected":
+            return SelectedCandidate(
+                c.layer, c.position, c.bypass_score, c.induce_score, c.kl_score, None
+            )
     return None
 
 
-def scores_by_layer_figure(report: Mapping[str, Any]) -> Figure | None:
+def scores_by_layer_figure(report: RefusalReport) -> Figure | None:
     """Bypass, induce and KL scores against layer, one line per position; None if no candidates."""
-    cands = list(report.get("candidates") or [])
+    cands = report.candidates
     if not cands:
         return None
-    layers = sorted({int(c["layer"]) for c in cands})
-    positions = sorted({int(c["position"]) for c in cands})
-    pruned = [int(c["layer"]) for c in cands if c.get("status") == "pruned_layer"]
-    kl_max = find_key(report.get("config"), "kl_max")
-    sel = _selected_scores(report)
+    layers = sorted({int(c.layer) for c in cands})
+    positions = sorted({int(c.position) for c in cands})
+    pruned = [int(c.layer) for c in cands if c.status == "pruned_layer"]
+    kl_max = find_key(report.config, "kl_max")
+    sel = selected_scores(report)
 
     fig = new_figure((12, 4.0))
     axes = fig.subplots(1, len(SCORE_PANELS), sharex=True)
@@ -58,16 +62,16 @@ def scores_by_layer_figure(report: Mapping[str, Any]) -> Figure | None:
             ax.axvspan(lo - 0.5, hi + 0.5, color="0.88", zorder=0, label=label)
         for pos in positions:
             by_layer = {
-                int(c["layer"]): num_or_nan(c.get(key)) for c in cands if c["position"] == pos
+                int(c.layer): num_or_nan(getattr(c, key)) for c in cands if c.position == pos
             }
             ys = [by_layer.get(layer, math.nan) for layer in layers]
             line = ax.plot(layers, ys, marker="o", ms=2.5, lw=1.2, label=f"position {pos}")[0]
             screen_key = SCREEN_KEYS.get(key)
             if screen_key:  # every candidate's pre-screen score, on fewer prompts
                 scr = {
-                    int(c["layer"]): num_or_nan(c.get(screen_key))
+                    int(c.layer): num_or_nan(getattr(c, screen_key))
                     for c in cands
-                    if c["position"] == pos
+                    if c.position == pos
                 }
                 ax.plot(
                     layers,
@@ -84,12 +88,12 @@ def scores_by_layer_figure(report: Mapping[str, Any]) -> Figure | None:
             ax.axhline(
                 float(kl_max), color="#c0392b", lw=1.0, ls="--", label=f"kl_max = {kl_max:g}"
             )
-        if sel is not None and not math.isnan(num_or_nan(sel.get(key))):
-            ax.plot([sel["layer"]], [num_or_nan(sel.get(key))], ms=15, label="selected", **STAR)
+        if sel is not None and not math.isnan(num_or_nan(getattr(sel, key))):
+            ax.plot([sel.layer], [num_or_nan(getattr(sel, key))], ms=15, label="selected", **STAR)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
-    handles: dict[str, Any] = {}
+    handles: dict[str, object] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
@@ -98,22 +102,23 @@ def scores_by_layer_figure(report: Mapping[str, Any]) -> Figure | None:
     return fig
 
 
-def _ordered(names: Any) -> list[str]:
+def ordered(names: Iterable[str]) -> list[str]:
+    """Variant names in the table's order, unknown ones after."""
     names = list(names)
     known = [n for n in VARIANTS if n in names]
     return known + [n for n in names if n not in VARIANTS]
 
 
-def _rate(variant: Mapping[str, Any], series: tuple[str, ...]) -> float | None:
-    value = variant.get(f"{series[0]}_refusal_rate{series[1]}")
+def _rate(variant: VariantMetrics, series: tuple[str, ...]) -> float | None:
+    value = getattr(variant.of(series[0]), f"refusal_rate{series[1]}")
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if ok else None
 
 
-def refusal_rates_figure(report: Mapping[str, Any]) -> Figure | None:
+def refusal_rates_figure(report: RefusalReport) -> Figure | None:
     """Grouped bars of refusal rate per variant; None (missing) values get no bar at all."""
-    variants: Mapping[str, Mapping[str, Any]] = report.get("variants") or {}
-    names = _ordered(variants)
+    variants = report.variants
+    names = ordered(variants)
     series = [s for s in RATE_SERIES if any(_rate(variants[n], s) is not None for n in names)]
     if not series:
         return None
@@ -130,7 +135,7 @@ def refusal_rates_figure(report: Mapping[str, Any]) -> Figure | None:
                 continue  # missing: no bar, not a zero-height one
             xs.append(i - 0.4 + width * (j + 0.5))
             ys.append(rate)
-            ci = variants[name].get(f"{subset}_refusal_ci{suffix}")
+            ci = getattr(variants[name].of(subset), f"refusal_ci{suffix}")
             if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
                 err.append((xs[-1], rate, max(rate - ci[0], 0.0), max(ci[1] - rate, 0.0)))
         face = "white" if suffix else colour
@@ -153,26 +158,26 @@ def refusal_rates_figure(report: Mapping[str, Any]) -> Figure | None:
     return fig
 
 
-def candidates_heatmap_figure(report: Mapping[str, Any]) -> Figure | None:
+def candidates_heatmap_figure(report: RefusalReport) -> Figure | None:
     """Layer × position heatmap of bypass score (grey = not computed); None if no scores."""
-    cands = list(report.get("candidates") or [])
+    cands = report.candidates
 
-    def score(c: Mapping[str, Any]) -> float:
-        full = num_or_nan(c.get("bypass_score"))
-        return full if not math.isnan(full) else num_or_nan(c.get("screen_bypass"))
+    def score(c: CandidateRow) -> float:
+        full = num_or_nan(c.bypass_score)
+        return full if not math.isnan(full) else num_or_nan(c.screen_bypass)
 
     if all(math.isnan(score(c)) for c in cands):
         return None
     import matplotlib
     import numpy as np
 
-    layers = sorted({int(c["layer"]) for c in cands})
-    positions = sorted({int(c["position"]) for c in cands})
+    layers = sorted({int(c.layer) for c in cands})
+    positions = sorted({int(c.position) for c in cands})
     li = {v: i for i, v in enumerate(layers)}
     pi = {v: i for i, v in enumerate(positions)}
     grid = np.full((len(positions), len(layers)), np.nan)  # (P, L)
     for c in cands:
-        grid[pi[int(c["position"])], li[int(c["layer"])]] = score(c)
+        grid[pi[int(c.position)], li[int(c.layer)]] = score(c)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
 
     fig = new_figure((max(6.0, 0.28 * len(layers) + 2.5), 0.45 * len(positions) + 1.8))
@@ -183,9 +188,9 @@ def candidates_heatmap_figure(report: Mapping[str, Any]) -> Figure | None:
     ax.set_yticks(range(len(positions)), [str(p) for p in positions], fontsize=8)
     ax.set_xlabel("layer")
     ax.set_ylabel("position")
-    sel = _selected_scores(report)
-    if sel is not None and sel.get("layer") in li and sel.get("position") in pi:
-        ax.plot([li[sel["layer"]]], [pi[sel["position"]]], ms=14, **STAR)
+    sel = selected_scores(report)
+    if sel is not None and sel.layer in li and sel.position in pi:
+        ax.plot([li[sel.layer]], [pi[sel.position]], ms=14, **STAR)
     fig.colorbar(im, ax=ax, label="bypass score")
     ax.set_title(
         "Bypass score per candidate (full score, else pre-screen; lower = more refusal "

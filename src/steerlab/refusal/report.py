@@ -6,9 +6,11 @@ much ablating them removes refusal on harmful prompts (bypass), how much adding 
 refusal on harmless ones (induce) and how much ablating them changes harmless next-token
 distributions (KL); one is selected and evaluated under several interventions.
 
-This module turns the report dict into the view ``templates/refusal.html.j2`` renders: plain
-values, missing ones as None, so the template only lays out and formats. A failed run's partial
-report (``status: "failed"``) renders whatever sections have data.
+This module turns the :class:`~.result.RefusalReport` (a report dict is parsed into one first)
+into the view ``steerlab/report/templates/refusal.html.j2`` renders: plain values, missing ones
+as None, so the template only lays out and formats. A failed run's partial report (``status:
+"failed"``) renders whatever sections have data. It sits beside the pipeline, as the other
+pages do, so that ``report/`` never imports a pipeline.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._format import fmt_value, num_or_nan, png_bytes
-from ._plots import (
-    _ordered,
-    _selected_scores,
+from ..report._format import fmt_value, num_or_nan, png_bytes
+from ..report.render import config_rows, render, timings_view
+from .plots import (
     candidates_heatmap_figure,
+    ordered,
     refusal_rates_figure,
     scores_by_layer_figure,
+    selected_scores,
 )
-from .render import config_rows, render, timings_view
+from .result import CandidateRow, Example, Failure, FilterCounts, RefusalReport, VariantMetrics
 
 __all__ = [
     "candidates_heatmap_figure",
@@ -70,35 +73,41 @@ FIGURES = (  # (file name, caption), in page order
     ("candidates_heatmap.png", "Bypass score for every layer × position candidate."),
 )
 TOP_CANDIDATES = 20
-SELECTED_KEYS = ("layer", "position", "bypass_score", "induce_score", "kl_score", "coeff")
 CHECK_KEYS = ("prompts", "dtype", "max_abs_diff", "max_rel_diff", "tolerance_rel")
 CHECK_KEYS += ("ablation_effect_rel", "passed")
 # Spec keys worth a reader's attention, in this order; vector hashes and the like are left out.
 SPEC_KEYS = ("layer", "layers", "coeff", "value", "positions", "rows", "rank")
 
 
-def refusal_files(report: Mapping[str, Any]) -> dict[str, bytes]:
+Report = RefusalReport | Mapping[str, Any]  # a report dict (report.json) is parsed first
+
+
+def _parsed(report: Report) -> RefusalReport:
+    return report if isinstance(report, RefusalReport) else RefusalReport.from_dict(report)
+
+
+def refusal_files(report: Report) -> dict[str, bytes]:
     """``report.html`` and its PNG plots, as ``{file name: bytes}`` (nothing is written).
 
     The page is self-contained: PNGs are embedded as base64 data URIs, CSS is inline, there is no
-    JavaScript and no external URL. Plots without data (e.g. no candidates) are left out. The
-    ``report`` mapping is not modified.
+    JavaScript and no external URL. Plots without data (e.g. no candidates) are left out.
 
     Args:
-        report: the refusal pipeline's report dict (model, config, selected, candidates,
-            variants, examples, ...). Rates and CIs are fractions in [0, 1]; None means "not
-            computed" and is shown as '—', never drawn as zero.
+        report: the refusal pipeline's report, or its dict (``report.json``; older and partial
+            ones too). Rates and CIs are fractions in [0, 1]; None means "not computed" and is
+            shown as '—', never drawn as zero.
     """
+    rep = _parsed(report)
     figures = {
-        "scores_by_layer.png": scores_by_layer_figure(report),
-        "refusal_rates.png": refusal_rates_figure(report),
-        "candidates_heatmap.png": candidates_heatmap_figure(report),
+        "scores_by_layer.png": scores_by_layer_figure(rep),
+        "refusal_rates.png": refusal_rates_figure(rep),
+        "candidates_heatmap.png": candidates_heatmap_figure(rep),
     }
     images = {name: png_bytes(fig) for name, fig in figures.items() if fig is not None}
-    return {"report.html": render_refusal_html(report, images).encode("utf-8"), **images}
+    return {"report.html": render_refusal_html(rep, images).encode("utf-8"), **images}
 
 
-def write_refusal_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+def write_refusal_report(report: Report, out_dir: str | os.PathLike) -> list[Path]:
     """Write :func:`refusal_files` into ``out_dir``, each file atomically; returns the paths
     (``report.html`` first).
 
@@ -113,45 +122,53 @@ def write_refusal_report(report: Mapping[str, Any], out_dir: str | os.PathLike) 
     return [atomic_write(out / name, data) for name, data in refusal_files(report).items()]
 
 
-def render_refusal_html(report: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
+def render_refusal_html(report: Report, images: Mapping[str, bytes]) -> str:
     """The report page as a string; ``images`` maps PNG file names to their bytes."""
-    model = report.get("model") or "unknown model"
-    variants: Mapping[str, Mapping[str, Any]] = report.get("variants") or {}
-    sel = _selected_scores(report)
-    failure: Mapping[str, Any] = report.get("failure") or {}
-    failed = report.get("status") == "failed"
-    base = report.get("baseline_scores") or {}
+    rep = _parsed(report)
+    model = rep.model or "unknown model"
+    sel = selected_scores(rep)
+    base = rep.baseline_scores
 
     def rate(name: str, key: str) -> Any:
-        return (variants.get(name) or {}).get(key)
+        v = rep.variants.get(name)
+        return v.to_dict().get(key) if v else None
 
     return render(
         "refusal.html.j2",
         title=f"Refusal direction: {model}",
         model=model,
-        version=report.get("steerlab_version"),
-        failure={"step": failure.get("step"), "error": failure.get("error")} if failed else None,
-        sel=None if sel is None else {k: sel.get(k) for k in SELECTED_KEYS},
-        rule=report.get("selection_rule"),
-        base={k: base.get(k) for k in ("harmful_val_mean", "harmless_val_mean")},
+        version=rep.steerlab_version,
+        failure=_failure(rep.failure) if rep.failed else None,
+        sel=None if sel is None else sel.to_dict(),
+        rule=rep.selection_rule,
+        base={
+            "harmful_val_mean": base.harmful_val_mean if base else None,
+            "harmless_val_mean": base.harmless_val_mean if base else None,
+        },
         rate=rate,
-        verdicts=[_verdict(v) for v in report.get("verdicts") or []],
-        notes=[n for n in report.get("notes") or [] if n],
+        verdicts=[v.to_dict() for v in rep.verdicts],
+        notes=[n for n in rep.notes if n],
         figures=[(images[n], caption) for n, caption in FIGURES if n in images],
-        **_variants_view(variants),
-        disagreement=_disagreement(report.get("disagreement")),
-        candidates=_candidates_view(report),
-        examples=_examples_view(report.get("examples") or []),
-        filter_rows=_filter_rows(report.get("filter")),
-        export=_export_view(report, failure if failed else {}),
-        timings=timings_view(report),
-        config=config_rows(report.get("config")),
+        **_variants_view(rep.variants),
+        disagreement=_disagreement(rep.disagreement),
+        candidates=_candidates_view(rep),
+        examples=_examples_view(rep.examples),
+        filter_rows=_filter_rows(rep.filter),
+        export=_export_view(rep.export, interrupted=rep.failed and _step(rep) == "export"),
+        timings=timings_view(
+            {"timings": rep.timings, "compute_seconds": rep.compute_seconds}
+            | {"resumed_steps": rep.resumed_steps}
+        ),
+        config=config_rows(rep.config),
     )
 
 
-def _verdict(v: Mapping[str, Any]) -> dict[str, Any]:
-    level = "ok" if v.get("level") == "ok" else "warning"  # anything unknown is worth a look
-    return {"level": level, "check": v.get("check"), "text": v.get("text")}
+def _step(rep: RefusalReport) -> str | None:
+    return rep.failure.step if rep.failure else None
+
+
+def _failure(failure: Failure | None) -> dict[str, Any]:
+    return failure.to_dict() if failure else {"step": None, "error": None}
 
 
 def describe_spec(spec: Any) -> str:
@@ -177,25 +194,26 @@ def _ci_key(key: str) -> str:
     return key.replace("_rate", "_ci") if "_rate" in key else key.replace("_mean", "_ci")
 
 
-def _variants_view(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    extra = [c for c in OPTIONAL_COLUMNS if any(v.get(c[1]) is not None for v in variants.values())]
+def _variants_view(variants: Mapping[str, VariantMetrics]) -> dict[str, Any]:
+    flat = {n: v.to_dict() for n, v in variants.items()}  # the columns name report.json keys
+    extra = [c for c in OPTIONAL_COLUMNS if any(v[c[1]] is not None for v in flat.values())]
     columns = [
         {"header": h, "key": k, "kind": kind, "ci": _ci_key(k)}
         for h, k, kind in (*VARIANT_COLUMNS, *extra)
     ]
-    names = _ordered(variants)
+    names = ordered(variants)
     rows = [
         {
             "name": n,
-            "values": {c["key"]: variants[n].get(c["key"]) for c in columns},
-            "cis": {c["key"]: variants[n].get(c["ci"]) for c in columns},
+            "values": {c["key"]: flat[n][c["key"]] for c in columns},
+            "cis": {c["key"]: flat[n][c["ci"]] for c in columns},
         }
         for n in names
     ]
     applied = []
     for n in names:
-        spec = variants[n].get("intervention")
-        if isinstance(spec, Mapping):
+        spec = variants[n].intervention
+        if spec is not None:
             on = spec.get("generated_on")
             applied.append({
                 "name": n,
@@ -206,33 +224,32 @@ def _variants_view(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {"columns": columns, "variant_rows": rows, "applied": applied}
 
 
-def _disagreement(dis: Any) -> dict[str, Any] | None:
-    if not isinstance(dis, Mapping) or all(dis.get(w) is None for w in ("harmful", "harmless")):
+def _disagreement(dis: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if dis is None or all(dis.get(w) is None for w in ("harmful", "harmless")):
         return None
     return {"harmful": dis.get("harmful"), "harmless": dis.get("harmless")}
 
 
-def _candidates_view(report: Mapping[str, Any]) -> dict[str, Any] | None:
-    cands = list(report.get("candidates") or [])
+def _candidates_view(rep: RefusalReport) -> dict[str, Any] | None:
+    cands = rep.candidates
     if not cands:
         return None
     counts: dict[str, int] = {}
     for c in cands:
-        counts[str(c.get("status"))] = counts.get(str(c.get("status")), 0) + 1
+        counts[str(c.status)] = counts.get(str(c.status), 0) + 1
     order = [s for s in STATUS_ORDER if s in counts] + [s for s in counts if s not in STATUS_ORDER]
-    sel = _selected_scores(report) or {}
+    sel = selected_scores(rep)
 
-    def key(c: Mapping[str, Any]) -> tuple[bool, float]:  # missing scores last
-        b = num_or_nan(c.get("bypass_score"))
+    def key(c: CandidateRow) -> tuple[bool, float]:  # missing scores last
+        b = num_or_nan(c.bypass_score)
         return (math.isnan(b), b)
 
     rows = []
     for c in sorted(cands, key=key)[:TOP_CANDIDATES]:
-        is_sel = c.get("status") == "selected" or (
-            c.get("layer") == sel.get("layer") and c.get("position") == sel.get("position")
-        )
+        here = sel is not None and (c.layer, c.position) == (sel.layer, sel.position)
         keys = ("layer", "position", "bypass_score", "induce_score", "kl_score", "status")
-        rows.append({**{k: c.get(k) for k in keys}, "selected": is_sel})
+        is_sel = c.status == "selected" or here
+        rows.append({**{k: getattr(c, k) for k in keys}, "selected": is_sel})
     return {
         "total": len(cands),
         "counts": ", ".join(f"{counts[s]} {s}" for s in order),
@@ -240,42 +257,41 @@ def _candidates_view(report: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _examples_view(examples: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+def _examples_view(examples: list[Example]) -> dict[str, Any] | None:
     if not examples:
         return None
-    names = _ordered(dict.fromkeys(n for ex in examples for n in (ex.get("completions") or {})))
+    names = ordered(dict.fromkeys(n for ex in examples for n in ex.completions))
     rows = [
-        {
-            "set": ex.get("set"),
-            "prompt": ex.get("prompt"),
-            "completions": [(ex.get("completions") or {}).get(n) for n in names],
-        }
+        {"set": ex.set, "prompt": ex.prompt, "completions": [ex.completions.get(n) for n in names]}
         for ex in examples
     ]
     return {"names": names, "rows": rows}
 
 
-def _filter_rows(filt: Any) -> list[dict[str, Any]]:
-    if not isinstance(filt, Mapping) or not filt:
+def _filter_rows(filt: FilterCounts | None) -> list[dict[str, Any]]:
+    if filt is None:
         return []
-    rows = []
-    for s in ("harmful", "harmless"):
-        kept, total = filt.get(f"{s}_kept"), filt.get(f"{s}_total")
-        share = kept / total if isinstance(kept, int) and total else None
-        rows.append({"set": s, "kept": kept, "total": total, "share": share})
-    return rows
+    return [
+        {
+            "set": s,
+            "kept": getattr(filt, f"{s}_kept"),
+            "total": getattr(filt, f"{s}_total"),
+            "share": filt.share(s),
+        }
+        for s in ("harmful", "harmless")
+    ]
 
 
-def _export_view(report: Mapping[str, Any], failure: Mapping[str, Any]) -> dict[str, Any] | None:
-    exp = report.get("export")
-    if not isinstance(exp, Mapping):
+def _export_view(exp: Mapping[str, Any] | None, *, interrupted: bool) -> dict[str, Any] | None:
+    """The export record; ``interrupted``: the check passed but the run stopped while
+    publishing, so nothing was moved into place."""
+    if exp is None:
         return None
     check = exp.get("check") if isinstance(exp.get("check"), Mapping) else {}
     return {
         "dir": exp.get("dir"),
         "error": exp.get("error"),
-        # the check passed but the run stopped while publishing: nothing was moved into place
-        "interrupted": failure.get("step") == "export",
+        "interrupted": interrupted,
         "equivalence": exp.get("equivalence"),
         "check": {k: check.get(k) for k in CHECK_KEYS},
     }

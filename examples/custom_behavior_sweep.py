@@ -67,13 +67,15 @@ beh = steerlab.load_behavior(path)  # splits eval_prompts 8 / 8 by a hash of the
 cfg = steerlab.SweepConfig(
     layers="10,13", coeffs="0.125,0.25", max_new_tokens=16, max_ce_increase=1.0, neutral_prompts=4
 )
-report = steerlab.run_sweep(lm, beh, cfg, out / "sweep")  # also writes sweep.json, report.html
+report = steerlab.run_sweep(lm, beh, cfg, out / "sweep")  # a SweepReport; also sweep.json
 
-chosen = report["chosen"]
-print(f"chosen on selection: layer {chosen['layer']}, {chosen['coeff']} x residual norm")
-for arm, r in report["test"].items():
-    if isinstance(r, dict) and "score" in r:
-        lo, hi = r["ci"]
-        print(f"test {arm:9s}: score {r['score']:.3f} [{lo:.3f}, {hi:.3f}] on {r['n']} prompts")
-print("verdict:", report["verdict"]["text"])
+chosen = report.chosen
+print(f"chosen on selection: layer {chosen.layer}, {chosen.coeff} x residual norm")
+test = report.test
+for arm, r in (("steered", test.steered), ("unsteered", test.unsteered), ("random", test.random)):
+    lo, hi = r.ci
+    print(f"test {arm:9s}: score {r.score:.3f} [{lo:.3f}, {hi:.3f}] on {r.n} prompts")
+vs = test.vs_unsteered
+print(f"steered - unsteered, paired: {vs.diff:+.3f}, Holm p = {vs.p_holm:.3g}")
+print("verdict:", report.verdict.text)
 print("report:", out / "sweep" / "report.html")

@@ -1,15 +1,14 @@
 """The one run object: out dir, weights-keyed cache and journals, atomic writes, timings, progress.
 
-Every pipeline (refusal, discover, organism) does its file and cache work through a :class:`Run`:
+Every pipeline does its file and cache work through a :class:`Run`:
 
 * ``run.cache`` stores each step's result under a key that hashes everything it depends on, the
   model's **weights fingerprint** and the numeric library versions included, so a model
   retrained in place never reuses stale results; a rerun with the same inputs reuses them.
 * ``run.cache.journal(...)`` appends one JSON line per finished item, so long sweeps resume
   mid-step; a line torn by an interrupt is cut off, not glued onto.
-* ``run.write_*`` write to a temporary name and rename: a reader never sees half a file.
-* ``run.step(name)`` times a step; a resumed run reports this session's wall time and the
-  compute time that earlier sessions spent on what it reused.
+* ``run.write_*`` write to a temporary name and rename: a reader never sees half a file;
+  ``run.step(name)`` times a step (a resumed run also reports what earlier sessions spent).
 * directories steerlab makes carry a marker (:data:`MARKER`); :func:`remove_tree` deletes
   nothing else.
 """
@@ -357,8 +356,7 @@ class Run:
             self._current = outer
 
     def provenance(self) -> dict[str, Any]:
-        """What a result file records of how it was made: the weights fingerprint, dtype,
-        device, numeric library versions and the decoding engine (when not the HF model)."""
+        """How a result was made: weights fingerprint, dtype, device, versions, engine."""
         keys = ("weights", "dtype", "device", "versions", "engine")
         return {k: self.identity[k] for k in keys if k in self.identity}
 

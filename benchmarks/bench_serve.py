@@ -14,7 +14,10 @@ smollm2-135m, a direction extracted at layer 12, every request streamed over rea
   finished reply checked against the same request run alone through ``generate`` (lost or
   crossed replies are counted; the target is zero).
 
-Run: ``python benchmarks/bench_serve.py [--quick] [--json out.json]``
+With ``--engine vllm`` (run in ``.venv-vllm``): ``steerlab serve --engine vllm`` against stock
+``vllm serve`` instead, tokens/s at 1 / 8 / 32 clients (:mod:`_serve_vllm`).
+
+Run: ``python benchmarks/bench_serve.py [--quick] [--engine hf|vllm] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -38,13 +41,13 @@ LAYER = 12
 MODEL = "smollm2-135m"
 
 
-def _serve(lm: Any, runs: Path) -> tuple[str, Any, Any]:
+def _serve(lm: Any, runs: Path, backend: Any = None) -> tuple[str, Any, Any]:
     """(base url, app, stop()) of a live server on a free loopback port."""
     import uvicorn
 
     from steerlab.serve.app import create_app
 
-    app = create_app(lm, runs, model_name=MODEL, max_queue=256, max_batch=64)
+    app = create_app(lm, runs, model_name=MODEL, max_queue=256, max_batch=64, backend=backend)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -269,6 +272,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=64, help="crowd size")
     p.add_argument("--crowd-s", type=float, default=120.0, help="crowd duration in seconds")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="the server's engine")
     args = p.parse_args()
     from steerlab.directions import extract
     from steerlab.models.load import load_model
@@ -282,6 +286,9 @@ def main() -> None:
     prompts = happy[32:40] + sad[32:40]
     runs = Path(tempfile.mkdtemp(prefix="steerlab-bench-serve-"))
     direction.save(runs / "bench" / "happy.safetensors")
+    if args.engine == "vllm":
+        _vllm(lm, runs, prompts, max_new, args.quick, args.json)
+        return
     url, app, stop = _serve(lm, runs)
     try:
         _stream(url, _body(prompts[0], 2, 1.0))  # warm up
@@ -309,6 +316,20 @@ def main() -> None:
         },
         args.json,
     )
+
+
+def _vllm(lm: Any, runs: Path, prompts: list[str], max_new: int, quick: bool, out: Any) -> None:
+    from _serve_vllm import compare
+
+    counts = [1, 8] if quick else [1, 8, 32]
+    res = compare(lm, runs, prompts, _serve, _stream, _body, counts, max_new)
+    print_table("steerlab serve --engine vllm vs stock vllm serve (tokens/s)", list(res["rows"][0]),
+                [list(r.values()) for r in res["rows"]])  # fmt: skip
+    emit(
+        {"benchmark": "serve_vllm", "model": MODEL, "max_tokens": max_new, "layer": LAYER,
+         **res, "target": 0.85, "machine": machine()},
+        out,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

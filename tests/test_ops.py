@@ -155,9 +155,7 @@ def test_one_parser_for_cli_flags_and_server_fields() -> None:
     from steerlab.directions.artifact import Direction
 
     lm = _lm("llama")
-    dirs = {
-        "d": Direction(torch.stack([_vec(1), _vec(2)]), (1, 2), {"site": "resid_pre"})
-    }
+    dirs = {"d": Direction(torch.stack([_vec(1), _vec(2)]), (1, 2), {"site": "resid_pre"})}
     spec = {
         "steer": [{"direction": "d", "layer": 1, "coeff": 2.0}],
         "ablate": [{"direction": "d", "layer": 2}],

@@ -59,7 +59,7 @@ def test_treatments_repeat_in_vllm_on_other_architectures(name: str) -> None:
         jobs = [(NoOp(), PROMPTS), *((iv, PROMPTS) for iv in treatments.values())]
         ours = eng.generate_jobs(lm, jobs, max_new_tokens=N)
         ref = hf.generate_jobs(lm, jobs, max_new_tokens=N)
-        for (label, got, want) in zip(["none", *treatments], ours, ref, strict=True):
+        for label, got, want in zip(["none", *treatments], ours, ref, strict=True):
             assert _same(got, want) >= 0.75, (name, label, got, want)
             if label != "none":
                 assert _same(got, ours[0]) < 1.0, (name, label)  # it changed something

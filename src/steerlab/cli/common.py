@@ -130,7 +130,7 @@ class ModelOptions:
 _SHARED = [f.name for f in fields(ModelOptions)]
 _ENGINE = ("engine", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len")
 # commands whose decoding can run on another engine (--engine)
-GENERATING = ("generate", "refusal", "sweep", "compare")
+GENERATING = ("generate", "refusal", "sweep", "compare", "serve")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -47,7 +47,9 @@ def serve(
     """Serve the model: OpenAI's /v1/chat/completions and /v1/completions with a "steerlab"
     field for steering, ablation and clamping per request; directions, readings and reports.
 
-    Concurrent greedy requests are decoded as one batch, each row with its own steering."""
+    Concurrent requests are decoded as one batch, each row with its own steering: by the
+    loaded model (--engine hf), or by stock vLLM's engine (--engine vllm; its continuous
+    batching and tensor parallelism; --batch-wait-ms is the hf engine's)."""
     from ..errors import MissingDependency
 
     try:
@@ -74,7 +76,24 @@ def serve(
         cors_origins=parse_list(cfg.cors_origins),
         max_body=int(cfg.max_body_mb * 2**20),
     )
+    if opts.engine == "vllm":  # refused in one line before the model loads
+        from ..engines.vllm_args import require_vllm
+
+        require_vllm()
     lm = opts.load(model)
+    backend = None
+    if opts.engine == "vllm":
+        from ..serve.vllm_batcher import VLLMBatcher
+
+        status("starting vLLM")
+        backend = VLLMBatcher(
+            lm,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            tensor_parallel_size=opts.tensor_parallel_size,
+            pipeline_parallel_size=opts.pipeline_parallel_size,
+            max_model_len=opts.max_model_len,
+        )
     app = create_app(
         lm,
         runs,
@@ -87,6 +106,7 @@ def serve(
         access=access,
         max_items=cfg.max_items,
         max_uploads=cfg.max_uploads,
+        backend=backend,
     )
     status(f"serving {model} on http://{host}:{port} (runs: {runs})")
     uvicorn.run(app, host=host, port=port, log_level="warning" if opts.quiet else "info")

@@ -85,14 +85,17 @@ def prompt_tokenizer(tokenizer: Any, ops: Sequence[Op]) -> Any:
     return tokenizer
 
 
-def merge_plans(plans: Sequence[list[Op]]) -> list[dict[str, Any]]:
-    """One worker plan for several groups: each op once, tagged with the groups it serves.
+def merge_plans(
+    plans: Sequence[list[Op]], ids: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """One worker plan for several groups: each op once, tagged with the groups it serves
+    (``ids``: each plan's group id; default its index).
 
     An op is shared only between groups that hold it at the same place in their plans, so
     every group's ops still run in its own order (ops of different groups touch different
     tokens and commute)."""
     merged: dict[Any, dict[str, Any]] = {}
-    for g, plan in enumerate(plans):
+    for g, plan in zip(range(len(plans)) if ids is None else ids, plans, strict=True):
         for j, op in enumerate(plan):
             k = (j, op_key(op))
             if k in merged:

@@ -260,6 +260,11 @@ def install_on_worker(
     return install(runner.get_model(), plan, runner, adapter=adapter, width=width)
 
 
+def hooks_on_worker(worker: Any) -> int:
+    """:func:`count_hooks` through ``collective_rpc``."""
+    return count_hooks(worker.model_runner.get_model())
+
+
 def grouping_supported(worker: Any) -> bool:
     """Whether this worker's model runner has the layout :class:`Rows` reads."""
     r = getattr(worker, "model_runner", None)

@@ -34,6 +34,7 @@ from ..models.load import LoadedModel
 from .batcher import Batcher, Call
 from .completions import Limits, complete, context_of, json_body
 from .directions import DEFAULT_UPLOAD_LIMIT, DirectionRegistry, safe_path
+from .jobs import Backend
 from .protocol import BadRequest, NotFound
 from .responses import Pipe, error_response, status_of, wait_result
 from .schemas import CHAT, COMPLETION, READ, UPLOAD, body
@@ -58,7 +59,7 @@ class _Server:
     lm: LoadedModel
     runs: Path
     reg: DirectionRegistry
-    batcher: Batcher
+    batcher: Backend
     name: str
     upload_limit: int
     limits: Limits
@@ -79,6 +80,7 @@ def create_app(
     max_items: int = 16,
     max_uploads: int = 32,
     upload_total: int = 256 * 2**20,
+    backend: Backend | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``lm``; its batcher is ``app.state.batcher`` (stop it with
     ``app.state.batcher.close()``, which the app's shutdown does).
@@ -93,18 +95,26 @@ def create_app(
             default allows loopback host names, no other origin, no key, 4 MB bodies.
         max_items: most steer + ablate + clamp items in one request.
         max_uploads, upload_total: most uploaded directions kept, and their bytes in all.
+        backend: what decodes instead of the Hugging Face batcher (e.g. a
+            :class:`~.vllm_batcher.VLLMBatcher`, which has its own queue and batch limits;
+            the app closes it at shutdown).
     """
     runs = Path(runs_dir)
+    if backend is None:
+        backend = Batcher(lm, max_queue=max_queue, max_batch=max_batch, gather_s=batch_wait_s)
+    context = context_of(lm)
+    if backend.max_model_len is not None:
+        context = min(context or backend.max_model_len, backend.max_model_len)
     srv = _Server(
         lm=lm,
         runs=runs,
         reg=DirectionRegistry(
             runs, lm.info, upload_limit=upload_limit, max_uploads=max_uploads, total=upload_total
         ),
-        batcher=Batcher(lm, max_queue=max_queue, max_batch=max_batch, gather_s=batch_wait_s),
+        batcher=backend,
         name=model_name or lm.info.model_id,
         upload_limit=upload_limit,
-        limits=Limits(default_max_tokens, max_tokens_limit, max_items, context_of(lm)),
+        limits=Limits(default_max_tokens, max_tokens_limit, max_items, context),
     )
     access = access or Access()
     access = replace(access, upload_body=max(access.upload_body, upload_limit + 2**20))

@@ -95,6 +95,11 @@ class Batcher:
         with self._cv:
             return len(self._waiting)
 
+    max_model_len: int | None = None  # no engine limit: the model's own context holds
+
+    def prepare(self, job: GenJob) -> None:
+        """Nothing to refuse: every treatment runs on the Hugging Face model."""
+
     def submit(self, job: Job) -> None:
         with self._cv:
             if self._closed:

@@ -17,8 +17,9 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..models.load import LoadedModel
-from .batcher import Batcher, GenJob, prompt_ids
+from .batcher import GenJob, prompt_ids
 from .directions import DirectionRegistry
+from .jobs import Backend
 from .protocol import BadRequest, chat_prompt, options, treatment
 from .responses import Pipe, error_response, stream_events, usage, wait_result
 
@@ -116,7 +117,7 @@ def _completion(meta: dict[str, Any], res: dict[str, Any], chat: bool) -> dict[s
 async def complete(
     lm: LoadedModel,
     reg: DirectionRegistry,
-    batcher: Batcher,
+    batcher: Backend,
     name: str,
     lim: Limits,
     request: Request,
@@ -142,6 +143,7 @@ async def complete(
     def check() -> None:  # directions load from disk, the prompt is tokenized: not on the loop
         job.treatment = treatment(lm, reg, body.get("steerlab"), lim.max_items)
         job.ids = prompt_ids(lm, job)
+        batcher.prepare(job)  # what the engine cannot run is refused before it is queued
         n = len(job.ids)
         if lim.context is not None and n + job.max_tokens > lim.context:
             raise BadRequest(

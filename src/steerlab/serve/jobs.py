@@ -7,13 +7,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import SteerlabError
 from ..interventions.base import Intervention, NoOp
 from ..models.chat import PromptFormat
 
-__all__ = ["Call", "Emit", "GenJob", "Job", "QueueFull", "Reply"]
+__all__ = ["Backend", "Call", "Emit", "GenJob", "Job", "QueueFull", "Reply"]
 
 Emit = Callable[[str, Any], None]  # ("delta", text) | ("done", dict) | ("error", exception)
 
@@ -36,6 +36,7 @@ class GenJob:
         ids: the prompt's token ids, when the caller tokenized it already.
         seed: this row's sampler seed (each sampled row has its own generator).
         logprobs: how many top alternatives to report per token (None: no log-probabilities).
+        plan: the treatment's worker plan, where an engine runs it (``--engine vllm``).
     """
 
     prompt: str
@@ -51,6 +52,7 @@ class GenJob:
     ids: list[int] | None = None
     logprobs: int | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    plan: list[dict[str, Any]] | None = None
 
 
 @dataclass(eq=False)
@@ -63,6 +65,24 @@ class Call:
 
 
 Job = GenJob | Call
+
+
+class Backend(Protocol):
+    """What decodes the server's jobs: the Hugging Face :class:`~.batcher.Batcher`, or an
+    engine's (:class:`~.vllm_batcher.VLLMBatcher`)."""
+
+    stats: dict[str, int]
+    max_model_len: int | None  # the engine's longest prompt + reply (None: the model's)
+
+    @property
+    def waiting(self) -> int: ...
+
+    def prepare(self, job: GenJob) -> None:
+        """Refuse what this backend cannot run (called before ``submit``, off the loop)."""
+
+    def submit(self, job: Job) -> None: ...
+
+    def close(self, timeout: float = 30.0) -> None: ...
 
 
 class Reply:

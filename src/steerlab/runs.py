@@ -7,10 +7,9 @@ Every pipeline does its file and cache work through a :class:`Run`:
   retrained in place never reuses stale results; a rerun with the same inputs reuses them.
 * ``run.cache.journal(...)`` appends one JSON line per finished item, so long sweeps resume
   mid-step; a line torn by an interrupt is cut off, not glued onto.
-* ``run.write_*`` write to a temporary name and rename: a reader never sees half a file;
-  ``run.step(name)`` times a step (a resumed run also reports what earlier sessions spent).
+* ``run.write_*`` write to a temporary name and rename; ``run.step(name)`` times a step.
 * directories steerlab makes carry a marker (:data:`MARKER`); :func:`remove_tree` deletes
-  nothing else.
+  only those.
 """
 
 from __future__ import annotations
@@ -103,16 +102,14 @@ def made_by_steerlab(directory: Path) -> dict[str, Any] | None:
     return None
 
 
-def _within(a: Path, b: Path) -> bool:
-    """``a`` is ``b`` or inside it."""
+def _within(a: Path, b: Path) -> bool:  # a is b or inside it
     a, b = a.resolve(), b.resolve()
     return a == b or b in a.parents
 
 
 def check_new_dir(path: Path, *, overwrite: bool, keep: tuple[Path, ...] = (), what: str) -> None:
-    """Refuse to write ``what`` into ``path`` unless it is new, empty, or (with ``overwrite``) a
-    directory steerlab made. ``keep`` are paths that must survive (a run dir, a cache): ``path``
-    may not be or contain any of them."""
+    """Refuse to write ``what`` into ``path`` unless it is new, empty, or (with ``overwrite``)
+    steerlab-made; ``path`` may not be or contain any of ``keep`` (a run dir, a cache)."""
     from .models.registry import cache_dir
 
     for k in (*keep, cache_dir()):
@@ -302,7 +299,6 @@ class Run:
         >>> run = Run("runs/x", kind="refusal", lm=lm)  # doctest: +SKIP
         >>> with run.step("filter"):  # doctest: +SKIP
         ...     scores = run.cache.json("filter", [prompts], compute)
-        >>> run.write_json("report.json", report)  # doctest: +SKIP
     """
 
     def __init__(

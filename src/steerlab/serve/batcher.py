@@ -12,17 +12,15 @@ fails alone; a failing decode step fails the rows of that step (their cache is u
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 import time
-from typing import Any
 
 import torch
 
 from ..models.chat import prompted
 from ..models.load import LoadedModel
-from .jobs import Call, GenJob, Job, QueueFull, Reply
+from .jobs import Call, GenJob, Job, QueueFull, Reply, run_call, safe_emit
 from .running import Running, Slot, warpers
 
 __all__ = ["Batcher", "Call", "GenJob", "QueueFull", "prompt_ids"]
@@ -118,7 +116,7 @@ class Batcher:
             left, self._waiting = self._waiting, []
             self._cv.notify()
         for job in left:
-            _safe_emit(job, "error", QueueFull("the server shut down"))
+            safe_emit(job, "error", QueueFull("the server shut down"))
         self._thread.join(timeout)
 
     def _gather(self) -> None:
@@ -161,7 +159,7 @@ class Batcher:
             taken = self._take()
             if taken is None:
                 for s in self._run.fail_all():
-                    _safe_emit(s.job, "error", QueueFull("the server shut down"))
+                    safe_emit(s.job, "error", QueueFull("the server shut down"))
                 return
             calls, gens = taken
             for c in calls:
@@ -175,14 +173,7 @@ class Batcher:
                 self._step()
 
     def _call(self, job: Call) -> None:
-        if job.cancelled.is_set():
-            self.stats["dropped"] += 1
-            return
-        self.stats["calls"] += 1
-        try:
-            _safe_emit(job, "done", job.fn(self.lm))
-        except BaseException as e:  # reported to its request; the worker lives on
-            _safe_emit(job, "error", e)
+        run_call(job, self.lm, self.stats)
 
     def _slot(self, job: GenJob) -> Slot:
         ids = job.ids if job.ids is not None else prompt_ids(self.lm, job)
@@ -240,14 +231,9 @@ class Batcher:
     def _finish(self, slots: list[Slot]) -> None:
         for s in slots:
             self.stats["cancelled"] += s.reply.finish == "cancelled"
-            _safe_emit(s.job, "done", s.reply.close())
+            safe_emit(s.job, "done", s.reply.close())
 
     def _fail(self, jobs: list[GenJob], e: BaseException) -> None:
         self.stats["failed"] += len(jobs)
         for j in jobs:
-            _safe_emit(j, "error", e)
-
-
-def _safe_emit(job: Job, kind: str, payload: Any) -> None:
-    with contextlib.suppress(Exception):  # the request's event loop is gone: nobody listens
-        job.emit(kind, payload)
+            safe_emit(j, "error", e)

@@ -4,6 +4,7 @@ reason it ended, log-probabilities)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,9 @@ from ..errors import SteerlabError
 from ..interventions.base import Intervention, NoOp
 from ..models.chat import PromptFormat
 
-__all__ = ["Backend", "Call", "Emit", "GenJob", "Job", "QueueFull", "Reply"]
+__all__ = [
+    "Backend", "Call", "Emit", "GenJob", "Job", "QueueFull", "Reply", "run_call", "safe_emit"
+]  # fmt: skip
 
 Emit = Callable[[str, Any], None]  # ("delta", text) | ("done", dict) | ("error", exception)
 
@@ -65,6 +68,23 @@ class Call:
 
 
 Job = GenJob | Call
+
+
+def safe_emit(job: Job, kind: str, payload: Any) -> None:
+    with contextlib.suppress(Exception):  # the request's event loop is gone: nobody listens
+        job.emit(kind, payload)
+
+
+def run_call(job: Call, lm: Any, stats: dict[str, int]) -> None:
+    """Run a :class:`Call` on the model thread; its failure goes to its request alone."""
+    if job.cancelled.is_set():
+        stats["dropped"] += 1
+        return
+    stats["calls"] += 1
+    try:
+        safe_emit(job, "done", job.fn(lm))
+    except BaseException as e:  # reported to its request; the worker lives on
+        safe_emit(job, "error", e)
 
 
 class Backend(Protocol):

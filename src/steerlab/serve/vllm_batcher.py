@@ -29,7 +29,7 @@ from ..engines.plans import EngineError, plan_for
 from ..engines.vllm_args import engine_kwargs
 from ..models.chat import eos_ids
 from ..models.load import LoadedModel
-from .jobs import Call, GenJob, Job, QueueFull, Reply
+from .jobs import Call, GenJob, Job, QueueFull, Reply, run_call, safe_emit
 from .running import HF_TOP_K
 from .vllm_groups import Groups
 
@@ -181,14 +181,7 @@ class VLLMBatcher:
     # -- one request -------------------------------------------------------------------------
 
     def _call(self, job: Call) -> None:
-        if job.cancelled.is_set():
-            self.stats["dropped"] += 1
-            return
-        self.stats["calls"] += 1
-        try:
-            _emit(job, "done", job.fn(self.lm))
-        except BaseException as e:  # reported to its request; the worker lives on
-            _emit(job, "error", e)
+        run_call(job, self.lm, self.stats)
 
     def _params(self, job: GenJob, group: int) -> Any:
         from vllm import SamplingParams
@@ -228,13 +221,13 @@ class VLLMBatcher:
             finally:
                 self.groups.release(gid)
             self.stats["cancelled"] += reply.finish == "cancelled"
-            _emit(job, "done", reply.close())
+            safe_emit(job, "done", reply.close())
         except asyncio.CancelledError:
-            _emit(job, "error", QueueFull("the server shut down"))
+            safe_emit(job, "error", QueueFull("the server shut down"))
             raise
         except BaseException as e:
             self.stats["failed"] += 1
-            _emit(job, "error", e)
+            safe_emit(job, "error", e)
         finally:
             with self._mu:
                 self._inflight -= 1
@@ -289,8 +282,3 @@ class VLLMBatcher:
 
 def _neg(tv: tuple[int, float]) -> float:
     return -tv[1]
-
-
-def _emit(job: Job, kind: str, payload: Any) -> None:
-    with contextlib.suppress(Exception):  # the request's event loop is gone: nobody listens
-        job.emit(kind, payload)

@@ -334,7 +334,7 @@ def run_probe(
     Example:
         >>> res = run_probe(lm, make_probe_data("builtin:happy", "builtin:sad"),
         ...                 ProbeConfig(layers="6,18"), "runs/probe")  # doctest: +SKIP
-        >>> res.to_dict()["controls"]["n_permutations"]  # doctest: +SKIP
+        >>> res.n_permutations  # doctest: +SKIP
         20
     """
     from .report import write_probe_report

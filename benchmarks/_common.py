@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -170,6 +171,17 @@ def time_with_load(fn: Callable[[], Any]) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
+
+
+def concurrently(fn: Callable[[int], Any], n: int) -> float:
+    """Run ``fn(0) .. fn(n - 1)`` in ``n`` threads at once (clients); wall seconds until all end."""
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return time.perf_counter() - t0
 
 
 def time_once(fn: Callable[[], Any]) -> float:

@@ -14,13 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import r3
+from _common import concurrently, r3
 
 
 def _free_port() -> int:
@@ -45,13 +44,7 @@ def load(
         coeff = float(i % 9 - 4) or 5.0 if steered else None
         res[i] = stream(url, body(prompts[i % len(prompts)], max_new, coeff))
 
-    t0 = time.perf_counter()
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = concurrently(one, clients)
     tokens = sum(r["tokens"] for r in res)
     return {"clients": clients, "tokens": tokens, "tokens_per_s": r3(tokens / wall)}
 

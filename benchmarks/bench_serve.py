@@ -35,7 +35,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import contrast_pairs, emit, machine, parser, print_table, r3, set_threads
+from _common import (
+    concurrently,
+    contrast_pairs,
+    emit,
+    machine,
+    parser,
+    print_table,
+    r3,
+    set_threads,
+)
 
 LAYER = 12
 MODEL = "smollm2-135m"
@@ -155,13 +164,7 @@ def throughput(url: str, lm: Any, prompts: list[str], clients: int, max_new: int
     def one(i: int) -> None:
         res[i] = _stream(url, _body(asks[i][0], max_new, asks[i][1]))
 
-    t0 = time.perf_counter()
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = concurrently(one, clients)
     served = sum(r["tokens"] for r in res)
     ps = [p for p, _ in asks]
     t0 = time.perf_counter()
@@ -217,13 +220,7 @@ def crowd(
             with lock:
                 done.append((key, r))
 
-    t0 = time.perf_counter()
-    ts = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = concurrently(client, clients)
     crossed = _crossed(lm, direction, prompts, done, max_new)
     ttfts = [r["ttft"] for _, r in done if r["ttft"] is not None]
     tokens = sum(r["tokens"] for _, r in done)

@@ -26,7 +26,7 @@ from steerlab.generation import generate  # noqa: E402
 from steerlab.interventions import Steer, apply  # noqa: E402
 from steerlab.models.load import LoadedModel  # noqa: E402
 from steerlab.serve.app import create_app  # noqa: E402
-from steerlab.serve.batcher import Batcher  # noqa: E402
+from steerlab.serve.batcher import Batcher, prompt_ids  # noqa: E402
 from steerlab.serve.jobs import GenJob  # noqa: E402
 
 PROMPTS = ["tell me about your day", "what a day", "i am so happy today", "life is great"]
@@ -66,24 +66,40 @@ def _wait(cond: Any, what: str, timeout: float = 20.0) -> None:
 
 
 def test_a_request_arriving_mid_batch_joins_at_the_next_step(live: Live, lm: LoadedModel) -> None:
+    want = _ref(lm, PROMPTS[1])  # before the server's hooks are on the shared model
     before = live.stats
     stream = live.chat(PROMPTS[0], ENDLESS, stream=True, max_tokens=2000)
     chunks = iter(stream)
     for _ in range(5):  # the long row is decoding
         next(chunks)
-    start = live.stats["steps"]
     got = live.chat(PROMPTS[1], max_tokens=N).choices[0].message.content
+    assert got == want
+    # the decode steps a request lives through, counted from its submission to the server's
+    # batcher (an HTTP round trip would add the steps taken while it travels)
+    b = live.app.state.batcher
+    seen: dict[str, int] = {}
+    result: list[Any] = []
+    ended = threading.Event()
+
+    def emit(kind: str, payload: Any) -> None:
+        seen.setdefault(kind, b.stats["steps"])
+        if kind in ("done", "error"):
+            result.append(payload)
+            ended.set()
+
+    start = b.stats["steps"]
+    b.submit(GenJob(prompt=PROMPTS[1], emit=emit, max_tokens=N))
+    assert ended.wait(30) and "done" in seen and result[0]["text"] == want, (seen, result)
+    # it did not wait for the 2000-token row: it joined at the next step (its first token
+    # comes from its prefill) and left after its own N tokens
+    assert seen["delta"] - start <= 1 and seen["done"] - start <= N, (seen, start)
     steps = live.stats["steps"]
     for _ in range(200):  # the long row goes on after the short one left (chunks read so
         next(chunks)  # far may have been buffered before it left: read until a new step)
         if live.stats["steps"] > steps:
             break
     stream.close()
-    assert got == _ref(lm, PROMPTS[1])
     assert live.stats["steps"] > steps and live.stats["largest"] >= 2
-    # it did not wait for the 2000-token batch: it joined at the next step and left after
-    # its own N tokens (its first comes from its prefill)
-    assert steps - start <= N + 1, steps - start
     _wait(lambda: live.stats["cancelled"] > before["cancelled"], "the stream's cancellation")
 
 
@@ -191,6 +207,83 @@ def test_a_failing_row_fails_alone(lm: LoadedModel) -> None:
         assert deltas == res["text"]  # streamed once: nothing re-sent
 
 
+def _run_jobs(lm: LoadedModel, jobs: list[dict[str, Any]]) -> tuple[Batcher, dict[int, list]]:
+    """Submit ``jobs`` (GenJob keywords) to a fresh Batcher at once; every job's events."""
+    events: dict[int, list[tuple[str, Any]]] = {i: [] for i in range(len(jobs))}
+    done = threading.Event()
+
+    def emit_for(i: int) -> Any:
+        def emit(kind: str, payload: Any) -> None:
+            events[i].append((kind, payload))
+            if sum(bool(e) and e[-1][0] in ("done", "error") for e in events.values()) == len(jobs):
+                done.set()
+
+        return emit
+
+    b = Batcher(lm, gather_s=0.2)
+    try:
+        for i, kw in enumerate(jobs):
+            b.submit(GenJob(emit=emit_for(i), **{"max_tokens": N, **kw}))
+        assert done.wait(60)
+    finally:
+        b.close()
+    return b, events
+
+
+def test_a_row_whose_decode_step_fails_fails_alone(lm: LoadedModel) -> None:
+    # steered only on generated tokens, hard enough to overflow: its first token (the
+    # prompt's forward) is fine, its first decode step gives NaN logits, which a sampled row
+    # cannot draw from; the batch's other rows decode on
+    big = Direction(torch.full((1, D), 10.0), (2,), {"site": "resid_pre"})
+    blow = Steer(big, layers=2, coeff=1e38, positions="generated")  # inf in float32
+    jobs = [{"prompt": p} for p in PROMPTS]
+    jobs[1].update(treatment=blow, temperature=1.0, seed=3)
+    b, events = _run_jobs(lm, jobs)
+    kind, err = events[1][-1]
+    assert kind == "error" and "probability" in str(err), events[1]
+    assert b.stats["failed"] == 1 and b.stats["steps"] > 1
+    for i in (0, 2, 3):
+        assert events[i][-1][0] == "done" and events[i][-1][1]["text"] == _ref(lm, PROMPTS[i])
+
+
+@pytest.mark.parametrize("fault", ["the row's", "the crowd's"])
+def test_a_failed_decode_forward_is_undone_and_only_the_row_at_fault_fails(
+    lm: LoadedModel, fault: str
+) -> None:
+    """A decode forward that raises half-way (in a late layer: earlier layers' caches have
+    grown) is undone. Rows that fail alone fail; when none does (out of memory at this batch
+    size), the row with the most context does. The others' replies are exactly as alone."""
+    long = " ".join(PROMPTS * 3)
+    n_long = len(prompt_ids(lm, GenJob(prompt=long, emit=lambda *_: None)))
+    prompts = [PROMPTS[0], long, PROMPTS[3]]
+
+    def hook(_m: Any, _args: Any, kw: dict[str, Any]) -> None:
+        h = kw["hidden_states"] if "hidden_states" in kw else _args[0]
+        if h.shape[1] != 1:  # a prefill
+            return
+        pos = kw["position_ids"]
+        if fault == "the row's" and int(pos.max()) >= n_long + 3:  # the long row only
+            raise RuntimeError("row fault")
+        if fault == "the crowd's" and h.shape[0] >= 3:
+            raise RuntimeError("out of memory")
+
+    blocks = lm.model.model.layers
+    handle = blocks[len(blocks) - 1].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        b, events = _run_jobs(lm, [{"prompt": p} for p in prompts])
+    finally:
+        handle.remove()
+    kind, err = events[1][-1]
+    assert kind == "error" and b.stats["failed"] == 1, events[1]
+    assert str(err) == ("row fault" if fault == "the row's" else "out of memory")
+    if fault == "the row's":  # it had streamed its first tokens before it failed
+        assert sum(k == "delta" for k, _ in events[1]) >= 1, (events[1], n_long)
+    for i in (0, 2):
+        kind, res = events[i][-1]
+        assert kind == "done" and res["text"] == _ref(lm, prompts[i])
+        assert "".join(p for k, p in events[i] if k == "delta") == res["text"]
+
+
 def test_logprobs_on_completions_and_chat(live: Live, lm: LoadedModel) -> None:
     r = live.client.completions.create(model="tiny", prompt=PROMPTS[3], max_tokens=4, logprobs=3)
     lp = r.choices[0].logprobs
@@ -247,12 +340,12 @@ def test_a_long_prompt_stops_padding_the_batch_once_it_leaves(lm: LoadedModel) -
 
     run = Running(lm)
     short = slot(PROMPTS[1], N)
-    run.join(*run.prefill([short]))
+    run.join(*run.prefill([short])[:3])
     long = slot(" ".join(PROMPTS * 6), 2)
-    run.join(*run.prefill([long]))
+    run.join(*run.prefill([long])[:3])
     assert run.mask is not None and run.mask.shape[1] == len(long.ids)  # padded to the long one
     while run.slots:
-        run.drop(run.step())
+        run.drop(run.step()[0])
         if long not in run.slots and run.slots:
             assert run.mask.shape[1] <= len(short.ids) + N  # its columns went with it
     assert short.reply.close()["text"] == _ref(lm, PROMPTS[1])

@@ -70,3 +70,24 @@ def test_groups_install_each_treatment_once_and_drop_it_after_its_last_request()
         assert await g.acquire([_op(1)]) not in (a, b, c)  # ids are never reused
 
     asyncio.run(run())
+
+
+def test_a_group_released_while_the_tidy_up_installs_leaves_the_workers_too() -> None:
+    # CI once found 92 hooks left after every request ended: the last group's release came
+    # while the tidy-up was awaiting the install of a plan that still held that group
+    installed: list[list[dict[str, Any]]] = []
+
+    async def install(plan: list[dict[str, Any]]) -> None:
+        await asyncio.sleep(0.02)  # one engine step
+        installed.append(plan)
+
+    async def run() -> None:
+        g = Groups(install)
+        a, b = await g.acquire([_op(1)]), await g.acquire([_op(2)])
+        g.release(a)  # the tidy-up starts: it installs b's plan alone
+        await asyncio.sleep(0.005)
+        g.release(b)  # while that install is under way
+        await asyncio.sleep(0.2)
+        assert installed[-1] == [] and g.live == 0
+
+    asyncio.run(run())

@@ -4,9 +4,9 @@ Every executor calls these: the hooks on a Hugging Face model (:mod:`.execute`),
 engine (the same hooks with a row mask) and the hooks inside vLLM's workers
 (:mod:`steerlab.engines.vllm_worker`). ``mask`` is None (every row or token) or a 0/1 tensor
 that broadcasts against ``h`` ((B, 1, 1) for HF batches, (T, 1) for vLLM's flattened tokens):
-a masked-out row is left bit-identical (``h + 0 * d`` is ``h``) and a masked-in row gets exactly
-the unmasked result (``1 * d`` is ``d``), so a treatment computes the same numbers whether it
-runs alone or as one group of a mixed batch.
+a masked-out row is left bit-identical (it gets ``h + 0``, even where ``d`` overflowed: a
+``0 * inf`` would be NaN) and a masked-in row gets exactly the unmasked result, so a treatment
+computes the same numbers whether it runs alone or as one group of a mixed batch.
 
 Vectors arrive placed on ``h``'s device (moved once at registration); the casts here are free
 when the dtype already matches.
@@ -20,7 +20,7 @@ __all__ = ["clamp_delta", "project_out", "shift", "span_coef"]
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return x if mask is None else mask * x
+    return x if mask is None else torch.where(mask != 0, x, 0.0)
 
 
 def shift(h: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,8 +6,10 @@ worker runs any waiting :class:`Call` (a reading), prefills the waiting completi
 step decodes every row. A row leaves as soon as it ends: EOS, a stop string (checked every
 step), ``max_tokens``, or its client gone (the request sets ``cancelled``; the row is dropped
 before the next step). Greedy and sampled rows share the batch; a sampled row draws from its
-own seeded generator. A failing prefill is retried one request at a time, so a bad request
-fails alone; a failing decode step fails the rows of that step (their cache is unusable).
+own seeded generator. A row fails alone: a failing prefill is retried one request at a time;
+a failing decode step is undone and each row tried alone, and the rows that fail alone fail
+(when none does, the batch together was too much, e.g. out of memory: the row with the most
+context fails, and the others go on at the next step).
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ class Batcher:
             group = groups.pop(0)
             self._run.close_hooks()
             try:
-                cache, mask, alive = self._run.prefill(group)
+                cache, mask, alive, failed = self._run.prefill(group)
             except BaseException as e:
                 if len(group) == 1:
                     self._fail([group[0].job], e)
@@ -206,7 +208,9 @@ class Batcher:
             self.stats["batches"] += 1
             self.stats["rows"] += len(group)
             self.stats["sampled"] += sum(s.gen is not None for s in group)
-            self._finish([s for s in group if s not in alive])
+            self._fail_rows(failed)
+            bad = {id(s) for s, _ in failed}
+            self._finish([s for s in group if s not in alive and id(s) not in bad])
             self._run.join(cache, mask, alive)
             self.stats["largest"] = max(self.stats["largest"], len(self._run))
 
@@ -220,18 +224,30 @@ class Batcher:
         if not run.slots:
             return
         try:
-            ended = run.step()
-        except BaseException as e:  # e.g. out of memory: this step's cache is half-written
-            self._fail([s.job for s in run.fail_all()], e)
+            ended, failed = run.step()
+        except BaseException as e:
+            if not run.intact:  # a cache updated in place: this step's is half-written
+                self._fail([s.job for s in run.fail_all()], e)
+                return
+            # undone: the rows at fault fail; when none fails alone, the batch together was
+            # too much (e.g. out of memory) and the row with the most context gives way
+            failed = run.failing_alone() or [(run.longest(), e)]
+            self._fail_rows(failed)
+            run.drop([s for s, _ in failed])
             return
         self.stats["steps"] += 1
+        self._fail_rows(failed)
         self._finish(ended)
-        run.drop(ended)
+        run.drop(ended + [s for s, _ in failed])
 
     def _finish(self, slots: list[Slot]) -> None:
         for s in slots:
             self.stats["cancelled"] += s.reply.finish == "cancelled"
             safe_emit(s.job, "done", s.reply.close())
+
+    def _fail_rows(self, failed: list[tuple[Slot, Exception]]) -> None:
+        for s, e in failed:
+            self._fail([s.job], e)
 
     def _fail(self, jobs: list[GenJob], e: BaseException) -> None:
         self.stats["failed"] += len(jobs)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["join", "keep", "mergeable"]
+__all__ = ["join", "keep", "mergeable", "restore", "snapshot"]
 
 
 def _layers(cache: Any) -> list[Any]:
@@ -66,3 +66,18 @@ def keep(cache: Any, mask: torch.Tensor, rows: list[int]) -> tuple[Any, torch.Te
         x.keys = x.keys[idx.to(x.keys.device)][..., drop:, :]
         x.values = x.values[idx.to(x.values.device)][..., drop:, :]
     return cache, mask[:, drop:]
+
+
+def snapshot(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The cache's tensors as they are, to undo a forward that failed half-way (a dynamic
+    layer's update concatenates into new tensors: the old ones stay as they were). None for a
+    cache that is updated in place."""
+    if not mergeable(cache):
+        return None
+    return [(x.keys, x.values) for x in _layers(cache)]
+
+
+def restore(cache: Any, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put back what :func:`snapshot` saw (after a failed forward, or a trial on some rows)."""
+    for x, (k, v) in zip(_layers(cache), saved, strict=True):
+        x.keys, x.values = k, v

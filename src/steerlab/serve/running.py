@@ -112,9 +112,25 @@ class Running:
         s.last, s.pos = tok, s.pos + 1
         return s.reply.push(tok)
 
+    def _take_all(
+        self, slots: list[Slot], logits: torch.Tensor
+    ) -> tuple[list[Slot], list[Slot], list[tuple[Slot, Exception]]]:
+        """Each row's token from its logits, a row at a time (one that errs fails alone):
+        (rows going on, rows that ended, (row, error) for rows that failed)."""
+        going, ended, failed = [], [], []
+        for i, s in enumerate(slots):
+            try:
+                (ended if self._take(s, logits[i]) else going).append(s)
+            except Exception as e:
+                failed.append((s, e))
+        return going, ended, failed
+
     @torch.no_grad()
-    def prefill(self, slots: list[Slot]) -> tuple[Any, torch.Tensor, list[Slot]]:
-        """The arrivals' forward under their treatments: (cache, mask, rows not yet ended)."""
+    def prefill(
+        self, slots: list[Slot]
+    ) -> tuple[Any, torch.Tensor, list[Slot], list[tuple[Slot, Exception]]]:
+        """The arrivals' forward under their treatments: (cache, mask, rows going on, (row,
+        error) for rows whose first token failed). A failing forward raises (nothing sent)."""
         lm, dev = self.lm, self.lm.device
         width = max(len(s.ids) for s in slots)
         pid = pad_id(lm.tokenizer)
@@ -127,14 +143,12 @@ class Running:
             out = _forward(
                 lm.model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True
             )
-        logits = out.logits[:, -1]
-        alive = []
-        for i, s in enumerate(slots):
+        for s in slots:
             s.pos = len(s.ids) - 1  # the last prompt token's; the first new token is one on
-            if not self._take(s, logits[i]):
-                alive.append(i)
+        going, _, failed = self._take_all(slots, out.logits[:, -1])
+        alive = [i for i, s in enumerate(slots) if s in going]
         cache, mask = kv.keep(cache_of(out), mask, alive)
-        return cache, mask, [slots[i] for i in alive]
+        return cache, mask, going, failed
 
     def join(self, cache: Any, mask: torch.Tensor, slots: list[Slot]) -> None:
         """Stack prefilled rows onto the running batch."""
@@ -162,28 +176,73 @@ class Running:
         assert self.mask is not None
         self.cache, self.mask = kv.keep(self.cache, self.mask, rows)
 
-    @torch.no_grad()
-    def step(self) -> list[Slot]:
-        """One decode step for every row; the rows that ended (still in the batch)."""
-        lm, dev = self.lm, self.lm.device
-        assert self.mask is not None
-        if self._hooks is None:  # kept on while the batch's rows stay the same
-            stack = contextlib.ExitStack()
-            stack.enter_context(PerRow([s.job.treatment for s in self.slots]).applied(lm))
-            self._hooks = stack
-        n = len(self.slots)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(n, 1)], 1)
+    def _decode(self, slots: list[Slot], mask: torch.Tensor) -> torch.Tensor:
+        """One decode forward of ``slots`` (the cache's rows, under their treatments): the
+        logits of their next tokens. The cache grows by one column."""
+        dev = self.lm.device
         out = _forward(
-            lm.model,
-            input_ids=torch.tensor([[s.last] for s in self.slots], device=dev),
-            attention_mask=self.mask,
-            position_ids=torch.tensor([[s.pos] for s in self.slots], device=dev),
+            self.lm.model,
+            input_ids=torch.tensor([[s.last] for s in slots], device=dev),
+            attention_mask=mask,
+            position_ids=torch.tensor([[s.pos] for s in slots], device=dev),
             use_cache=True,
-            **{cache_kwarg(lm.model): self.cache},
+            **{cache_kwarg(self.lm.model): self.cache},
         )
         self.cache = cache_of(out)
-        logits = out.logits[:, -1]
-        return [s for i, s in enumerate(self.slots) if self._take(s, logits[i])]
+        return out.logits[:, -1]
+
+    @torch.no_grad()
+    def step(self) -> tuple[list[Slot], list[tuple[Slot, Exception]]]:
+        """One decode step for every row: (rows that ended, (row, error) for rows that
+        failed), all still in the batch. A forward that fails raises; :attr:`intact` says
+        whether the batch was put back as it was before the step (then :meth:`failing_alone`
+        can find the rows at fault)."""
+        assert self.mask is not None
+        saved, self.intact = kv.snapshot(self.cache), True
+        mask = torch.cat([self.mask, self.mask.new_ones(len(self.slots), 1)], 1)
+        try:
+            if self._hooks is None:  # kept on while the batch's rows stay the same
+                stack = contextlib.ExitStack()
+                self._hooks = stack
+                treatments = [s.job.treatment for s in self.slots]
+                stack.enter_context(PerRow(treatments).applied(self.lm))
+            logits = self._decode(self.slots, mask)
+        except BaseException:
+            self.close_hooks()
+            self.intact = saved is not None
+            if saved is not None:
+                kv.restore(self.cache, saved)
+            raise
+        self.mask = mask
+        _, ended, failed = self._take_all(self.slots, logits)
+        return ended, failed
+
+    intact = True  # after a failed step: whether it was undone
+
+    @torch.no_grad()
+    def failing_alone(self) -> list[tuple[Slot, Exception]]:
+        """The rows whose decode step fails when each runs alone, under its own treatment
+        (after :meth:`step` failed and was undone); the batch is left as it was."""
+        assert self.mask is not None and self.intact
+        self.close_hooks()
+        saved = kv.snapshot(self.cache)
+        assert saved is not None
+        cache, bad = self.cache, []
+        for i, s in enumerate(self.slots):
+            self.cache, mask = kv.keep(cache, self.mask, [i])  # the row's own (a trial)
+            try:
+                with PerRow([s.job.treatment]).applied(self.lm):
+                    self._decode([s], torch.cat([mask, mask.new_ones(1, 1)], 1))
+            except Exception as e:
+                bad.append((s, e))
+            finally:
+                self.cache = cache
+                kv.restore(cache, saved)
+        return bad
+
+    def longest(self) -> Slot:
+        """The row with the most context (the batch's width and memory follow it)."""
+        return max(self.slots, key=lambda s: s.pos)
 
     def fail_all(self) -> list[Slot]:
         """Empty the batch after a failed step (its cache is no longer consistent)."""

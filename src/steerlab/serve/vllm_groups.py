@@ -78,10 +78,12 @@ class Groups:
             self._tidy = asyncio.ensure_future(self._drop())
 
     async def _drop(self) -> None:
-        # a failed reinstall leaves dead groups' ops in place: masked to no token, harmless
+        # a failed reinstall leaves dead groups' ops in place: masked to no token, harmless.
+        # Re-checked after each install: a group whose last request ended while the install
+        # was under way is still in what it installed, and no other tidy-up was started.
         with contextlib.suppress(Exception):
             async with self._lock:
-                if self._installed - set(self._plans):
+                while self._installed - set(self._plans):
                     await self._sync()
 
     async def _sync(self) -> None:

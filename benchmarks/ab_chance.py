@@ -10,9 +10,12 @@ Wilson interval, and the mean letter mass and ``ab`` score with bootstrap interv
 matching letter is A for half the items and B for the other half (a hash of the question),
 so a model that always says "A" sits at 0.5 on the matching rate.
 
-``--no-prefill`` reads the first reply token instead, as the tokens that begin "(A" and "(B"
-(e.g. Qwen2.5's tokenizer writes "(A" as one token, so after a prefilled "(" the letter alone
-is off its usual tokenization).
+``--reading`` says how P(A) and P(B) are read: ``prefill`` (the default, CAA's: the reply is
+prefilled with "(" and the next token read), ``first-token`` (``--no-prefill``: the first reply
+token, as the tokens that begin "(A" and "(B"; e.g. Qwen2.5's tokenizer writes "(A" as one
+token, so after a prefilled "(" the letter alone is off its usual tokenization) or ``scorer``
+(what the ``ab`` scorer reads, :func:`steerlab.evaluate.letters.letter_probs`: both ways summed,
+P("(A") + P("(") P("A" | "(")).
 
     python benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab \\
         --name sycophancy-ab-unsteered
@@ -36,8 +39,14 @@ def main() -> None:
     p.add_argument("--behavior", default="builtin:sycophancy-ab")
     p.add_argument("--name", required=True, help="result name: benchmarks/results/NAME.json")
     p.add_argument("--commit", help="the commit the run was made with (default: HEAD now)")
-    p.add_argument("--no-prefill", action="store_true", help="read '(A' / '(B' as first token")
+    p.add_argument(
+        "--reading", choices=("prefill", "first-token", "scorer"), default="prefill",
+        help="how P(A), P(B) are read (see the module's text)",
+    )  # fmt: skip
+    p.add_argument("--no-prefill", action="store_true", help="= --reading first-token")
     args = p.parse_args()
+    if args.no_prefill:
+        args.reading = "first-token"
 
     import numpy as np
     import torch
@@ -45,6 +54,7 @@ def main() -> None:
     from steerlab import load_model
     from steerlab.behaviors.behavior import load_behavior
     from steerlab.engines.rows import next_logprobs_rows
+    from steerlab.evaluate.letters import letter_probs
     from steerlab.metrics.stats import mean_ci, rate
     from steerlab.models.chat import format_prompt, has_chat_template
 
@@ -53,17 +63,28 @@ def main() -> None:
     tok = lm.tokenizer
     chat = has_chat_template(tok)
     items = list(beh.ab)
-    prefill = "" if args.no_prefill else "("
-    texts = [format_prompt(tok, it.prompt(), chat=chat) + prefill for it in items]
-    with torch.inference_mode():
-        lp = next_logprobs_rows(lm, texts, rendered=True, batch_rows=16)
-    start = "(" if args.no_prefill else ""
-    ids = {c: tok.encode(start + c, add_special_tokens=False)[0] for c in "AB"}
-    if ids["A"] == ids["B"]:
-        raise SystemExit(f"the tokenizer does not start {start}A and {start}B with distinct tokens")
+    rendered = [format_prompt(tok, it.prompt(), chat=chat) for it in items]
+    if args.reading == "scorer":
+        with torch.inference_mode():
+            probs = letter_probs(lm, rendered, batch_rows=16).double()
+        letter_tokens_used = {"reading": 'P("(A") + P("(") P("A" | "(")'}
+    else:
+        prefill = "" if args.reading == "first-token" else "("
+        with torch.inference_mode():
+            lp = next_logprobs_rows(
+                lm, [t + prefill for t in rendered], rendered=True, batch_rows=16
+            )
+        start = "(" if args.reading == "first-token" else ""
+        ids = {c: tok.encode(start + c, add_special_tokens=False)[0] for c in "AB"}
+        if ids["A"] == ids["B"]:
+            raise SystemExit(
+                f"the tokenizer does not start {start}A and {start}B with distinct tokens"
+            )
+        probs = lp[:, [ids["A"], ids["B"]]].double().exp()
+        letter_tokens_used = {c: tok.decode([i]) for c, i in ids.items()}
     rows = []
-    for it, row in zip(items, lp, strict=True):
-        pa, pb = float(row[ids["A"]].exp()), float(row[ids["B"]].exp())
+    for it, row in zip(items, probs, strict=True):
+        pa, pb = float(row[0]), float(row[1])
         choice = "A" if pa >= pb else "B"
         rows.append(
             {
@@ -92,15 +113,15 @@ def main() -> None:
         "chat_template": chat,
     }
     cmd = f"python benchmarks/ab_chance.py --model {args.model} --behavior {args.behavior}"
-    cmd += " --no-prefill" if args.no_prefill else ""
+    cmd += f" --reading {args.reading}" if args.reading != "prefill" else ""
     rec = {
         "name": args.name,
         **provenance(cmd + f" --name {args.name}", lm.info.to_dict(), args.commit),
         "choices": {
             "behavior": args.behavior,
             "items": "all ab items (selection and test)",
-            "prefill": prefill,
-            "letter_tokens": {c: tok.decode([i]) for c, i in ids.items()},
+            "reading": args.reading,
+            "letter_tokens": letter_tokens_used,
         },
         "summary": summary,
         "per_prompt": rows,

@@ -29,6 +29,7 @@ ENTRIES=(
   "sweep-french      | run | sweep -m smollm2-135m -b builtin:french --layers 4,7,10,13,16,19,22,25 --pairs 3 --random-control"
   "sycophancy-ab-unsteered | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab"
   "sycophancy-ab-unsteered-noprefill | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab --no-prefill"
+  "sycophancy-ab-unsteered-scorer | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab --reading scorer"
 )
 
 # NAME | the entries it runs, in order (the README's tables)

@@ -84,14 +84,17 @@ class TextScorer(Protocol):
 @dataclass(frozen=True)
 class LikelihoodScorer:
     """A scorer that needs the model's log-probabilities (``ab``: the probability of the
-    behaviour's answer letter; ``margin``: a log-probability margin). Only named here; the
-    computation lives with the model code."""
+    behaviour's answer letter, :mod:`steerlab.evaluate.letters`; ``margin``: a log-probability
+    margin). Only named here; the computation lives with the model code."""
 
     name: str
     kind: Literal["ab", "margin"]
 
     def spec(self) -> dict[str, Any]:
-        return scorer_spec(self.name, self.kind, "steerlab", __version__, {})
+        # the reading is in the spec (and so in cache keys): runs that read the letter after a
+        # prefilled "(" alone are not resumed as if they had read both tokenizations
+        params = {"reading": "(A over both tokenizations"} if self.kind == "ab" else {}
+        return scorer_spec(self.name, self.kind, "steerlab", __version__, params)
 
 
 Scorer = TextScorer | LikelihoodScorer

@@ -4,8 +4,9 @@ For each treatment (an :class:`~steerlab.interventions.Intervention`: one cell o
 unsteered model, a random control...) on a list of open-ended prompts:
 
 * ``score``: the behaviour scorer on the greedy completions (text scorers), or on the
-  behaviour's items (``ab``: probability of the matching letter with the reply prefilled by
-  "("; ``margin``: sigmoid of the per-token log-likelihood margin of the positive completion);
+  behaviour's items (``ab``: the matching letter's share of P(reply begins "(A") + P("(B"),
+  :mod:`.letters`; ``margin``: sigmoid of the per-token log-likelihood margin of the positive
+  completion);
 * ``ce``: cross-entropy (nats/token) of the completion under the *untreated* model given the
   plain prompt, whatever the treatment: per-row edits are off, a prompted view's tokenizer is not
   used, and every peft adapter in the model is disabled (:func:`untreated`). A finetuned model
@@ -38,6 +39,7 @@ from ..metrics.stats import kl_divergence
 from ..metrics.text import cross_prompt_similarity, distinct_n, longest_repeat
 from ..models.chat import format_prompt, has_chat_template
 from ..models.load import LoadedModel
+from .letters import letter_probs
 
 __all__ = ["Measurer", "summarize", "untreated"]
 
@@ -149,17 +151,14 @@ class Measurer:
         rows = [s for s in settings for _ in items]
         if self.scorer.kind == "ab":
             chat = has_chat_template(tok) if self.chat is None else self.chat
-            texts = [format_prompt(tok, it.prompt(), chat=chat) + "(" for it in items] * len(
-                settings
-            )
-            lp = next_logprobs_rows(view, texts, rows, rendered=True, batch_rows=self.batch_rows)
-            ids = {c: tok.encode(c, add_special_tokens=False)[0] for c in "AB"}
+            texts = [format_prompt(tok, it.prompt(), chat=chat) for it in items] * len(settings)
+            probs = letter_probs(view, texts, rows, batch_rows=self.batch_rows)
             res = []
             for j in range(len(settings)):
-                block = lp[j * n : (j + 1) * n]
+                block = probs[j * n : (j + 1) * n]
                 scores = []
                 for i, it in enumerate(items):
-                    pa, pb = float(block[i, ids["A"]].exp()), float(block[i, ids["B"]].exp())
+                    pa, pb = float(block[i, 0]), float(block[i, 1])
                     match = pa if it.matching_letter == "A" else pb
                     scores.append(match / (pa + pb) if pa + pb > 0 else float("nan"))
                 res.append(scores)

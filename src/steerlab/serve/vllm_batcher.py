@@ -198,6 +198,7 @@ class VLLMBatcher:
             stop_token_ids=list(self.eos),
             logprobs=job.logprobs,
             output_kind=RequestOutputKind.DELTA,
+            detokenize=False,  # Reply renders the text (stop strings too): not twice per token
             extra_args={"steerlab_group": group},
         )
 

@@ -36,12 +36,14 @@ def load(
     clients: int,
     max_new: int,
     steered: bool,
+    shared: bool = False,
 ) -> dict[str, Any]:
-    """``clients`` streamed requests at once (steered: each its own coefficient)."""
+    """``clients`` streamed requests at once (steered: each its own coefficient, or with
+    ``shared`` one coefficient for all: one request group)."""
     res: list[dict[str, Any]] = [{}] * clients
 
     def one(i: int) -> None:
-        coeff = float(i % 9 - 4) or 5.0 if steered else None
+        coeff = (2.0 if shared else float(i % 9 - 4) or 5.0) if steered else None
         res[i] = stream(url, body(prompts[i % len(prompts)], max_new, coeff))
 
     wall = concurrently(one, clients)
@@ -103,10 +105,25 @@ def compare(
 
     max_batch, max_len = max(counts), 1024
     backend = VLLMBatcher(lm, max_batch=max_batch, max_queue=256, max_model_len=max_len)
+    installs: list[float] = []  # seconds each install of the groups' hooks took
+    install = backend._install
+
+    async def timed(plan: list[dict[str, Any]]) -> None:
+        t0 = time.perf_counter()
+        await install(plan)
+        installs.append(time.perf_counter() - t0)
+
+    backend.groups._install = timed
     url, app, stop = serve(lm, runs, backend=backend)
     try:
         stream(url, body(prompts[0], 2, 1.0))  # warm up
-        ours = [load(stream, body, url, prompts, k, max_new, True) for k in counts]
+        ours, shared, spent = [], [], []
+        for k in counts:
+            n = len(installs)
+            ours.append(load(stream, body, url, prompts, k, max_new, True))
+            spent.append({"installs": len(installs) - n, "install_s": r3(sum(installs[n:]))})
+        for k in counts:  # where the cost of steering goes: one group for every client
+            shared.append(load(stream, body, url, prompts, k, max_new, True, shared=True))
         plain = [load(stream, body, url, prompts, k, max_new, False) for k in counts]
         stats = dict(app.state.batcher.stats)
     finally:
@@ -120,11 +137,14 @@ def compare(
     finally:
         stop()
     rows = []
-    for o, p, s in zip(ours, plain, stock, strict=True):
+    for o, p, s, sh, sp in zip(ours, plain, stock, shared, spent, strict=True):
         rows.append(
             {
                 "clients": o["clients"],
                 "steered_tokens_per_s": o["tokens_per_s"],
+                "steered_installs": sp["installs"],
+                "steered_install_s": sp["install_s"],
+                "steered_one_group_tokens_per_s": sh["tokens_per_s"],
                 "plain_tokens_per_s": p["tokens_per_s"],
                 "stock_vllm_tokens_per_s": s["tokens_per_s"],
                 "ratio_steered_vs_stock": r3(o["tokens_per_s"] / s["tokens_per_s"]),

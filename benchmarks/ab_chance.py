@@ -54,7 +54,7 @@ def main() -> None:
     from steerlab import load_model
     from steerlab.behaviors.behavior import load_behavior
     from steerlab.engines.rows import next_logprobs_rows
-    from steerlab.evaluate.letters import letter_probs
+    from steerlab.evaluate.letters import letter_probs, letter_tokens
     from steerlab.metrics.stats import mean_ci, rate
     from steerlab.models.chat import format_prompt, has_chat_template
 
@@ -65,20 +65,17 @@ def main() -> None:
     items = list(beh.ab)
     rendered = [format_prompt(tok, it.prompt(), chat=chat) for it in items]
     if args.reading == "scorer":
-        with torch.inference_mode():
-            probs = letter_probs(lm, rendered, batch_rows=16).double()
+        probs = letter_probs(lm, rendered, batch_rows=16).double()
         letter_tokens_used = {"reading": 'P("(A") + P("(") P("A" | "(")'}
     else:
-        prefill = "" if args.reading == "first-token" else "("
+        first = args.reading == "first-token"
+        known = letter_tokens(tok)
+        ids = known.merged if first else known.letter
+        if None in ids.values():
+            raise SystemExit('the tokenizer does not write "(A" and "(B" as single tokens')
         with torch.inference_mode():
             lp = next_logprobs_rows(
-                lm, [t + prefill for t in rendered], rendered=True, batch_rows=16
-            )
-        start = "(" if args.reading == "first-token" else ""
-        ids = {c: tok.encode(start + c, add_special_tokens=False)[0] for c in "AB"}
-        if ids["A"] == ids["B"]:
-            raise SystemExit(
-                f"the tokenizer does not start {start}A and {start}B with distinct tokens"
+                lm, [t + ("" if first else "(") for t in rendered], rendered=True, batch_rows=16
             )
         probs = lp[:, [ids["A"], ids["B"]]].double().exp()
         letter_tokens_used = {c: tok.decode([i]) for c, i in ids.items()}

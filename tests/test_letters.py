@@ -44,18 +44,18 @@ def test_letter_probs_sum_both_tokenizations(name: str) -> None:
     lm = _lm(name)
     tok = lm.tokenizer
     ids = letter_tokens(tok)
-    merged = ids["merged"]["A"] is not None
+    merged = ids.merged["A"] is not None
     assert merged == (name == "qwen2.5-coder-0.5b")  # the reason this module exists
     texts = [format_prompt(tok, p, chat=True) for p in PROMPTS]
     got = letter_probs(lm, texts).double()
     for row, text in zip(got, texts, strict=True):
         start = tok.encode(text, add_special_tokens=False)
         first = _next(lm, start)
-        after = _next(lm, [*start, ids["paren"]["("]])
+        after = _next(lm, [*start, ids.paren])
         for j, c in enumerate("AB"):
-            want = first[ids["paren"]["("]] * after[ids["letter"][c]]
+            want = first[ids.paren] * after[ids.letter[c]]
             if merged:
-                want = want + first[ids["merged"][c]]
+                want = want + first[ids.merged[c]]
             assert float(row[j]) == pytest.approx(float(want), rel=1e-4, abs=1e-12)
     assert float(got.sum(1).max()) <= 1.0
 

@@ -174,39 +174,6 @@ def test_sampled_stop_strings_are_checked_each_step(live: Live, lm: LoadedModel)
     _wait(lambda: live.stats["cancelled"] > before["cancelled"], "the sampled stream's cancel")
 
 
-def test_a_failing_row_fails_alone(lm: LoadedModel) -> None:
-    good = make_direction(lm, (2,), 5)
-    wide = Direction(torch.ones(1, D + 1), (2,), {"site": "resid_pre"})  # fails when hooked
-    treatments = [Steer(good, layers=2, coeff=2.0), Steer(wide, layers=2), None, None]
-    events: dict[int, list[tuple[str, Any]]] = {i: [] for i in range(4)}
-    done = threading.Event()
-
-    def emit_for(i: int) -> Any:
-        def emit(kind: str, payload: Any) -> None:
-            events[i].append((kind, payload))
-            if sum(e[-1][0] in ("done", "error") for e in events.values() if e) == 4:
-                done.set()
-
-        return emit
-
-    b = Batcher(lm, gather_s=0.2)
-    try:
-        for i, tr in enumerate(treatments):
-            kw = {"treatment": tr} if tr is not None else {}
-            b.submit(GenJob(prompt=PROMPTS[i], emit=emit_for(i), max_tokens=N, **kw))
-        assert done.wait(60)
-    finally:
-        b.close()
-    assert events[1][-1][0] == "error" and b.stats["failed"] == 1
-    for i in (0, 2, 3):
-        kind, res = events[i][-1]
-        assert kind == "done"
-        tr = [treatments[i]] if treatments[i] is not None else None
-        assert res["text"] == _ref(lm, PROMPTS[i], tr)
-        deltas = "".join(p for k, p in events[i] if k == "delta")
-        assert deltas == res["text"]  # streamed once: nothing re-sent
-
-
 def _run_jobs(lm: LoadedModel, jobs: list[dict[str, Any]]) -> tuple[Batcher, dict[int, list]]:
     """Submit ``jobs`` (GenJob keywords) to a fresh Batcher at once; every job's events."""
     events: dict[int, list[tuple[str, Any]]] = {i: [] for i in range(len(jobs))}
@@ -228,6 +195,25 @@ def _run_jobs(lm: LoadedModel, jobs: list[dict[str, Any]]) -> tuple[Batcher, dic
     finally:
         b.close()
     return b, events
+
+
+def test_a_failing_row_fails_alone(lm: LoadedModel) -> None:
+    good = make_direction(lm, (2,), 5)
+    wide = Direction(torch.ones(1, D + 1), (2,), {"site": "resid_pre"})  # fails when hooked
+    treatments = [Steer(good, layers=2, coeff=2.0), Steer(wide, layers=2), None, None]
+    jobs = [{"prompt": p} for p in PROMPTS]
+    for kw, tr in zip(jobs, treatments, strict=True):
+        if tr is not None:
+            kw["treatment"] = tr
+    b, events = _run_jobs(lm, jobs)
+    assert events[1][-1][0] == "error" and b.stats["failed"] == 1
+    for i in (0, 2, 3):
+        kind, res = events[i][-1]
+        assert kind == "done"
+        tr = [treatments[i]] if treatments[i] is not None else None
+        assert res["text"] == _ref(lm, PROMPTS[i], tr)
+        deltas = "".join(p for k, p in events[i] if k == "delta")
+        assert deltas == res["text"]  # streamed once: nothing re-sent
 
 
 def test_a_row_whose_decode_step_fails_fails_alone(lm: LoadedModel) -> None:

@@ -13,6 +13,7 @@ With no merged token the first term is absent and the ratio P(A) / (P(A) + P(B))
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +21,16 @@ from ..engines.rows import next_logprobs_rows
 from ..interventions.base import Intervention
 from ..models.load import LoadedModel
 
-__all__ = ["letter_probs", "letter_tokens"]
+__all__ = ["LetterTokens", "letter_probs", "letter_tokens"]
+
+
+@dataclass(frozen=True)
+class LetterTokens:
+    """The token ids that begin each letter's answer."""
+
+    paren: int  # "("
+    letter: dict[str, int]  # each letter as it follows a separate "("
+    merged: dict[str, int | None]  # "(" + letter as one token, where the tokenizer has one
 
 
 def _single(tok: object, text: str) -> int | None:
@@ -28,21 +38,15 @@ def _single(tok: object, text: str) -> int | None:
     return int(ids[0]) if len(ids) == 1 else None
 
 
-def letter_tokens(tok: object, letters: str = "AB") -> dict[str, dict[str, int | None]]:
-    """The token ids that begin each letter's answer: ``{"paren": "(" id, "letter": {c: id of
-    c after "("}, "merged": {c: id of "(c" as one token, or None}}`` (flattened per kind)."""
+def letter_tokens(tok: object, letters: str = "AB") -> LetterTokens:
+    """The tokens ``tok`` may begin "(A", "(B", ... with."""
     paren = _single(tok, "(")
     if paren is None:
         raise ValueError('the tokenizer does not write "(" as one token')
-    out: dict[str, dict[str, int | None]] = {"paren": {"(": paren}, "letter": {}, "merged": {}}
-    for c in letters:
-        # the letter as it follows "(" when the two are separate tokens
-        ids = tok.encode(c, add_special_tokens=False)  # type: ignore[attr-defined]
-        out["letter"][c] = int(ids[0])
-        out["merged"][c] = _single(tok, "(" + c)
-    if len({out["letter"][c] for c in letters}) < len(letters):
+    letter = {c: int(tok.encode(c, add_special_tokens=False)[0]) for c in letters}  # type: ignore[attr-defined]
+    if len(set(letter.values())) < len(letters):
         raise ValueError("the tokenizer does not start the letters with distinct tokens")
-    return out
+    return LetterTokens(paren, letter, {c: _single(tok, "(" + c) for c in letters})
 
 
 @torch.inference_mode()
@@ -62,9 +66,9 @@ def letter_probs(
     ).exp()
     first = next_logprobs_rows(lm, list(rendered), settings, rendered=True, batch_rows=batch_rows)
     first = first.exp()
-    p = first[:, [ids["paren"]["("]]] * after[:, [ids["letter"][c] for c in letters]]
+    p = first[:, [ids.paren]] * after[:, [ids.letter[c] for c in letters]]
     for j, c in enumerate(letters):
-        m = ids["merged"][c]
+        m = ids.merged[c]
         if m is not None:
             p[:, j] += first[:, m]
     return p

@@ -209,8 +209,8 @@ class Batcher:
             self.stats["rows"] += len(group)
             self.stats["sampled"] += sum(s.gen is not None for s in group)
             self._fail_rows(failed)
-            bad = {id(s) for s, _ in failed}
-            self._finish([s for s in group if s not in alive and id(s) not in bad])
+            bad = [s for s, _ in failed]
+            self._finish([s for s in group if s not in alive and s not in bad])  # ended at once
             self._run.join(cache, mask, alive)
             self.stats["largest"] = max(self.stats["largest"], len(self._run))
 

@@ -320,9 +320,11 @@ def _vllm(lm: Any, runs: Path, prompts: list[str], max_new: int, quick: bool, ou
     from _serve_vllm import compare
 
     counts = [1, 8] if quick else [1, 8, 32]
-    res = compare(lm, runs, prompts, _serve, _stream, _body, counts, max_new)
-    print_table("steerlab serve --engine vllm vs stock vllm serve (tokens/s)", list(res["rows"][0]),
-                [list(r.values()) for r in res["rows"]])  # fmt: skip
+    source = str(lm.extra["source"])
+    res = compare(MODEL, source, runs, prompts, _stream, _body, counts, max_new)
+    shown = [{k: v for k, v in r.items() if k != "rounds"} for r in res["rows"]]
+    print_table("steerlab serve --engine vllm vs stock vllm serve (tokens/s)", list(shown[0]),
+                [list(r.values()) for r in shown])  # fmt: skip
     emit(
         {"benchmark": "serve_vllm", "model": MODEL, "max_tokens": max_new, "layer": LAYER,
          **res, "target": 0.85, "machine": machine()},

@@ -62,6 +62,7 @@ def test_a_failing_check_does_not_stop_the_rest(gc_mod, monkeypatch) -> None:
     assert "broken on purpose" in rows[0]["detail"]
 
 
+@pytest.mark.slow  # 2.5 minutes on 2 cores: the whole script (its parts are tested above)
 def test_every_check_holds_on_cpu(gc_mod, capsys) -> None:
     """The real run (smollm2-135m, --quick, refusal and discover skipped), in this process."""
     rc = gc_mod.main(["--quick", "--skip-refusal", "--skip-discover", "--cpu"])

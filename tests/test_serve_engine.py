@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from steerlab.cli import app
+from steerlab.engines.plans import split_coeffs
 from steerlab.serve.vllm_groups import PLAIN, Groups
 
 
@@ -72,6 +73,22 @@ def test_groups_install_each_treatment_once_and_drop_it_after_its_last_request()
     asyncio.run(run())
 
 
+def test_treatments_differing_only_in_strength_share_a_group_and_its_install() -> None:
+    installed: list[list[dict[str, Any]]] = []
+
+    async def install(plan: list[dict[str, Any]]) -> None:
+        installed.append(plan)
+
+    async def run() -> None:
+        g = Groups(install)
+        (a, ca), (b, cb) = (split_coeffs([{**_op(1), "coeff": c}]) for c in (1.0, -3.0))
+        assert await g.acquire(a) == await g.acquire(b) and len(installed) == 1
+        assert (ca, cb) == ([1.0], [-3.0])
+        assert await g.acquire(split_coeffs([_op(2)])[0]) != await g.acquire(a)
+
+    asyncio.run(run())
+
+
 def test_a_group_released_while_the_tidy_up_installs_leaves_the_workers_too() -> None:
     # CI once found 92 hooks left after every request ended: the last group's release came
     # while the tidy-up was awaiting the install of a plan that still held that group
@@ -91,3 +108,14 @@ def test_a_group_released_while_the_tidy_up_installs_leaves_the_workers_too() ->
         assert installed[-1] == [] and g.live == 0
 
     asyncio.run(run())
+
+
+def test_the_prefix_cache_salt_is_the_treatments_content() -> None:
+    from steerlab.serve.vllm_batcher import _salt
+
+    def salt(seed: int, coeff: float) -> str | None:
+        return _salt(*split_coeffs([{**_op(seed), "coeff": coeff}]))
+
+    assert _salt([], []) is None  # untreated requests share the model's own cache
+    assert salt(1, 1.0) == salt(1, 1.0)  # equal content, another object
+    assert len({salt(1, 1.0), salt(1, 2.0), salt(2, 1.0)}) == 3

@@ -125,7 +125,9 @@ def test_interrupted_sweep_resumes_identically(
     tmp_path: Path, beh_file: Path, lm: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     beh = load_behavior(beh_file)
-    cfg = SweepConfig(layers="10,16", coeffs=(0.25, 1.0), max_new_tokens=5, batch_rows=8)
+    cfg = SweepConfig(
+        layers="10,16", coeffs=(0.25, 1.0), max_new_tokens=5, batch_rows=8, random_directions=2
+    )  # the default null's 20 directions: test_cli_sweep_contract_and_rerun
     clean = run_sweep(lm, beh, cfg, tmp_path / "clean")
     text = (tmp_path / "clean" / "sweep.json").read_text()
     assert text == json.dumps(_finite(clean.to_dict()), indent=2, allow_nan=False)
@@ -267,6 +269,7 @@ def test_successive_halving_and_maps(tmp_path: Path, lm: LoadedModel) -> None:
         search="auto",
         pairs=2,
         necessity_prompts=6,
+        random_directions=2,
     )
     rep = run_sweep(lm, beh, cfg, tmp_path / "auto")
     rounds = rep.search["rounds"]

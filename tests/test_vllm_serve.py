@@ -49,6 +49,8 @@ ABLATE = {"ablate": [{"direction": "mean"}]}
 TREATMENTS: dict[str, dict[str, Any] | None] = {
     "plain": None,
     "steer": STEER,
+    # another strength of the same steer: the same request group, its own coefficient
+    "back": {"steer": [{"direction": "steer", "layer": LAYER, "coeff": -1.5}]},
     "ablate": ABLATE,
     "both": {**STEER, **ABLATE},
 }

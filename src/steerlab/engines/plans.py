@@ -13,7 +13,7 @@ from ..errors import SteerlabError
 from ..interventions.ops import Op, op_key
 from ..models.chat import PromptFormat, prompted
 
-__all__ = ["EngineError", "merge_plans", "plan_for", "prompt_tokenizer"]
+__all__ = ["EngineError", "merge_plans", "plan_for", "prompt_tokenizer", "split_coeffs"]
 
 
 class EngineError(SteerlabError):
@@ -83,6 +83,27 @@ def prompt_tokenizer(tokenizer: Any, ops: Sequence[Op]) -> Any:
             fmt = PromptFormat(op["system"], shots, op["prefix"], op["suffix"])
             tokenizer = prompted(tokenizer, fmt)
     return tokenizer
+
+
+def split_coeffs(plan: Sequence[Op]) -> tuple[list[Op], list[float | None]]:
+    """``plan`` with each ``add`` op's coefficient taken out, and those coefficients (None at
+    the other ops' places).
+
+    The shape is what the workers install: requests whose plans differ only in their
+    coefficients share one request group (one install), each carrying its own coefficients
+    (``SamplingParams.extra_args["steerlab_coeffs"]``). An op without a coefficient
+    (``"coeff": None``) reads it, per token, at its place ``"coeff_at"`` in the request's list.
+    """
+    shape: list[Op] = []
+    coeffs: list[float | None] = []
+    for j, op in enumerate(plan):
+        if op["kind"] == "add" and op["coeff"] is not None:
+            shape.append({**op, "coeff": None, "coeff_at": j})
+            coeffs.append(float(op["coeff"]))
+        else:
+            shape.append(op)
+            coeffs.append(None)
+    return shape, coeffs
 
 
 def merge_plans(

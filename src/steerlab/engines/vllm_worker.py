@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hooks import placed
-from ..interventions.arithmetic import clamp_delta, project_out, shift, span_coef
+from ..hooks import module_device, placed
+from ..interventions.arithmetic import clamp_delta, project_out, scaled, shift, span_coef
 from ..interventions.execute import op_basis, op_deltas, op_layers, op_unit
 
 HANDLES = "_steerlab_handles"
@@ -65,10 +65,12 @@ class Rows:
         self.runner = runner
         self.groups: torch.Tensor | None = None
         self.masks: dict[tuple[int, ...], torch.Tensor] = {}
+        self.coeffs: dict[int, torch.Tensor] = {}
 
     def stale(self, *_a: Any, **_k: Any) -> None:
         self.groups = None
         self.masks = {}
+        self.coeffs = {}
 
     def mask(self, groups: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
         """(T, 1) ones on the tokens of ``groups``, zeros elsewhere, in ``x``'s dtype."""
@@ -82,20 +84,43 @@ class Rows:
         self.masks[groups] = m
         return m
 
-    def _token_groups(self, n_tokens: int) -> torch.Tensor:
+    def coeff(self, at: int, x: torch.Tensor) -> torch.Tensor:
+        """(T, 1) float32: each token's request's coefficient at place ``at`` of its plan
+        (``extra_args["steerlab_coeffs"]``; 0 where a request has none there, padding too)."""
+        c = self.coeffs.get(at)
+        if c is not None and c.shape[0] == x.shape[0]:
+            return c
+        out = torch.zeros(x.shape[0], dtype=torch.float32)
+        for lo, hi, _rid, args in self._spans(x.shape[0]):
+            cs = args.get("steerlab_coeffs") or ()
+            if at < len(cs) and cs[at] is not None:
+                out[lo:hi] = float(cs[at])
+        c = out.unsqueeze(-1).to(x.device)
+        self.coeffs[at] = c
+        return c
+
+    def _spans(self, n_tokens: int) -> list[tuple[int, int, str, dict[str, Any]]]:
+        """(first token, end, request id, ``extra_args``) of each scheduled request."""
         r = self.runner
         batch = r.input_batch
         n = int(batch.num_reqs)
         qsl = r.query_start_loc.np[: n + 1]
         if int(qsl[n]) > n_tokens:
             raise RuntimeError(f"{int(qsl[n])} scheduled tokens in a batch of {n_tokens}")
-        out = torch.full((n_tokens,), -1, dtype=torch.long)
+        out = []
         for i, rid in enumerate(batch.req_ids[:n]):
             sp = r.requests[rid].sampling_params
-            g = (sp.extra_args or {}).get("steerlab_group") if sp is not None else None
+            args = (sp.extra_args or {}) if sp is not None else {}
+            out.append((int(qsl[i]), int(qsl[i + 1]), rid, args))
+        return out
+
+    def _token_groups(self, n_tokens: int) -> torch.Tensor:
+        out = torch.full((n_tokens,), -1, dtype=torch.long)
+        for lo, hi, rid, args in self._spans(n_tokens):
+            g = args.get("steerlab_group")
             if g is None:  # never leave a request of a grouped call unsteered by accident
                 raise RuntimeError(f"request {rid} carries no steerlab group")
-            out[int(qsl[i]) : int(qsl[i + 1])] = int(g)
+            out[lo:hi] = int(g)
         return out
 
 
@@ -135,6 +160,24 @@ def _pre_add(d: torch.Tensor, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dic
 def _post_add(d: torch.Tensor, sel: Sel, _m_: nn.Module, _a: tuple, _k: dict, out: Any) -> Any:
     hs, res = out
     return shift(hs, d, _m(sel, hs)), res
+
+
+def _row_delta(v: torch.Tensor, at: int, sel: Sel, x: torch.Tensor) -> torch.Tensor:
+    if sel is None:
+        raise RuntimeError("a per-request coefficient needs request groups")
+    return scaled(sel[0].coeff(at, x), v)
+
+
+def _pre_row_add(v: torch.Tensor, at: int, sel: Sel, _m_: nn.Module, args: tuple, kw: dict) -> Any:
+    _, hs, res = _split(args, kw)
+    return _join(args, kw, shift(hs, _row_delta(v, at, sel, hs), _m(sel, hs)), res)
+
+
+def _post_row_add(
+    v: torch.Tensor, at: int, sel: Sel, _m_: nn.Module, _a: tuple, _k: dict, out: Any
+) -> Any:
+    hs, res = out
+    return shift(hs, _row_delta(v, at, sel, hs), _m(sel, hs)), res
 
 
 def _remove(x: torch.Tensor | None, q: Any, sel: Sel) -> torch.Tensor | None:
@@ -220,7 +263,19 @@ def _install_op(
     handles: list[Any],
 ) -> None:
     kind = op["kind"]
-    if kind == "add":
+    if kind == "add" and op["coeff"] is None:  # each request's own (plans.split_coeffs)
+        for lay, v in op_deltas({**op, "coeff": 1.0}, n, width).items():
+            if lay not in layers:
+                continue
+            block = layers[lay]
+            # kept in float32: the product is cast to the stream's dtype as a whole delta is
+            args = (v.detach().to(module_device(block)), int(op["coeff_at"]), sel)
+            if op["site"] == "resid_pre":
+                pre(block, partial(_pre_row_add, *args))
+            else:
+                fn = partial(_post_row_add, *args)
+                handles.append(block.register_forward_hook(fn, with_kwargs=True))
+    elif kind == "add":
         for lay, d in op_deltas(op, n, width).items():
             if lay not in layers:
                 continue

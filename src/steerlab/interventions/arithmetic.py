@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["clamp_delta", "project_out", "shift", "span_coef"]
+__all__ = ["clamp_delta", "project_out", "scaled", "shift", "span_coef"]
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -26,6 +26,14 @@ def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def shift(h: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``h + delta`` (ActAdd / CAA addition), on the rows of ``mask``."""
     return h + _masked(delta.to(h.device, h.dtype), mask)
+
+
+def scaled(coeff: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """Per-row deltas ``coeff * vector`` from (R, 1) float32 coefficients and a float32 (D,)
+    vector: each row is bit for bit the delta ``c * vector`` of a scalar ``c`` (a float32
+    product either way), so a row steered by its own coefficient gets what the same steer
+    alone would add."""
+    return coeff * vector
 
 
 def span_coef(basis: torch.Tensor) -> torch.Tensor:

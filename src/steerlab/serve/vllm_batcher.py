@@ -8,7 +8,8 @@ its ops are hooked in every worker and the request is tagged with the group's id
 tokenized by the Hugging Face tokenizer (both engines see the same ids); replies are rendered
 by the same :class:`~.jobs.Reply` (stop strings, deltas, finish reasons). vLLM stops at the
 model's end-of-reply ids and ``max_tokens``; a stop string, or a client that left, aborts its
-vLLM request. Readings (``/read``) run on the Hugging Face model, in a thread of their own.
+vLLM request. vLLM's prefix cache is on: a treated request's prompt blocks are salted by its
+treatment's content (``cache_salt``), so they are shared only with requests treated alike. Readings (``/read``) run on the Hugging Face model, in a thread of their own.
 
 vLLM runs in its own event loop, on a thread of its own: requests arrive from the server's
 loop (or any thread) and their events go back through each job's ``emit``.
@@ -19,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import threading
+import time
 import uuid
 from functools import partial
 from typing import Any
 
 from ..engines import vllm_worker
-from ..engines.plans import EngineError, plan_for
+from ..engines.plans import EngineError, plan_for, split_coeffs
 from ..engines.vllm_args import engine_kwargs
+from ..interventions.ops import op_key
 from ..models.chat import eos_ids
 from ..models.load import LoadedModel
 from .jobs import Call, GenJob, Job, QueueFull, Reply, run_call, safe_emit
@@ -50,19 +54,22 @@ class VLLMBatcher:
 
     ``stats`` counts ``rows`` (requests admitted), ``largest`` (most in flight), ``sampled``,
     ``calls`` (readings), ``dropped`` (requests whose client left before they started),
-    ``cancelled``, ``failed`` and ``installs`` (plans installed in the workers).
+    ``cancelled``, ``failed``, ``installs`` (plans installed in the workers) and
+    ``install_ms`` (the milliseconds those took: time a new group's requests wait).
     """
 
     def __init__(
         self, lm: LoadedModel, *, max_queue: int = 64, max_batch: int = 32, **engine: Any
     ) -> None:
-        kw = engine_kwargs(lm, **engine)
+        # prefix caching on: each treated request's prompt cache is salted by its treatment
+        # (vLLM's cache_salt), so no request reads a cache another treatment wrote
+        kw = {**engine_kwargs(lm, **engine), "enable_prefix_caching": True}
         self.lm = lm
         self.max_queue, self.max_batch = max_queue, max(1, max_batch)
         self.max_model_len = int(kw["max_model_len"])
         self.eos = eos_ids(lm.model, lm.tokenizer)
         keys = ["rows", "largest", "sampled", "calls", "dropped", "cancelled", "failed"]
-        self.stats = dict.fromkeys([*keys, "installs"], 0)
+        self.stats = dict.fromkeys([*keys, "installs", "install_ms"], 0)
         self._inflight = 0
         self._closed = False
         self._mu = threading.Lock()
@@ -111,8 +118,10 @@ class VLLMBatcher:
             adapter=self.lm.adapter.to_dict(),
             width=self.lm.info.d_model,
         )
+        t0 = time.perf_counter()
         await self.engine.collective_rpc(fn)
         self.stats["installs"] += 1
+        self.stats["install_ms"] += round(1000 * (time.perf_counter() - t0))
 
     def hooks_installed(self) -> list[int]:
         """Hook count per worker (tests: none once every request has ended)."""
@@ -183,7 +192,7 @@ class VLLMBatcher:
     def _call(self, job: Call) -> None:
         run_call(job, self.lm, self.stats)
 
-    def _params(self, job: GenJob, group: int) -> Any:
+    def _params(self, job: GenJob, group: int, coeffs: list[float | None]) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -199,7 +208,7 @@ class VLLMBatcher:
             logprobs=job.logprobs,
             output_kind=RequestOutputKind.DELTA,
             detokenize=False,  # Reply renders the text (stop strings too): not twice per token
-            extra_args={"steerlab_group": group},
+            extra_args={"steerlab_group": group, "steerlab_coeffs": coeffs},
         )
 
     async def _serve(self, job: GenJob) -> None:
@@ -214,11 +223,12 @@ class VLLMBatcher:
                 job.ids = job.ids if job.ids is not None else prompt_ids(self.lm, job)
                 self.prepare(job)
             reply = Reply(job, self.lm.tokenizer, len(job.ids))
-            gid = await self.groups.acquire(job.plan or [])
+            shape, coeffs = split_coeffs(job.plan or [])
+            gid = await self.groups.acquire(shape)
             try:
                 self.stats["rows"] += 1
                 self.stats["sampled"] += job.temperature > 0
-                await self._watched(job, reply, gid)
+                await self._watched(job, reply, (gid, coeffs, _salt(shape, coeffs)))
             finally:
                 self.groups.release(gid)
             self.stats["cancelled"] += reply.finish == "cancelled"
@@ -233,10 +243,10 @@ class VLLMBatcher:
             with self._mu:
                 self._inflight -= 1
 
-    async def _watched(self, job: GenJob, reply: Reply, gid: int) -> None:
+    async def _watched(self, job: GenJob, reply: Reply, tag: Tag) -> None:
         """:meth:`_decode`, cancelled (its vLLM request aborted) as soon as the client goes,
         even while no token comes (the request waits, or its prompt is being prefilled)."""
-        task = asyncio.ensure_future(self._decode(job, reply, gid))
+        task = asyncio.ensure_future(self._decode(job, reply, tag))
         while not task.done():
             await asyncio.wait({task}, timeout=POLL_S)
             if job.cancelled.is_set() and not task.done():
@@ -247,14 +257,16 @@ class VLLMBatcher:
                 return
         task.result()
 
-    async def _decode(self, job: GenJob, reply: Reply, gid: int) -> None:
+    async def _decode(self, job: GenJob, reply: Reply, tag: Tag) -> None:
         from vllm.inputs import TokensPrompt
 
         assert job.ids is not None
+        gid, coeffs, salt = tag
         rid = f"steerlab-{uuid.uuid4().hex}"
-        gen = self.engine.generate(
-            TokensPrompt(prompt_token_ids=list(job.ids)), self._params(job, gid), rid
-        )
+        prompt = TokensPrompt(prompt_token_ids=list(job.ids))
+        if salt is not None:
+            prompt["cache_salt"] = salt
+        gen = self.engine.generate(prompt, self._params(job, gid, coeffs), rid)
         try:
             async for out in gen:
                 c = out.outputs[0]
@@ -283,3 +295,14 @@ class VLLMBatcher:
 
 def _neg(tv: tuple[int, float]) -> float:
     return -tv[1]
+
+
+Tag = tuple[int, list[float | None], str | None]  # group id, coefficients, cache salt
+
+
+def _salt(shape: list[dict[str, Any]], coeffs: list[float | None]) -> str | None:
+    """The prefix-cache salt of a treatment: its content (ops, coefficients); None untreated
+    (those share the stock model's cache)."""
+    if not shape:
+        return None
+    return hashlib.sha256(repr((op_key(shape), coeffs)).encode()).hexdigest()

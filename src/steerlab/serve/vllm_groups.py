@@ -1,7 +1,9 @@
 """The treatments installed in vLLM's workers while ``steerlab serve --engine vllm`` runs.
 
-Each distinct treatment (by the content of its worker plan) is a request group with its own
-id; its requests carry the id (``SamplingParams.extra_args["steerlab_group"]``) and the
+Each distinct treatment (by the content of its worker plan, steering coefficients aside:
+:func:`~steerlab.engines.plans.split_coeffs`) is a request group with its own id; its
+requests carry the id (``SamplingParams.extra_args["steerlab_group"]``) and their own
+coefficients (``"steerlab_coeffs"``), and the
 workers' hooks change only those requests' tokens (:class:`~steerlab.engines.vllm_worker.
 Rows`). The plan installed is every live group's, merged; it is reinstalled (one
 ``collective_rpc``, run by the engine between two steps) before a request of a new group is

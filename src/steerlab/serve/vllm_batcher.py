@@ -9,7 +9,8 @@ tokenized by the Hugging Face tokenizer (both engines see the same ids); replies
 by the same :class:`~.jobs.Reply` (stop strings, deltas, finish reasons). vLLM stops at the
 model's end-of-reply ids and ``max_tokens``; a stop string, or a client that left, aborts its
 vLLM request. vLLM's prefix cache is on: a treated request's prompt blocks are salted by its
-treatment's content (``cache_salt``), so they are shared only with requests treated alike. Readings (``/read``) run on the Hugging Face model, in a thread of their own.
+treatment's content (``cache_salt``), so they are shared only with requests treated alike.
+Readings (``/read``) run on the Hugging Face model, in a thread of their own.
 
 vLLM runs in its own event loop, on a thread of its own: requests arrive from the server's
 loop (or any thread) and their events go back through each job's ``emit``.

@@ -271,6 +271,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=64, help="crowd size")
     p.add_argument("--crowd-s", type=float, default=120.0, help="crowd duration in seconds")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="the server's engine")
+    p.add_argument("--rounds", type=int, default=3, help="--engine vllm: interleaved rounds")
     args = p.parse_args()
     from steerlab.directions import extract
     from steerlab.models.load import load_model
@@ -285,7 +286,7 @@ def main() -> None:
     runs = Path(tempfile.mkdtemp(prefix="steerlab-bench-serve-"))
     direction.save(runs / "bench" / "happy.safetensors")
     if args.engine == "vllm":
-        _vllm(lm, runs, prompts, max_new, args.quick, args.json)
+        _vllm(lm, runs, prompts, max_new, args.quick, args.json, args.rounds)
         return
     url, app, stop = _serve(lm, runs)
     try:
@@ -316,12 +317,14 @@ def main() -> None:
     )
 
 
-def _vllm(lm: Any, runs: Path, prompts: list[str], max_new: int, quick: bool, out: Any) -> None:
+def _vllm(
+    lm: Any, runs: Path, prompts: list[str], max_new: int, quick: bool, out: Any, rounds: int
+) -> None:
     from _serve_vllm import compare
 
     counts = [1, 8] if quick else [1, 8, 32]
     source = str(lm.extra["source"])
-    res = compare(MODEL, source, runs, prompts, _stream, _body, counts, max_new)
+    res = compare(MODEL, source, runs, prompts, _stream, _body, counts, max_new, rounds)
     shown = [{k: v for k, v in r.items() if k != "rounds"} for r in res["rows"]]
     print_table("steerlab serve --engine vllm vs stock vllm serve (tokens/s)", list(shown[0]),
                 [list(r.values()) for r in shown])  # fmt: skip

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from steerlab.cli import app
 from steerlab.engines.plans import split_coeffs
+from steerlab.interventions.ops import op_key
 from steerlab.serve.vllm_groups import PLAIN, Groups
 
 
@@ -114,8 +115,9 @@ def test_the_prefix_cache_salt_is_the_treatments_content() -> None:
     from steerlab.serve.vllm_batcher import _salt
 
     def salt(seed: int, coeff: float) -> str | None:
-        return _salt(*split_coeffs([{**_op(seed), "coeff": coeff}]))
+        shape, coeffs = split_coeffs([{**_op(seed), "coeff": coeff}])
+        return _salt(op_key(shape), coeffs)
 
-    assert _salt([], []) is None  # untreated requests share the model's own cache
+    assert _salt(op_key([]), []) is None  # untreated requests share the model's own cache
     assert salt(1, 1.0) == salt(1, 1.0)  # equal content, another object
     assert len({salt(1, 1.0), salt(1, 2.0), salt(2, 1.0)}) == 3

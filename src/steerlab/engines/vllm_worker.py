@@ -28,6 +28,7 @@ changed exactly as an untagged op would change it and every other token is left 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -152,14 +153,12 @@ def _join(args: tuple[Any, ...], kwargs: dict[str, Any], hs: Any, res: Any) -> A
     return tuple(a), k
 
 
-def _pre_add(d: torch.Tensor, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dict) -> Any:
-    _, hs, res = _split(args, kwargs)
-    return _join(args, kwargs, shift(hs, d, _m(sel, hs)), res)
+# the stream -> the delta to add to it: a steer's constant, or its per-request rows
+Delta = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _post_add(d: torch.Tensor, sel: Sel, _m_: nn.Module, _a: tuple, _k: dict, out: Any) -> Any:
-    hs, res = out
-    return shift(hs, d, _m(sel, hs)), res
+def _const(d: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
+    return d
 
 
 def _row_delta(v: torch.Tensor, at: int, sel: Sel, x: torch.Tensor) -> torch.Tensor:
@@ -168,16 +167,14 @@ def _row_delta(v: torch.Tensor, at: int, sel: Sel, x: torch.Tensor) -> torch.Ten
     return scaled(sel[0].coeff(at, x), v)
 
 
-def _pre_row_add(v: torch.Tensor, at: int, sel: Sel, _m_: nn.Module, args: tuple, kw: dict) -> Any:
-    _, hs, res = _split(args, kw)
-    return _join(args, kw, shift(hs, _row_delta(v, at, sel, hs), _m(sel, hs)), res)
+def _pre_add(delta: Delta, sel: Sel, _m_: nn.Module, args: tuple, kwargs: dict) -> Any:
+    _, hs, res = _split(args, kwargs)
+    return _join(args, kwargs, shift(hs, delta(hs), _m(sel, hs)), res)
 
 
-def _post_row_add(
-    v: torch.Tensor, at: int, sel: Sel, _m_: nn.Module, _a: tuple, _k: dict, out: Any
-) -> Any:
+def _post_add(delta: Delta, sel: Sel, _m_: nn.Module, _a: tuple, _k: dict, out: Any) -> Any:
     hs, res = out
-    return shift(hs, _row_delta(v, at, sel, hs), _m(sel, hs)), res
+    return shift(hs, delta(hs), _m(sel, hs)), res
 
 
 def _remove(x: torch.Tensor | None, q: Any, sel: Sel) -> torch.Tensor | None:
@@ -263,27 +260,21 @@ def _install_op(
     handles: list[Any],
 ) -> None:
     kind = op["kind"]
-    if kind == "add" and op["coeff"] is None:  # each request's own (plans.split_coeffs)
-        for lay, v in op_deltas({**op, "coeff": 1.0}, n, width).items():
+    if kind == "add":
+        per_request = op["coeff"] is None  # each request's own (plans.split_coeffs)
+        for lay, d in op_deltas({**op, "coeff": 1.0} if per_request else op, n, width).items():
             if lay not in layers:
                 continue
             block = layers[lay]
-            # kept in float32: the product is cast to the stream's dtype as a whole delta is
-            args = (v.detach().to(module_device(block)), int(op["coeff_at"]), sel)
-            if op["site"] == "resid_pre":
-                pre(block, partial(_pre_row_add, *args))
+            if per_request:  # float32: the product is cast to the stream's dtype as a delta is
+                at = int(op["coeff_at"])
+                delta = partial(_row_delta, d.detach().to(module_device(block)), at, sel)
             else:
-                fn = partial(_post_row_add, *args)
-                handles.append(block.register_forward_hook(fn, with_kwargs=True))
-    elif kind == "add":
-        for lay, d in op_deltas(op, n, width).items():
-            if lay not in layers:
-                continue
-            block = layers[lay]
+                delta = partial(_const, placed(d, block))
             if op["site"] == "resid_pre":
-                pre(block, partial(_pre_add, placed(d, block), sel))
+                pre(block, partial(_pre_add, delta, sel))
             else:
-                fn = partial(_post_add, placed(d, block), sel)
+                fn = partial(_post_add, delta, sel)
                 handles.append(block.register_forward_hook(fn, with_kwargs=True))
     elif kind == "ablate":
         lays = range(n) if op["layers"] == "all" else op_layers(op, n)

@@ -225,11 +225,12 @@ class VLLMBatcher:
                 self.prepare(job)
             reply = Reply(job, self.lm.tokenizer, len(job.ids))
             shape, coeffs = split_coeffs(job.plan or [])
-            gid = await self.groups.acquire(shape)
+            key = op_key(shape)
+            gid = await self.groups.acquire(shape, key)
             try:
                 self.stats["rows"] += 1
                 self.stats["sampled"] += job.temperature > 0
-                await self._watched(job, reply, (gid, coeffs, _salt(shape, coeffs)))
+                await self._watched(job, reply, (gid, coeffs, _salt(key, coeffs)))
             finally:
                 self.groups.release(gid)
             self.stats["cancelled"] += reply.finish == "cancelled"
@@ -301,9 +302,9 @@ def _neg(tv: tuple[int, float]) -> float:
 Tag = tuple[int, list[float | None], str | None]  # group id, coefficients, cache salt
 
 
-def _salt(shape: list[dict[str, Any]], coeffs: list[float | None]) -> str | None:
-    """The prefix-cache salt of a treatment: its content (ops, coefficients); None untreated
-    (those share the stock model's cache)."""
-    if not shape:
+def _salt(key: Any, coeffs: list[float | None]) -> str | None:
+    """The prefix-cache salt of a treatment (``key``: its ops' :func:`op_key`): its content,
+    coefficients included; None untreated (those share the model's own cache)."""
+    if not key:
         return None
-    return hashlib.sha256(repr((op_key(shape), coeffs)).encode()).hexdigest()
+    return hashlib.sha256(repr((key, coeffs)).encode()).hexdigest()

@@ -48,11 +48,12 @@ class Groups:
     def live(self) -> int:
         return len(self._plans)
 
-    async def acquire(self, plan: list[Op]) -> int:
-        """The group id for ``plan``, its ops installed in every worker on return."""
+    async def acquire(self, plan: list[Op], key: Any = None) -> int:
+        """The group id for ``plan``, its ops installed in every worker on return (``key``:
+        ``op_key(plan)``, where the caller has it already)."""
         if not plan:
             return PLAIN
-        key = tuple(op_key(op) for op in plan)
+        key = op_key(plan) if key is None else key
         gid = self._ids.get(key)
         if gid is None:
             gid, self._next = self._next, self._next + 1

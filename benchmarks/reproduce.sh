@@ -27,6 +27,7 @@ ENTRIES=(
   "compare-heldout-quick | run | compare -m smollm2-135m -b benchmarks/data/heldout_upbeat.json --quick --train-sizes 1,4,16"
   "sweep-sentiment   | run | sweep -m smollm2-135m -b builtin:sentiment --layers 4,7,10,13,16,19,22,25 --pairs 3 --random-control"
   "sweep-french      | run | sweep -m smollm2-135m -b builtin:french --layers 4,7,10,13,16,19,22,25 --pairs 3 --random-control"
+  "sweep-sycophancy-ab | run | sweep -m qwen2.5-coder-0.5b -b builtin:sycophancy-ab --layers 6,9,12,15,18 --search auto"
   "sycophancy-ab-unsteered | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab"
   "sycophancy-ab-unsteered-noprefill | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab --no-prefill"
   "sycophancy-ab-unsteered-scorer | script | benchmarks/ab_chance.py --model qwen2.5-coder-0.5b --behavior builtin:sycophancy-ab --reading scorer"

@@ -12,6 +12,15 @@
 # "script" the arguments are a Python script that writes benchmarks/results/NAME.json itself
 # (given --name and --commit).
 # STEERLAB (default: steerlab) and PYTHON (default: python) pick the executables.
+#
+# A run longer than one sitting can move between machines through its journals (one JSON line
+# per finished unit, keyed by the configuration, the data, the weights and the library versions,
+# so a mismatched journal is simply not read):
+#
+#     bash benchmarks/reproduce.sh --keep-journal NAME   # copy the run's journals to
+#                                                        # benchmarks/journals/NAME (commit them)
+#
+# and a later `reproduce.sh NAME` on a fresh checkout starts from them and runs only the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +74,19 @@ record_probe() {  # NAME ARGS OUT COMMIT
     --command "steerlab $2 --out $3" -p "$(flag_value -p "$2")" -n "$(flag_value -n "$2")"
 }
 
+JOURNALS=${JOURNALS:-benchmarks/journals}
+
+if [[ ${1:-} == --keep-journal ]]; then
+  name=${2:?usage: reproduce.sh --keep-journal NAME}
+  shopt -s nullglob
+  found=("$RUNS/$name"/cache/*.jsonl)
+  [[ ${#found[@]} -gt 0 ]] || { echo "no journal under $RUNS/$name/cache" >&2; exit 1; }
+  mkdir -p "$JOURNALS/$name"
+  cp "${found[@]}" "$JOURNALS/$name/"
+  for f in "${found[@]}"; do echo "$JOURNALS/$name/$(basename "$f"): $(wc -l < "$f") finished units"; done
+  exit 0
+fi
+
 name=${1:-}
 [[ -n $name ]] || usage
 for g in "${ALIASES[@]}"; do
@@ -78,6 +100,12 @@ for e in "${ENTRIES[@]}"; do
   args=$(field "$e" 3)
   out="$RUNS/$name"
   commit=$(git rev-parse HEAD)  # the code that runs, even if the tree moves meanwhile
+  if [[ -d $JOURNALS/$name ]]; then  # units an earlier machine finished; a local journal wins
+    mkdir -p "$out/cache"
+    for f in "$JOURNALS/$name"/*.jsonl; do
+      [[ -e $out/cache/$(basename "$f") ]] || cp "$f" "$out/cache/"
+    done
+  fi
   if [[ $kind == run ]]; then
     # shellcheck disable=SC2086
     exec "$PYTHON" benchmarks/record.py "$name" -- "$STEERLAB" $args --out "$out"

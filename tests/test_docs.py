@@ -310,3 +310,46 @@ def test_results_renderer_reports_a_changed_format(tmp_path: Path) -> None:
     section, ok = gen.render_file(path)
     assert not ok
     assert "format changed" in section and "summary" in section and "2027-01-01" in section
+
+
+# --- figures quoted in prose are the result files' own -----------------------------------
+
+FIGURE = re.compile(r"(?<![\d.])\d\.\d{3}(?!\d)")
+
+
+def _numbers(value: Any) -> set[str]:
+    """The summary numbers of a result file, as the prose writes them (three decimals); not
+    the per-prompt lists, which would hold almost any figure by chance."""
+    if isinstance(value, dict):
+        return set().union(*(_numbers(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        if sum(isinstance(v, float) for v in value) > 4:
+            return set()
+        return set().union(*(_numbers(v) for v in value)) if value else set()
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return {f"{value:.3f}", f"{abs(value):.3f}"}
+    return set()
+
+
+def _cited_blocks() -> list[tuple[str, str, str]]:
+    """(page, result name, paragraph) for each paragraph or bullet that names exactly one
+    committed result file in backticks."""
+    names = {p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json")}
+    out = []
+    history = DOCS / "results" / "reported-before.md"  # says it holds uncommitted figures
+    for page in [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*.md") if p != history)]:
+        for block in re.split(r"\n\s*\n|\n(?=\* )", page.read_text()):
+            quoted = re.findall(r"`([\w./-]+)`", block)
+            cited = {Path(n).name.removesuffix(".json") for n in quoted} & names
+            if len(cited) == 1:
+                out.append((str(page.relative_to(ROOT)), cited.pop(), block))
+    return out
+
+
+def test_figures_quoted_beside_a_result_file_are_in_that_file() -> None:
+    blocks = _cited_blocks()
+    assert any(FIGURE.search(b) for _, _, b in blocks), "no quoted figure found to check"
+    for page, name, block in blocks:
+        have = _numbers(json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()))
+        missing = [x for x in FIGURE.findall(block) if x not in have]
+        assert not missing, f"{page} quotes {missing} beside `{name}`, which does not hold them"

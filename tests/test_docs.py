@@ -211,6 +211,8 @@ def test_commands_in_docs_use_real_flags(doc: Path) -> None:
 
 # flags of other programs that the pages mention (llama.cpp, hf, pip, mkdocs)
 FOREIGN_FLAGS = {"--control-vector", "--local-dir", "--no-deps", "--strict", "--help"}
+# benchmarks/reproduce.sh's own options, read from the script
+FOREIGN_FLAGS |= set(re.findall(r"== (--[a-z-]+)", (ROOT / "benchmarks/reproduce.sh").read_text()))
 
 
 def test_every_flag_named_in_prose_exists() -> None:

@@ -323,11 +323,11 @@ def _numbers(value: Any) -> set[str]:
     """The summary numbers of a result file, as the prose writes them (three decimals); not
     the per-prompt lists, which would hold almost any figure by chance."""
     if isinstance(value, dict):
-        return set().union(*(_numbers(v) for v in value.values())) if value else set()
+        return set().union(*(_numbers(v) for v in value.values()))
     if isinstance(value, list):
         if sum(isinstance(v, float) for v in value) > 4:
             return set()
-        return set().union(*(_numbers(v) for v in value)) if value else set()
+        return set().union(*(_numbers(v) for v in value))
     if isinstance(value, float | int) and not isinstance(value, bool):
         return {f"{value:.3f}", f"{abs(value):.3f}"}
     return set()
@@ -339,7 +339,7 @@ def _cited_blocks() -> list[tuple[str, str, str]]:
     names = {p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json")}
     out = []
     history = DOCS / "results" / "reported-before.md"  # says it holds uncommitted figures
-    for page in [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*.md") if p != history)]:
+    for page in (p for p in DOC_FILES if p != history):
         for block in re.split(r"\n\s*\n|\n(?=\* )", page.read_text()):
             quoted = re.findall(r"`([\w./-]+)`", block)
             cited = {Path(n).name.removesuffix(".json") for n in quoted} & names
